@@ -1,0 +1,233 @@
+"""The ``lipo-if`` command line.
+
+Subcommands build their options from the config dataclasses (each field's ``metadata["help"]``
+is its help text), so the CLI and the Python API cannot drift apart. Every user error
+(:class:`~lipo_if.data.DataError`, bad option values) ends in one clear line on stderr and exit
+status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .data import DataError
+
+log = logging.getLogger("lipo_if")
+
+
+# --------------------------------------------------------------------------- dataclass ⇄ argparse
+
+
+def _option_name(name: str, prefix: str = "") -> str:
+    return "--" + (prefix + name).replace("_", "-")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: Sequence[str] = (), group: str | None = None) -> None:
+    """Add one ``--option`` per dataclass field (type, default and help taken from the field)."""
+    target = parser.add_argument_group(group) if group else parser
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name.startswith("_"):
+            continue
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        hint = hints[f.name]
+        dest = prefix + f.name
+        kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": f"{help_text} (default: {default})"}
+        origin = typing.get_origin(hint)
+        args = typing.get_args(hint)
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is tuple:
+            kwargs.update(type=args[0] if args else str, nargs="+", metavar=f.name.upper())
+        elif origin is typing.Union or (origin is not None and type(None) in args) or str(origin) == "<class 'types.UnionType'>":
+            # e.g. float | str (scale="auto"): parse as float when possible
+            kwargs["type"] = _float_or_str if float in args else str
+        elif hint in (int, float, str):
+            kwargs["type"] = hint
+        else:
+            kwargs["type"] = str
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        target.add_argument(_option_name(f.name), **kwargs)
+
+
+def _float_or_str(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "", **overrides: Any):
+    """Build ``cls`` from the options the user gave (defaults stay the dataclass's own)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if hasattr(args, prefix + f.name):
+            values[f.name] = getattr(args, prefix + f.name)
+    values.update(overrides)
+    return cls(**values)
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="directory holding lipophilicity.csv (default: $LIPO_IF_DATA, then the download cache)")
+    parser.add_argument("--data", help="explicit path of the Lipophilicity CSV (overrides --data-dir)")
+    parser.add_argument("--strict", action="store_true", help="fail on invalid SMILES instead of dropping them")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .data import load_dataset, resolve_lipophilicity_path
+    from .featurize import FeaturizerConfig
+    from .train import TrainConfig, train_run
+
+    config = dataclass_from_args(TrainConfig, args)
+    featurizer_config = dataclass_from_args(FeaturizerConfig, args, prefix="fp_")
+    path = resolve_lipophilicity_path(path=args.data, data_dir=args.data_dir)
+    dataset = load_dataset(path, strict=args.strict)
+    run = train_run(dataset, str(Path(path).resolve()), config, featurizer_config, progress=not args.quiet)
+    out = run.save(args.out)
+    _write_history(out, run)
+    m = run.metrics
+    print(
+        f"{m['split']} split, seed {m['seed']}: test RMSE {m['test_rmse']:.3f}  MAE {m['test_mae']:.3f}  "
+        f"R² {m['test_r2']:.3f}  (validation RMSE {m['val_rmse']:.3f}; {m['n_train']}/{m['n_val']}/{m['n_test']} molecules; "
+        f"best epoch {m['best_epoch']}; ‖∇R‖ {m['final_objective_grad_norm']:.3g})"
+    )
+    print(f"run written to {out}")
+    return 0
+
+
+def _write_history(out: Path, run) -> None:
+    from .data import atomic_write_text
+
+    history = getattr(run, "_history", None)
+    if history:
+        atomic_write_text(out / "history.json", json.dumps(history))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train import load_run
+
+    run = load_run(args.run, data_path=args.data)
+    metrics = run.evaluate()
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .data import atomic_write_text, read_molecule_csv
+    from .train import load_run
+
+    run = load_run(args.run)
+    table = read_molecule_csv(args.input, smiles_col=args.smiles_col, require_label=False)
+    valid = table["error"] == ""
+    table["prediction"] = float("nan")
+    if valid.any():
+        table.loc[valid, "prediction"] = run.predict(table.loc[valid, "smiles"].tolist())
+    out = table[["row", "smiles_input", "smiles", "prediction", "error"]]
+    if args.out:
+        atomic_write_text(args.out, out.to_csv(index=False))
+        print(f"predictions for {int(valid.sum())} of {len(table)} rows written to {args.out}")
+    else:
+        print(out.to_csv(index=False), end="")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import __version__, backend
+
+    print(f"lipo_if {__version__}; torch {torch.__version__}; kernels backend: {backend()}; CUDA available: {torch.cuda.is_available()}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The main job end to end on the real data (see README)."""
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .featurize import FeaturizerConfig
+    from .train import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="lipo-if",
+        description="Pick the external molecules whose addition improves a lipophilicity (logD7.4) model, "
+        "by influence functions with the LiSSA inverse-Hessian estimator.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train and evaluate the Task-1 baseline", description="Split, featurize, train the MLP baseline and write RUN_DIR/{model.pt,split.json,metrics.json}.")
+    _add_data_arguments(p)
+    p.add_argument("--out", required=True, help="run directory to write")
+    add_dataclass_arguments(p, TrainConfig, group="training")
+    g = p.add_argument_group("featurizer")
+    for f in dataclasses.fields(FeaturizerConfig):
+        option = "--featurizer" if f.name == "name" else _option_name(f.name)
+        g.add_argument(option, dest="fp_" + f.name, type=type(f.default), default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="recompute a run's validation and test metrics")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--data", help="Lipophilicity CSV if it moved since training")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict logD7.4 for the SMILES of a CSV")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--input", required=True, help="CSV with a SMILES column")
+    p.add_argument("--smiles-col", help="name of the SMILES column (default: detected)")
+    p.add_argument("--out", help="CSV to write (default: stdout)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("info", help="versions and which kernel backend is in use")
+    p.set_defaults(func=_cmd_info)
+
+    for register in _EXTRA_SUBCOMMANDS:
+        register(sub)
+
+    p = sub.add_parser("demo", help="the main job end to end on the real data (what `make demo` runs)")
+    p.add_argument("--data-dir", help="directory with lipophilicity.csv and external.csv (default: $LIPO_IF_DATA)")
+    p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the initialization")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+#: Other modules add subcommands here (a function taking the subparsers object).
+_EXTRA_SUBCOMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, ValueError, FileNotFoundError, FloatingPointError) as exc:
+        if args.verbose:
+            raise
+        print(f"lipo-if {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

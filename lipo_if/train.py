@@ -1,0 +1,342 @@
+"""Training the baseline regressor, metrics, and run directories (save / :func:`load_run`).
+
+A *run directory* holds everything a later step needs to reproduce the model's view of the data:
+
+- ``model.pt``     — weights, model/featurizer/training configs, feature statistics, the split;
+- ``split.json``   — the split (indices into the cleaned dataset and the molecules' keys);
+- ``metrics.json`` — validation/test metrics and training diagnostics;
+- ``history.json`` — per-epoch training and validation loss.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import DataError, MoleculeDataset, Split, atomic_write_bytes, atomic_write_text, load_dataset, load_lipophilicity, make_split, resolve_lipophilicity_path
+from .featurize import Featurizer, FeaturizerConfig
+from .model import MLPRegressor, ModelConfig, build_model, objective
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """How the baseline is trained (every field is a ``lipo-if train`` option)."""
+
+    hidden: tuple[int, ...] = field(default=(512, 128), metadata={"help": "hidden layer widths"})
+    weight_decay: float = field(default=1e-3, metadata={"help": "λ of the L2 term (λ/2)‖θ‖² written into the loss"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    batch_size: int = field(default=64, metadata={"help": "minibatch size"})
+    max_epochs: int = field(default=300, metadata={"help": "upper bound on epochs"})
+    patience: int = field(default=30, metadata={"help": "early stopping: epochs without a better validation RMSE"})
+    min_epochs: int = field(default=10, metadata={"help": "never stop before this many epochs"})
+    seed: int = field(default=0, metadata={"help": "seed of the split and the initialization"})
+    split: str = field(default="random", metadata={"help": "random or scaffold (Bemis–Murcko)", "choices": ("random", "scaffold")})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        checks = [
+            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
+            (self.max_epochs > 0, f"max_epochs must be positive, got {self.max_epochs}"),
+            (self.patience > 0, f"patience must be positive, got {self.patience}"),
+            (self.split in ("random", "scaffold"), f"split must be 'random' or 'scaffold', got {self.split!r}"),
+            (all(h > 0 for h in self.hidden), f"hidden widths must be positive, got {self.hidden}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE, R² and Pearson r (logD units for the first two)."""
+    from scipy.stats import pearsonr
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    if len(y_true) == 0:
+        return {"rmse": float("nan"), "mae": float("nan"), "r2": float("nan"), "pearson": float("nan")}
+    pearson = float(pearsonr(y_true, y_pred)[0]) if len(y_true) > 1 and np.std(y_pred) > 0 and np.std(y_true) > 0 else float("nan")
+    return {
+        "rmse": float(math.sqrt(mean_squared_error(y_true, y_pred))),
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "r2": float(r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan"),
+        "pearson": pearson,
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def predict_tensor(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+    model.eval()
+    out = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return (torch.cat(out) if out else torch.zeros(0)).double().numpy()
+
+
+def full_objective_grad_norm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> float:
+    """‖∇R(θ)‖₂ over the whole training set: how far the model is from a stationary point."""
+    model.zero_grad(set_to_none=True)
+    loss = objective(model, x, y, weight_decay)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+
+
+@dataclass
+class FitResult:
+    model: MLPRegressor
+    best_epoch: int
+    epochs_run: int
+    history: list[dict]
+    seconds: float
+
+
+def fit(
+    model: MLPRegressor,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    config: TrainConfig,
+    progress: bool = True,
+    desc: str = "train",
+) -> FitResult:
+    """Adam on R(θ) with early stopping on validation RMSE; returns the best-validation weights.
+
+    Shuffling uses a generator seeded with ``config.seed`` so a run is reproducible.
+    """
+    from tqdm.auto import tqdm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    best_rmse, best_epoch, best_state = float("inf"), 0, None
+    history: list[dict] = []
+    start = time.perf_counter()
+    n = len(x_train)
+    bar = tqdm(range(1, config.max_epochs + 1), desc=desc, disable=not progress, leave=False)
+    epoch = 0
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        total = 0.0
+        for i in range(0, n, config.batch_size):
+            idx = order[i : i + config.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = objective(model, x_train[idx], y_train[idx], config.weight_decay)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        val_rmse = float(np.sqrt(np.mean((predict_tensor(model, x_val) - y_val.double().numpy()) ** 2))) if len(x_val) else float("nan")
+        history.append({"epoch": epoch, "train_objective": total / n, "val_rmse": val_rmse})
+        if not math.isfinite(total):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss is {total}); lower --lr")
+        if val_rmse < best_rmse - 1e-6 or best_state is None:
+            best_rmse, best_epoch = val_rmse, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        bar.set_postfix(val_rmse=f"{val_rmse:.3f}", best=f"{best_rmse:.3f}@{best_epoch}")
+        if epoch >= config.min_epochs and epoch - best_epoch >= config.patience:
+            break
+    bar.close()
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model, best_epoch, epoch, history, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- run directories
+
+
+@dataclass
+class Run:
+    """A trained model with everything needed to use it on new molecules.
+
+    ``model`` is the :class:`MLPRegressor` (float32, eval mode); ``featurizer`` is fitted on the
+    run's training split; ``split`` indexes ``dataset`` (loaded lazily from ``data_path``).
+    """
+
+    run_dir: Path | None
+    model: MLPRegressor
+    featurizer: Featurizer
+    split: Split
+    config: TrainConfig
+    data_path: str
+    metrics: dict = field(default_factory=dict)
+    _dataset: MoleculeDataset | None = None
+    _tensor_cache: dict = field(default_factory=dict)
+
+    # ----- data
+    @property
+    def dataset(self) -> MoleculeDataset:
+        if self._dataset is None:
+            dataset = load_dataset(self.data_path)
+            if self.split.data_fingerprint and dataset.fingerprint() != self.split.data_fingerprint:
+                raise DataError(
+                    f"{self.data_path}: the data differ from those the run was trained on "
+                    f"(fingerprint {dataset.fingerprint()} ≠ {self.split.data_fingerprint})"
+                )
+            self._dataset = dataset
+        return self._dataset
+
+    def smiles(self, part: str) -> list[str]:
+        return [self.dataset.smiles[i] for i in self.split.part(part)]
+
+    def keys(self, part: str) -> list[str]:
+        """Stereo-insensitive canonical SMILES of the molecules in ``part`` (train/val/test)."""
+        return [self.dataset.keys[i] for i in self.split.part(part)]
+
+    def labels(self, part: str) -> np.ndarray:
+        return self.dataset.labels[self.split.part(part)]
+
+    def tensors(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(X [n, dim] float32, y [n] float32)`` of a split part, featurized as the model expects."""
+        part = "val" if part == "validation" else part
+        if part not in self._tensor_cache:
+            x = torch.from_numpy(self.featurizer.transform(self.smiles(part)))
+            y = torch.from_numpy(self.labels(part).astype(np.float32))
+            self._tensor_cache[part] = (x, y)
+        return self._tensor_cache[part]
+
+    def featurize(self, smiles: Sequence[str]) -> torch.Tensor:
+        """``[n, dim]`` float32 model input for arbitrary (valid) SMILES."""
+        return torch.from_numpy(self.featurizer.transform(list(smiles)))
+
+    def predict(self, smiles: Sequence[str]) -> np.ndarray:
+        """Predicted logD7.4 for each SMILES (canonicalized first; invalid SMILES raise DataError)."""
+        from .data import canonicalize
+
+        canonical = []
+        for s in smiles:
+            parsed = canonicalize(s)
+            if parsed is None:
+                raise DataError(f"invalid SMILES {s!r}")
+            canonical.append(parsed[0])
+        return predict_tensor(self.model, self.featurize(canonical))
+
+    def evaluate(self) -> dict:
+        """Metrics on validation and test (keys ``val_rmse``, ``test_rmse``, …)."""
+        out = {}
+        for part in ("val", "test"):
+            x, y = self.tensors(part)
+            for name, value in regression_metrics(y.numpy(), predict_tensor(self.model, x)).items():
+                out[f"{part}_{name}"] = value
+        return out
+
+    # ----- persistence
+    def save(self, run_dir: str | os.PathLike) -> Path:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = {
+            "format": 1,
+            "model_config": self.model.config.to_dict(),
+            "state_dict": self.model.state_dict(),
+            "featurizer": self.featurizer.state_dict(),
+            "train_config": asdict(self.config),
+            "split": self.split.to_dict(),
+            "data_path": str(self.data_path),
+        }
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(run_dir / "model.pt", buffer.getvalue())
+        self.split.save(run_dir / "split.json", self.dataset)
+        if self.metrics:
+            atomic_write_text(run_dir / "metrics.json", json.dumps(self.metrics, indent=1))
+        self.run_dir = run_dir
+        return run_dir
+
+
+def load_run(run_dir: str | os.PathLike, data_path: str | os.PathLike | None = None) -> Run:
+    """Load a run directory written by ``lipo-if train`` (or :meth:`Run.save`).
+
+    ``data_path`` overrides the data file recorded in the run (e.g. on another machine); the run
+    checks that it holds the same molecules and labels.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "model.pt"
+    if not path.exists():
+        raise DataError(f"{run_dir}: not a run directory (no model.pt); create one with 'lipo-if train'")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = MLPRegressor(ModelConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    cfg = checkpoint["train_config"]
+    config = TrainConfig(**{f.name: cfg[f.name] for f in fields(TrainConfig) if f.name in cfg})
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return Run(
+        run_dir=run_dir,
+        model=model,
+        featurizer=Featurizer.from_state(checkpoint["featurizer"]),
+        split=Split.from_dict(checkpoint["split"]),
+        config=config,
+        data_path=str(data_path) if data_path is not None else checkpoint["data_path"],
+        metrics=metrics,
+    )
+
+
+def train_run(
+    dataset: MoleculeDataset,
+    data_path: str,
+    config: TrainConfig,
+    featurizer_config: FeaturizerConfig | None = None,
+    split: Split | None = None,
+    progress: bool = True,
+    cache_dir: str | os.PathLike | None | bool = True,
+) -> Run:
+    """Split (unless given), featurize, train and evaluate: the Task-1 baseline as a :class:`Run`."""
+    seed_everything(config.seed)
+    split = split or make_split(dataset, config.split, config.seed)
+    featurizer = Featurizer(featurizer_config, cache_dir=cache_dir)
+    featurizer.fit([dataset.smiles[i] for i in split.train])
+    run = Run(None, None, featurizer, split, config, data_path, _dataset=dataset)  # type: ignore[arg-type]
+    x_train, y_train = run.tensors("train")
+    x_val, y_val = run.tensors("val")
+    model = build_model(ModelConfig(featurizer.dim, config.hidden), seed=config.seed, init_bias=float(y_train.mean()))
+    result = fit(model, x_train, y_train, x_val, y_val, config, progress=progress)
+    run.model = result.model
+    metrics = run.evaluate()
+    train_metrics = regression_metrics(y_train.numpy(), predict_tensor(run.model, x_train))
+    metrics.update(
+        train_rmse=train_metrics["rmse"],
+        n_train=len(split.train),
+        n_val=len(split.val),
+        n_test=len(split.test),
+        seed=config.seed,
+        split=split.method,
+        featurizer=featurizer.config.name,
+        n_features=featurizer.dim,
+        n_params=run.model.n_params,
+        best_epoch=result.best_epoch,
+        epochs_run=result.epochs_run,
+        train_seconds=round(result.seconds, 2),
+        final_objective_grad_norm=full_objective_grad_norm(run.model, x_train, y_train, config.weight_decay),
+        weight_decay=config.weight_decay,
+    )
+    run.metrics = metrics
+    run._history = result.history  # type: ignore[attr-defined]
+    return run

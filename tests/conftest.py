@@ -1,0 +1,49 @@
+"""Shared test fixtures: small data the tests make themselves, and an isolated feature cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE_CSV = REPO / "data" / "fixture.csv"
+
+
+def real_data_dir() -> Path | None:
+    """Directory with the real lipophilicity.csv, or None (integration tests then skip)."""
+    candidates = [os.environ.get("LIPO_IF_DATA"), str(REPO.parent / "shared" / "data")]
+    for c in candidates:
+        if c and (Path(c) / "lipophilicity.csv").exists():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache(tmp_path_factory):
+    """Keep unit tests from reading or writing the user's feature cache (the real-data cache is
+    shared between integration tests through a session directory)."""
+    old = os.environ.get("LIPO_IF_FEATURE_CACHE")
+    os.environ["LIPO_IF_FEATURE_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LIPO_IF_FEATURE_CACHE", None)
+    else:
+        os.environ["LIPO_IF_FEATURE_CACHE"] = old
+
+
+def write_csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text(header + "\n" + "\n".join(rows) + ("\n" if rows else ""))
+    return path
+
+
+@pytest.fixture
+def small_lipo_csv(tmp_path: Path) -> Path:
+    """A Lipophilicity-shaped CSV (CMPD_CHEMBLID, exp, smiles) of the 64 fixture molecules."""
+    import pandas as pd
+
+    frame = pd.read_csv(FIXTURE_CSV)
+    out = pd.DataFrame({"CMPD_CHEMBLID": [f"X{i}" for i in range(len(frame))], "exp": frame["logp_crippen"], "smiles": frame["smiles"]})
+    path = tmp_path / "lipophilicity.csv"
+    out.to_csv(path, index=False)
+    return path

@@ -1,0 +1,90 @@
+"""Featurizers: golden fingerprint bits, standardization from training data, caching."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lipo_if.featurize import Featurizer, FeaturizerConfig, MorganFeaturizer, RDKitDescriptorFeaturizer
+
+# RDKit Morgan generator, radius 2, 2048 bits (golden values; a change means features changed).
+ETHANOL_BITS = [80, 222, 294, 807, 1057, 1410]
+PHENOL_COUNTS = {65: 2, 389: 1, 745: 1, 807: 1, 1088: 3, 1199: 2, 1380: 1, 1602: 1, 1750: 2, 1778: 1, 1873: 5}
+
+
+def test_golden_morgan_bits():
+    fp = MorganFeaturizer(radius=2, n_bits=2048)(["CCO"])
+    assert fp.shape == (1, 2048) and np.flatnonzero(fp[0]).tolist() == ETHANOL_BITS
+    assert set(np.unique(fp)) == {0.0, 1.0}
+
+
+def test_golden_morgan_counts_are_log1p():
+    fp = MorganFeaturizer(radius=2, n_bits=2048, counts=True)(["c1ccccc1O"])[0]
+    assert {int(i): int(round(np.expm1(fp[i]))) for i in np.flatnonzero(fp)} == PHENOL_COUNTS
+
+
+def test_radius_and_size_change_features():
+    a = MorganFeaturizer(radius=1, n_bits=1024)(["CCCCCCO"])
+    b = MorganFeaturizer(radius=3, n_bits=1024)(["CCCCCCO"])
+    assert a.shape == (1, 1024) and a.sum() < b.sum()
+
+
+def test_descriptors_finite_after_transform():
+    smiles = ["CCO", "c1ccccc1", "CC(=O)Oc1ccccc1C(=O)O", "CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC"]
+    raw = RDKitDescriptorFeaturizer()(smiles)
+    assert raw.shape[0] == 4 and raw.shape[1] > 100
+    feat = Featurizer(FeaturizerConfig("rdkit2d"), cache_dir=False).fit(smiles[:3])
+    x = feat.transform(smiles)
+    assert x.dtype == np.float32 and np.isfinite(x).all() and np.abs(x).max() <= 6.0
+
+
+def test_standardization_uses_training_statistics_only():
+    train = ["CCO", "CCCO", "CCCCO", "CCCCCO"]
+    feat = Featurizer(FeaturizerConfig("rdkit2d"), cache_dir=False).fit(train)
+    names = feat.column_names()
+    j = names.index("MolWt")
+    x_train = feat.transform(train)
+    assert x_train[:, j].mean() == pytest.approx(0.0, abs=1e-5)
+    assert x_train[:, j].std() == pytest.approx(1.0, abs=1e-4)
+    big = feat.transform(["CCCCCCCCCCO"])[0, j]
+    assert big > 2.0  # far from the training mean, in training standard deviations
+
+
+def test_default_featurizer_layout():
+    feat = Featurizer(cache_dir=False).fit(["CCO", "c1ccccc1O"])
+    x = feat.transform(["CCO"])
+    assert feat.config.name == "morgan_count+rdkit2d" and feat.n_sparse == 2048
+    assert x.shape == (1, feat.dim) and np.flatnonzero(x[0, :2048]).tolist() == ETHANOL_BITS
+
+
+def test_transform_before_fit_fails():
+    with pytest.raises(RuntimeError, match="before fit"):
+        Featurizer(cache_dir=False).transform(["CCO"])
+
+
+@pytest.mark.parametrize("name,msg", [("ecfp", "unknown featurizer part"), ("morgan+morgan_count", "only one Morgan variant")])
+def test_bad_featurizer_names(name, msg):
+    with pytest.raises(ValueError, match=msg):
+        FeaturizerConfig(name)
+
+
+def test_disk_cache_is_keyed_by_config_and_reused(tmp_path, monkeypatch):
+    feat = Featurizer(FeaturizerConfig("morgan", n_bits=512), cache_dir=tmp_path).fit([])
+    first = feat.transform(["CCO", "CCN"])
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 1 and files[0].startswith("morgan-")
+    # a new featurizer with the same config reads the cache instead of calling RDKit
+    again = Featurizer(FeaturizerConfig("morgan", n_bits=512), cache_dir=tmp_path)
+    monkeypatch.setattr(MorganFeaturizer, "__call__", lambda self, s: pytest.fail("recomputed a cached molecule"))
+    np.testing.assert_array_equal(again.transform(["CCN", "CCO"]), first[::-1])
+    monkeypatch.undo()
+    Featurizer(FeaturizerConfig("morgan", n_bits=256), cache_dir=tmp_path).transform(["CCO"])
+    assert len(list(tmp_path.iterdir())) == 2  # another config, another cache file
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path):
+    feat = Featurizer(FeaturizerConfig("morgan", n_bits=64), cache_dir=tmp_path)
+    feat.transform(["CCO"])
+    cache_file = next(tmp_path.iterdir())
+    cache_file.write_bytes(b"garbage")
+    x = Featurizer(FeaturizerConfig("morgan", n_bits=64), cache_dir=tmp_path).transform(["CCO"])
+    assert x.sum() > 0
