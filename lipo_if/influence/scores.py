@@ -1,0 +1,161 @@
+"""Influence scores of candidate points: ``score(z) = −(1/n) s · ∇θ ℓ(z, θ̂)``.
+
+With ``s = (H + μI)⁻¹ v`` and ``v = ∇θ L_heldout(θ̂)``, ``score(z)`` is the first-order predicted
+change of the held-out mean loss when ``z`` is added to the ``n`` training points
+(upweighting ``z`` by ε moves θ̂ by ``−ε H⁻¹ ∇ℓ(z)``; one point among n is ε = 1/n; and
+``dL = v · dθ``). Units: held-out loss (logD²). **Negative = helpful** (loss goes down).
+
+One caveat of "adding a point": retraining on ``n+1`` points with a *mean* loss also rescales
+the data term against the fixed L2 term, which shifts every candidate's actual change by the
+same constant ``−(λ/n) s·θ̂`` (see :func:`renormalization_offset`); rankings are unaffected.
+
+Two ways to compute ``s · ∇ℓ(zᵢ)`` for a batch, neither holding more than one chunk of
+per-sample gradients:
+
+- :func:`grad_dot_reference` — ``torch.func.vmap(grad(ℓ))`` per-sample gradients ``[c, p]``
+  for chunks of ``c`` samples, dotted with ``s``. Generic; the named reference.
+- :func:`grad_dot_fast` — per Linear layer, sample i's weight gradient is
+  ``out_grad[i] ⊗ act[i]`` (bias: ``out_grad[i]``), so
+  ``s · ∇ℓ(zᵢ) = Σ_l out_gradᵢᵀ S_W,l actᵢ + out_gradᵢ · s_b,l`` — one forward pass, a manual
+  backward of ``ℓ = (f − y)²`` (``out_grad`` of the last layer = ``2(f − y)``) and per-layer
+  contractions (``lipo_if.ops.linear_grad_dot`` when built).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch.func import grad, vmap
+
+from ._ops import linear_grad_dot
+from .hvp import HessianOperator
+
+ScoreMethod = Literal["fast", "reference"]
+SCORE_METHODS: tuple[str, ...] = ("fast", "reference")
+
+
+def _as_matrix(vecs: torch.Tensor, op: HessianOperator) -> torch.Tensor:
+    """``[p]`` or ``[k, p]`` → ``[k, p]`` in the operator's dtype."""
+    vecs = vecs.to(op.dtype)
+    vecs = vecs.unsqueeze(0) if vecs.dim() == 1 else vecs
+    if vecs.dim() != 2 or vecs.shape[1] != op.n_params:
+        raise ValueError(f"expected vectors [p] or [k, p] with p = {op.n_params}, got {tuple(vecs.shape)}")
+    return vecs
+
+
+def per_sample_grads(op: HessianOperator, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``∇θ ℓ(zᵢ, θ̂)`` for every row, ``[B, p]`` (block parameters only). Materializes all of them."""
+    def sample_loss(theta: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (op.predict(theta, x.unsqueeze(0)).squeeze(0) - t) ** 2
+
+    return vmap(grad(sample_loss), in_dims=(None, 0, 0))(op.theta, X.to(op.dtype), y.to(op.dtype))
+
+
+def grad_dot_reference(
+    op: HessianOperator, vecs: torch.Tensor, X: torch.Tensor, y: torch.Tensor, chunk_size: int = 256
+) -> torch.Tensor:
+    """``vecs_k · ∇θ ℓ(zᵢ)`` by vmapped per-sample gradients in chunks: ``[B, k]``.
+
+    ``vecs``: ``[k, p]`` (or ``[p]``, giving ``[B, 1]``). Memory: one ``[chunk_size, p]`` block.
+    """
+    vecs = _as_matrix(vecs, op)
+    out = [per_sample_grads(op, X[i:i + chunk_size], y[i:i + chunk_size]) @ vecs.T
+           for i in range(0, X.shape[0], chunk_size)]
+    return torch.cat(out)
+
+
+def _layer_count(params: dict[str, torch.Tensor]) -> int:
+    count = 0
+    while f"layers.{count}.weight" in params:
+        count += 1
+    if count == 0 or len(params) != 2 * count:
+        raise ValueError("the fast path needs an MLPRegressor (parameters layers.<l>.weight / layers.<l>.bias only); "
+                         "use method='reference'")
+    return count
+
+
+def grad_dot_fast(
+    op: HessianOperator, vecs: torch.Tensor, X: torch.Tensor, y: torch.Tensor, chunk_size: int = 1024
+) -> torch.Tensor:
+    """Same as :func:`grad_dot_reference` (``[B, k]``) by the per-layer outer-product identity.
+
+    Works on :class:`~lipo_if.model.MLPRegressor` (Linear layers, ReLU between); parameters
+    outside ``op``'s block contribute nothing, and the backward pass stops at the earliest
+    layer that has block parameters.
+    """
+    vecs = _as_matrix(vecs, op)
+    params = op.param_dict()
+    n_layers = _layer_count(params)
+    block = [op.block.unflatten(row) for row in vecs]  # k dicts of views
+    per_layer = []
+    for l in range(n_layers):
+        w_name, b_name = f"layers.{l}.weight", f"layers.{l}.bias"
+        if w_name not in op.block.names and b_name not in op.block.names:
+            per_layer.append(None)
+            continue
+        w, b = params[w_name], params[b_name]
+        vec_w = torch.stack([d[w_name] for d in block]) if w_name in op.block.names else w.new_zeros(len(block), *w.shape)
+        vec_b = torch.stack([d[b_name] for d in block]) if b_name in op.block.names else b.new_zeros(len(block), *b.shape)
+        per_layer.append((vec_w, vec_b))
+    first = next(l for l, item in enumerate(per_layer) if item is not None)
+    out = [_grad_dot_chunk(params, per_layer, first, X[i:i + chunk_size].to(op.dtype), y[i:i + chunk_size].to(op.dtype))
+           for i in range(0, X.shape[0], chunk_size)]
+    return torch.cat(out)
+
+
+def _grad_dot_chunk(
+    params: dict[str, torch.Tensor], per_layer: list, first: int, X: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Forward, manual backward of ``(f − y)²`` down to layer ``first``, and the contractions: ``[c, k]``."""
+    n_layers = len(per_layer)
+    acts, preacts = [], []
+    h = X
+    with torch.no_grad():
+        for l in range(n_layers):
+            acts.append(h)
+            z = h @ params[f"layers.{l}.weight"].T + params[f"layers.{l}.bias"]
+            preacts.append(z)
+            h = torch.relu(z) if l < n_layers - 1 else z
+        out_grad = 2.0 * (h - y.unsqueeze(1))  # ∂ℓ/∂z_L for ℓ = (f − y)², [c, 1]
+        total = None
+        for l in range(n_layers - 1, first - 1, -1):
+            if per_layer[l] is not None:
+                term = linear_grad_dot(acts[l], out_grad, *per_layer[l])
+                total = term if total is None else total + term
+            if l > first:  # back through layer l and the ReLU after layer l−1
+                out_grad = (out_grad @ params[f"layers.{l}.weight"]) * (preacts[l - 1] > 0)
+    return total
+
+
+def grad_dots(
+    op: HessianOperator, vecs: torch.Tensor, X: torch.Tensor, y: torch.Tensor, method: ScoreMethod = "fast",
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """``vecs · ∇θ ℓ(zᵢ)`` ``[B, k]`` by ``method`` ("fast" or "reference")."""
+    if method == "fast":
+        return grad_dot_fast(op, vecs, X, y, chunk_size)
+    if method == "reference":
+        return grad_dot_reference(op, vecs, X, y, min(chunk_size, 256))
+    raise ValueError(f"unknown score method {method!r}; choose from {', '.join(SCORE_METHODS)}")
+
+
+def influence_scores(
+    op: HessianOperator, s: torch.Tensor, X: torch.Tensor, y: torch.Tensor, method: ScoreMethod = "fast",
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """``score(zᵢ) = −(1/n) s · ∇θ ℓ(zᵢ, θ̂)`` ``[B]`` (held-out-loss units; negative = helpful).
+
+    ``s`` ``[p]`` is the inverse-HVP of the held-out gradient, ``X`` ``[B, d]`` the candidates'
+    (standardized) features, ``y`` ``[B]`` their labels, ``n = op.n_train``.
+    """
+    return -grad_dots(op, s, X, y, method, chunk_size)[:, 0] / op.n_train
+
+
+def renormalization_offset(op: HessianOperator, s: torch.Tensor) -> float:
+    """``−(λ/n) s·θ̂``: the extra change every candidate shares when retraining uses ``1/(n+1)``.
+
+    Retraining on n+1 points minimizes ``(1/(n+1)) Σ ℓ + (λ/2)‖θ‖²``, proportional to
+    ``R(θ) + (1/n)ℓ(z) + (1/n)(λ/2)‖θ‖²``; the last term moves θ̂ by ``−(λ/n) H⁻¹θ̂`` for every z.
+    So the first-order actual change is ``score(z) + renormalization_offset``.
+    """
+    return float(-(op.weight_decay / op.n_train) * (s.to(op.dtype) @ op.theta))

@@ -1,0 +1,169 @@
+"""End-to-end test of lipo_if.influence.pipeline with a tiny fake run (needs RDKit for SMILES)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("rdkit")
+
+from lipo_if.data import DataError, canonicalize  # noqa: E402
+from lipo_if.influence import HessianOperator, InfluenceConfig, influence_scores, output_paths, run_influence, solve  # noqa: E402
+from lipo_if.model import ModelConfig, build_model, objective  # noqa: E402
+
+# torch.func jvp registers its decompositions through the deprecated torch.jit.script (torch-internal).
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+WD = 0.01
+
+
+def featurize(smiles: list[str]) -> torch.Tensor:
+    """Six atom/ring counts per molecule (a stand-in for the real featurizer), float32 [n, 6]."""
+    from rdkit import Chem
+
+    rows = []
+    for s in smiles:
+        mol = Chem.MolFromSmiles(s)
+        symbols = [a.GetSymbol() for a in mol.GetAtoms()]
+        rows.append([len(symbols), symbols.count("C"), symbols.count("O"), symbols.count("N"),
+                     sum(a.GetIsAromatic() for a in mol.GetAtoms()), mol.GetRingInfo().NumRings()])
+    return torch.tensor(rows, dtype=torch.float32) / 5.0
+
+
+SPLITS = {
+    "train": ["CC", "CCC", "CCCC", "CCCCC", "CCCCCC", "c1ccccc1C", "c1ccccc1CC", "CCN", "CCCN", "OCCO",
+              "CC(C)O", "CCOC", "c1ccncc1", "CC(=O)N", "CCCCO", "c1ccccc1O"],
+    "val": ["CCCO", "c1ccccc1N", "CCOCC", "NCCN"],
+    "test": ["CCCCN", "c1ccc(C)cc1C", "OCCCO"],
+}
+
+
+def logp(smiles: list[str]) -> torch.Tensor:
+    from rdkit.Chem import Crippen, MolFromSmiles
+
+    return torch.tensor([Crippen.MolLogP(MolFromSmiles(s)) for s in smiles], dtype=torch.float32)
+
+
+@dataclass
+class _Config:
+    weight_decay: float = WD
+
+
+class FakeRun:
+    """The attributes of lipo_if.train.Run that the pipeline uses, on a tiny model."""
+
+    def __init__(self) -> None:
+        self.config = _Config()
+        X, y = self.tensors("train")
+        model = build_model(ModelConfig(X.shape[1], (8,)), seed=0, init_bias=float(y.mean()))
+        opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+        for _ in range(300):
+            opt.zero_grad()
+            objective(model, X, y, WD).backward()
+            opt.step()
+        self.model = model.eval()
+
+    def tensors(self, part: str):
+        return featurize(SPLITS[part]), logp(SPLITS[part])
+
+    def keys(self, part: str) -> list[str]:
+        return [canonicalize(s)[1] for s in SPLITS[part]]
+
+    def featurize(self, smiles: list[str]) -> torch.Tensor:
+        return featurize(smiles)
+
+
+@pytest.fixture(scope="module")
+def run():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead
+    yield FakeRun()
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def external(tmp_path: Path) -> Path:
+    rows = [("CCO", -0.1), ("c1ccccc1", 1.7), ("CC(=O)O", 0.1), ("C1CC", 0.5),  # 3: invalid (unclosed ring)
+            ("OCC", -0.2),  # 4: same molecule as row 0
+            ("CCCO", 0.4),  # 5: a validation molecule
+            ("CCCCN", 0.9),  # 6: a test molecule
+            ("CCCCCC", 2.5),  # 7: a training molecule
+            ("CCCCCCCC", 3.3), ("Clc1ccccc1", 2.3), ("NCCO", -1.0)]
+    path = tmp_path / "external.csv"
+    pd.DataFrame(rows, columns=["smiles", "label"]).to_csv(path, index=False)
+    return path
+
+
+def quiet(**kw) -> InfluenceConfig:
+    return InfluenceConfig(progress=False, **kw)
+
+
+def test_pipeline_end_to_end(run, external, tmp_path):
+    out = tmp_path / "out" / "scores.csv"
+    summary = run_influence(run, external, quiet(solver="cg", tol=1e-10), out)
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert list(frame.columns) == ["row", "smiles", "label", "prediction", "residual", "score", "excluded"]
+    assert frame["row"].tolist() == list(range(11))
+    expected = {3: "invalid SMILES", 4: "duplicate row of row 0", 5: "duplicate of a validation molecule",
+                6: "duplicate of a test molecule", 7: "duplicate of a training molecule"}
+    assert {i: r for i, r in enumerate(frame["excluded"]) if r} == expected
+    scored = frame[frame["excluded"] == ""]
+    assert (frame.loc[list(expected), "score"] == "").all()  # excluded rows: empty score
+    assert scored["score"].astype(float).notna().all() and len(scored) == 6
+    assert frame.loc[3, "prediction"] == "" and frame.loc[4, "prediction"] != ""  # invalid: no prediction
+    pred = scored["prediction"].astype(float)
+    assert np.allclose(scored["residual"].astype(float), pred - scored["label"].astype(float), atol=1e-8)
+
+    # The written scores are −(1/n) s·∇ℓ(z) for the validation gradient, recomputed independently.
+    X_train, y_train = run.tensors("train")
+    op = HessianOperator(run.model, X_train, y_train, WD)
+    v = op.gradient(*run.tensors("val"))
+    s = solve(op, v, "direct", InfluenceConfig(damping=summary["solver"]["info"]["damping"], progress=False)).s
+    smiles = scored["smiles"].tolist()
+    ref = influence_scores(op, s, featurize(smiles), torch.tensor(scored["label"].astype(float).to_numpy()),
+                           method="reference")
+    assert np.allclose(scored["score"].astype(float), ref.numpy(), rtol=1e-6, atol=1e-12)
+
+    paths = output_paths(out)
+    assert paths["histogram"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = json.loads(paths["summary"].read_text())
+    assert written["counts"] == summary["counts"]
+    assert summary["counts"]["rows"] == 11 and summary["counts"]["scored"] == 6
+    assert summary["counts"]["excluded_by_reason"]["duplicate row"] == 1
+    assert summary["selection_saw_test_set"] is False and summary["n_train"] == 16 and summary["n_heldout"] == 4
+    assert summary["solver"]["converged"] and summary["solver"]["info"]["lambda_max"] > 0
+    assert summary["settings"]["hessian"] == "gauss-newton"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_pipeline_lissa_test_heldout_and_no_overlap_exclusion(run, external, tmp_path):
+    out = tmp_path / "lissa.csv"
+    summary = run_influence(run, external, quiet(heldout="test", exclude_overlap=False, depth=300), out)
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert frame["excluded"].tolist()[3:5] == ["invalid SMILES", "duplicate row of row 0"]
+    assert (frame["excluded"] == "").sum() == 9  # split members are scored when overlap is allowed
+    assert summary["selection_saw_test_set"] is True
+    assert any("saw the test set" in w for w in summary["warnings"])
+    info = summary["solver"]["info"]
+    assert info["scale"] > info["lambda_max"] and info["relative_residual"] < 1e-3
+    assert len(summary["solver"]["trace"]) <= 201
+
+
+def test_pipeline_errors(run, external, tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        run_influence(run, tmp_path / "missing.csv", quiet(), tmp_path / "x.csv")
+    with pytest.raises(ValueError, match="heldout must be one of"):
+        InfluenceConfig(heldout="train")
+    with pytest.raises(ValueError, match="refusing to form a dense"):
+        run_influence(run, external, quiet(solver="direct", max_params=10), tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
+    cfg = InfluenceConfig(params="layers.1.weight, layers.1.bias", damping="0.1")
+    assert cfg.param_names == ["layers.1.weight", "layers.1.bias"] and cfg.damping == 0.1
+    summary = run_influence(run, external, quiet(solver="direct", params="layers.1.weight,layers.1.bias"),
+                            tmp_path / "block.csv")
+    assert summary["n_params"] == 9
