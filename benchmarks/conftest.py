@@ -1,0 +1,14 @@
+"""Collect ``bench_*.py`` files in this directory as pytest modules (pytest-benchmark).
+
+The project's pytest ``testpaths`` is ``tests``, so these only run when asked for:
+``python -m pytest benchmarks -q --benchmark-only``.
+"""
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collect_file(file_path, parent):
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None

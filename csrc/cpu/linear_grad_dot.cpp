@@ -1,0 +1,175 @@
+// CPU kernel of lipo_if::linear_grad_dot.
+//
+//   result[i, j] = out_grad[i]^T  W_j  act[i]  +  out_grad[i] . b_j
+//
+// i.e. the dot product of sample i's Linear-layer gradient (out_grad[i] ⊗ act[i], out_grad[i])
+// with the j-th parameter-shaped vector (W_j, b_j), without forming any [out, in] gradient.
+//
+// Two algorithms, chosen per call from the density of `act` (fraction of non-zero entries):
+//
+//  * sparse (density <= kSparseMaxDensity): per sample, gather the non-zero columns c of act[i]
+//    and accumulate y = b_j + Σ_c act[i, c] · Wt_j[c, :] (Wt_j = W_j^T, rows contiguous over
+//    `out`), then result = y · out_grad[i]. Cost nnz·out per (i, j) instead of in·out.
+//    Fingerprint inputs (≈3 % bits set) are the case this is for.
+//  * dense: blocks of samples, T = act_block @ W_flat^T (one GEMM for all k, [b, k·out]) then a
+//    fused row-wise dot with out_grad (bias folded in). This is the "GEMM + row sum" formulation
+//    at the BLAS floor; the block bounds the temporary to kDenseTempElems elements.
+//
+// Accumulation: float32 inputs accumulate in float32 (as a float32 GEMM does), in kLanes
+// independent lanes for dot products; float64 in float64.
+// Layout: non-contiguous inputs are copied to contiguous ones (documented policy, see checks.h).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <functional>
+#include <vector>
+
+#include "../checks.h"
+
+namespace lipo_if {
+namespace {
+
+// Above this fraction of non-zeros in act the dense GEMM path wins (measured on the 2-core
+// AVX-512 dev box with the 2248 -> 512 layer; see benchmarks/RESULTS.md).
+constexpr double kSparseMaxDensity = 0.15;
+constexpr int64_t kDenseTempElems = int64_t{1} << 21;  // [b, k·out] temporary, ≈8 MiB float32
+constexpr int kLanes = 16;
+
+// Σ_o a[o]·b[o] in kLanes independent accumulators (vectorizable without -ffast-math).
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  T acc[kLanes] = {};
+  int64_t o = 0;
+  for (; o + kLanes <= n; o += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[o + l] * b[o + l];
+  T total = 0;
+  for (; o < n; ++o) total += a[o] * b[o];
+  for (int l = 0; l < kLanes; ++l) total += acc[l];
+  return total;
+}
+
+// y[o] += alpha · x[o]
+template <typename T>
+inline void axpy(T alpha, const T* __restrict__ x, T* __restrict__ y, int64_t n) {
+  for (int64_t o = 0; o < n; ++o) y[o] += alpha * x[o];
+}
+
+// Number of non-zero entries of a contiguous [n, in] matrix.
+template <typename T>
+int64_t count_nonzero(const T* a, int64_t n, int64_t in) {
+  return at::parallel_reduce(
+      0, n, 64, int64_t{0},
+      [&](int64_t r0, int64_t r1, int64_t acc) {
+        for (int64_t e = r0 * in; e < r1 * in; ++e) acc += (a[e] != T(0));
+        return acc;
+      },
+      std::plus<int64_t>());
+}
+
+// Sparse path: act [n, in], out_grad [n, out], wt [k, in, out] (= W^T per j), bias [k, out] or
+// nullptr, result [n, k].
+template <typename T>
+void sparse_kernel(
+    const T* act, const T* out_grad, const T* wt, const T* bias, T* result, int64_t n, int64_t in,
+    int64_t out, int64_t k) {
+  // Grain: aim at >= ~64k multiply-adds per task so scheduling overhead stays negligible.
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, k * out * 16));
+  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
+    std::vector<int64_t> cols(static_cast<size_t>(in));
+    std::vector<T> vals(static_cast<size_t>(in));
+    std::vector<T> y(static_cast<size_t>(out));
+    for (int64_t i = i0; i < i1; ++i) {
+      // On-the-fly CSR row of act[i].
+      const T* a = act + i * in;
+      int64_t nnz = 0;
+      for (int64_t c = 0; c < in; ++c) {
+        if (a[c] != T(0)) {
+          cols[nnz] = c;
+          vals[nnz] = a[c];
+          ++nnz;
+        }
+      }
+      const T* g = out_grad + i * out;
+      for (int64_t j = 0; j < k; ++j) {
+        if (bias != nullptr) {
+          std::copy(bias + j * out, bias + (j + 1) * out, y.begin());
+        } else {
+          std::fill(y.begin(), y.end(), T(0));
+        }
+        const T* wj = wt + j * in * out;
+        for (int64_t t = 0; t < nnz; ++t) axpy(vals[t], wj + cols[t] * out, y.data(), out);
+        result[i * k + j] = dot(y.data(), g, out);
+      }
+    }
+  });
+}
+
+// Dense path: T = act_block @ w_flat^T with w_flat = vec_weight viewed [k·out, in], then a fused
+// row-wise dot with out_grad (+ bias). act, out_grad, w_flat contiguous; result [n, k].
+template <typename T>
+void dense_kernel(
+    const at::Tensor& act, const at::Tensor& out_grad, const at::Tensor& w_flat, const T* bias, T* result,
+    int64_t k, int64_t out) {
+  const int64_t n = act.size(0);
+  const int64_t block = std::max<int64_t>(1, kDenseTempElems / std::max<int64_t>(1, k * out));
+  const at::Tensor w_t = w_flat.t();
+  const T* g_all = out_grad.data_ptr<T>();
+  for (int64_t start = 0; start < n; start += block) {
+    const int64_t rows = std::min(block, n - start);
+    const at::Tensor proj = at::mm(act.narrow(0, start, rows), w_t);  // [rows, k·out], contiguous
+    const T* p = proj.data_ptr<T>();
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* g = g_all + (start + r) * out;
+        for (int64_t j = 0; j < k; ++j) {
+          T s = dot(p + (r * k + j) * out, g, out);
+          if (bias != nullptr) s += dot(bias + j * out, g, out);
+          result[(start + r) * k + j] = s;
+        }
+      }
+    });
+  }
+}
+
+at::Tensor linear_grad_dot_cpu(
+    const at::Tensor& act_in, const at::Tensor& out_grad_in, const at::Tensor& vec_weight_in,
+    const std::optional<at::Tensor>& vec_bias_in) {
+  check_linear_grad_dot_inputs(act_in, out_grad_in, vec_weight_in, vec_bias_in);
+  TORCH_CHECK(act_in.device().is_cpu(), "lipo_if.linear_grad_dot (CPU kernel): inputs must be on CPU");
+  const at::Tensor act = act_in.contiguous();
+  const at::Tensor out_grad = out_grad_in.contiguous();
+  const at::Tensor vec_weight = vec_weight_in.contiguous();
+  const at::Tensor vec_bias = vec_bias_in.has_value() ? vec_bias_in->contiguous() : at::Tensor();
+  const int64_t n = act.size(0), in = act.size(1), out = out_grad.size(1), k = vec_weight.size(0);
+  at::Tensor result = at::empty({n, k}, act.options());
+  if (n == 0 || k == 0) return result;
+
+  AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "lipo_if_linear_grad_dot_cpu", [&] {
+    const scalar_t* bias = vec_bias.defined() ? vec_bias.data_ptr<scalar_t>() : nullptr;
+    scalar_t* res = result.data_ptr<scalar_t>();
+    const int64_t nnz = count_nonzero(act.data_ptr<scalar_t>(), n, in);
+    const double density = in == 0 ? 0.0 : static_cast<double>(nnz) / static_cast<double>(n * in);
+    if (density <= kSparseMaxDensity) {
+      // One transposed copy of the k vectors (k·in·out) so the gather reads contiguous rows.
+      const at::Tensor wt = vec_weight.transpose(1, 2).contiguous();
+      sparse_kernel<scalar_t>(
+          act.data_ptr<scalar_t>(), out_grad.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), bias, res, n, in, out, k);
+    } else {
+      dense_kernel<scalar_t>(act, out_grad, vec_weight.view({k * out, in}), bias, res, k, out);
+    }
+  });
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lipo_if, CPU, m) {
+  m.impl("linear_grad_dot", &linear_grad_dot_cpu);
+}
+
+}  // namespace lipo_if

@@ -1,0 +1,41 @@
+// Operator registry of the lipo_if extension: the ONE place the schemas live.
+//
+// Kernels are registered per backend in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA) with
+// TORCH_LIBRARY_IMPL, so the ops are reachable as torch.ops.lipo_if.* once this library is
+// loaded. Fake (meta) kernels are registered from Python (lipo_if/ops.py, register_fake).
+//
+// The module-init function below only exists so that `import lipo_if._C` works (setuptools
+// builds a Python extension module); the module itself is empty — loading it is what registers
+// the operators.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(lipo_if, m) {
+  // act [n, in], out_grad [n, out], vec_weight [k, out, in], vec_bias [k, out] or None -> [n, k]:
+  // dot products of every sample's Linear-layer gradient with k parameter-shaped vectors.
+  m.def(
+      "linear_grad_dot(Tensor act, Tensor out_grad, Tensor vec_weight, Tensor? vec_bias) -> Tensor");
+  // h, v, hvp: same shape -> (h_new = v + (1 - damping) h - hvp / scale, ||h_new - h||_2 as 0-dim).
+  m.def(
+      "lissa_step(Tensor h, Tensor v, Tensor hvp, float damping, float scale) -> (Tensor, Tensor)");
+}
+
+#ifndef TORCH_EXTENSION_NAME
+#define TORCH_EXTENSION_NAME _C
+#endif
+#define LIPO_IF_CONCAT_(a, b) a##b
+#define LIPO_IF_CONCAT(a, b) LIPO_IF_CONCAT_(a, b)
+#define LIPO_IF_STR_(a) #a
+#define LIPO_IF_STR(a) LIPO_IF_STR_(a)
+
+static PyModuleDef lipo_if_module = {
+    PyModuleDef_HEAD_INIT,
+    LIPO_IF_STR(TORCH_EXTENSION_NAME),
+    "Compiled kernels of lipo_if; importing registers torch.ops.lipo_if.*.",
+    -1,
+    nullptr,
+};
+
+PyMODINIT_FUNC LIPO_IF_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  return PyModule_Create(&lipo_if_module);
+}

@@ -1,0 +1,242 @@
+"""Fused kernels for influence scoring and LiSSA, from the compiled extension ``lipo_if._C``.
+
+Operators (registered with the PyTorch dispatcher as ``torch.ops.lipo_if.*``):
+
+- :func:`linear_grad_dot` — dot products of every sample's Linear-layer gradient with ``k``
+  parameter-shaped vectors, without materializing per-sample gradients (sparse-aware on CPU).
+- :func:`lissa_step` — one fused LiSSA update plus its step norm.
+
+Backends (:func:`backend`): ``"cpp"`` (CPU kernels), ``"cpp+cuda"`` (CPU and CUDA kernels) or
+``"pytorch"`` when ``lipo_if._C`` is not built — then :mod:`lipo_if.ops_reference` is used and
+one ``RuntimeWarning`` is issued at import. ``LIPO_IF_JIT=1`` compiles the sources from
+``csrc/`` with :func:`load_jit` instead of importing the prebuilt module (development).
+
+Input policy: shapes, dtypes (float32/float64, all equal) and devices are validated here with
+``ValueError``/``TypeError`` naming the argument; non-contiguous inputs are accepted (the kernels
+copy them to a contiguous layout). Tensors on a device without a compiled kernel (e.g. CUDA with
+a CPU-only build) go through the pure-PyTorch reference.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from . import ops_reference
+
+__all__ = ["backend", "has_ops", "linear_grad_dot", "lissa_step", "load_jit", "mlp_grad_dot"]
+
+_OPS_NAMES = ("linear_grad_dot", "lissa_step")
+_CSRC = Path(__file__).resolve().parents[1] / "csrc"
+
+
+def has_ops() -> bool:
+    """True when the ``torch.ops.lipo_if`` operators are registered (extension loaded)."""
+    try:
+        for name in _OPS_NAMES:
+            getattr(torch.ops.lipo_if, name).default  # noqa: B018 — attribute lookup is the test
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _has_kernel(device_type: str) -> bool:
+    """True when every operator has a kernel for ``device_type`` ("CPU" or "CUDA")."""
+    return has_ops() and all(
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"lipo_if::{name}", device_type) for name in _OPS_NAMES
+    )
+
+
+def backend() -> str:
+    """``"cpp+cuda"``, ``"cpp"`` or ``"pytorch"`` (no extension: reference kernels)."""
+    if not has_ops():
+        return "pytorch"
+    return "cpp+cuda" if _has_kernel("CUDA") else "cpp"
+
+
+def load_jit(verbose: bool = False) -> None:
+    """Compile ``csrc/`` with ``torch.utils.cpp_extension.load`` (ninja) and register the ops.
+
+    For development (``LIPO_IF_JIT=1``): rebuilds only what changed, in torch's extension cache.
+    CUDA sources are included when torch has CUDA and a toolkit is found. No-op when the ops are
+    already registered (a second registration of the ``lipo_if`` library would fail).
+    """
+    if has_ops():
+        return
+    from torch.utils.cpp_extension import CUDA_HOME, load  # noqa: PLC0415 — heavy, only for JIT
+
+    if not (_CSRC / "lipo_if.cpp").exists():
+        raise FileNotFoundError(f"LIPO_IF_JIT needs the C++ sources, not found under {_CSRC}")
+    sources = [str(_CSRC / "lipo_if.cpp"), *sorted(str(p) for p in (_CSRC / "cpu").glob("*.cpp"))]
+    with_cuda = torch.cuda.is_available() and CUDA_HOME is not None
+    if with_cuda:
+        sources += sorted(str(p) for p in (_CSRC / "cuda").glob("*.cu"))
+    load(
+        name="lipo_if_C",
+        sources=sources,
+        extra_cflags=["-O3", "-g0", "-march=native"] + (["-DWITH_CUDA"] if with_cuda else []),
+        extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
+        is_python_module=False,  # the library only registers operators
+        verbose=verbose,
+    )
+
+
+def _load_extension() -> None:
+    """Load the kernels: JIT when ``LIPO_IF_JIT=1``, else ``lipo_if._C``; warn once if absent."""
+    if os.environ.get("LIPO_IF_JIT") == "1":
+        load_jit()
+        return
+    try:
+        from . import _C  # noqa: F401, PLC0415 — importing registers torch.ops.lipo_if.*
+    except ImportError as exc:
+        warnings.warn(
+            f"lipo_if._C is not available ({exc}); using the pure-PyTorch kernels of lipo_if.ops_reference "
+            "(slower). Build it with `pip install -e .` or `python setup.py build_ext --inplace`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+_load_extension()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake (meta) kernels: shapes only, so torch.compile / opcheck can trace the ops.
+if has_ops():
+
+    @torch.library.register_fake("lipo_if::linear_grad_dot")
+    def _linear_grad_dot_fake(
+        act: torch.Tensor, out_grad: torch.Tensor, vec_weight: torch.Tensor, vec_bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        torch._check(act.dim() == 2 and out_grad.dim() == 2 and vec_weight.dim() == 3)
+        return act.new_empty((act.shape[0], vec_weight.shape[0]))
+
+    @torch.library.register_fake("lipo_if::lissa_step")
+    def _lissa_step_fake(
+        h: torch.Tensor, v: torch.Tensor, hvp: torch.Tensor, damping: float, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return h.new_empty(h.shape), h.new_empty(())
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_tensor(t: object, name: str, dims: int | None, shape_doc: str) -> torch.Tensor:
+    """``t`` must be a float32/float64 tensor with ``dims`` dimensions (any when None)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {shape_doc}, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+    if dims is not None and t.dim() != dims:
+        raise ValueError(f"{name} must be {dims}-D {shape_doc}, got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_alike(tensors: dict[str, torch.Tensor], ref_name: str) -> None:
+    """All ``tensors`` share the dtype and device of ``tensors[ref_name]``."""
+    ref = tensors[ref_name]
+    for name, t in tensors.items():
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; all inputs must share one dtype")
+        if t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; all inputs must share one device")
+
+
+def _use_kernel(device: torch.device) -> bool:
+    return _has_kernel("CUDA" if device.type == "cuda" else "CPU") if device.type in ("cpu", "cuda") else False
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+def linear_grad_dot(
+    act: torch.Tensor, out_grad: torch.Tensor, vec_weight: torch.Tensor, vec_bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample Linear-layer gradients dotted with ``k`` parameter-shaped vectors: ``[n, k]``.
+
+    ``result[i, j] = Σ_{o,c} out_grad[i,o]·vec_weight[j,o,c]·act[i,c] + Σ_o out_grad[i,o]·vec_bias[j,o]``
+    — sample i's gradient of the layer is ``(out_grad[i] ⊗ act[i], out_grad[i])``; it is never formed.
+
+    Args:
+        act: ``[n, in]`` layer inputs (sparse rows, e.g. fingerprints, take a faster CPU path).
+        out_grad: ``[n, out]`` gradients of the per-sample loss w.r.t. the layer outputs.
+        vec_weight: ``[k, out, in]`` the weight part of the k vectors.
+        vec_bias: ``[k, out]`` their bias part, or None (weight only).
+    """
+    _check_tensor(act, "act", 2, "[n, in]")
+    _check_tensor(out_grad, "out_grad", 2, "[n, out]")
+    _check_tensor(vec_weight, "vec_weight", 3, "[k, out, in]")
+    tensors = {"act": act, "out_grad": out_grad, "vec_weight": vec_weight}
+    n, in_dim = act.shape
+    out, k = out_grad.shape[1], vec_weight.shape[0]
+    if out_grad.shape[0] != n:
+        raise ValueError(f"out_grad must be [n, out] with n = {n} (rows of act), got shape {tuple(out_grad.shape)}")
+    if tuple(vec_weight.shape[1:]) != (out, in_dim):
+        raise ValueError(f"vec_weight must be [k, out, in] = [k, {out}, {in_dim}], got shape {tuple(vec_weight.shape)}")
+    if vec_bias is not None:
+        _check_tensor(vec_bias, "vec_bias", 2, "[k, out]")
+        if tuple(vec_bias.shape) != (k, out):
+            raise ValueError(f"vec_bias must be [k, out] = [{k}, {out}], got shape {tuple(vec_bias.shape)}")
+        tensors["vec_bias"] = vec_bias
+    _check_alike(tensors, "act")
+    if _use_kernel(act.device):
+        return torch.ops.lipo_if.linear_grad_dot(act, out_grad, vec_weight, vec_bias)
+    return ops_reference.linear_grad_dot(act, out_grad, vec_weight, vec_bias)
+
+
+def lissa_step(
+    h: torch.Tensor, v: torch.Tensor, hvp: torch.Tensor, damping: float, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LiSSA update in a single fused pass.
+
+    Returns ``(h_new, step_norm)`` with ``h_new = v + (1 − damping)·h − hvp/scale`` (shape of
+    ``h``, contiguous) and ``step_norm = ‖h_new − h‖₂`` as a 0-dim tensor (no host sync).
+
+    Args:
+        h, v, hvp: current estimate, right-hand side and ``H h``; one shape, usually ``[p]``.
+        damping: recursion damping (dimensionless); scale: LiSSA scale (> 0 in practice, ≠ 0).
+    """
+    tensors = {name: _check_tensor(t, name, None, "(same shape as h)") for name, t in (("h", h), ("v", v), ("hvp", hvp))}
+    for name in ("v", "hvp"):
+        if tensors[name].shape != h.shape:
+            raise ValueError(f"{name} must have the shape of h {tuple(h.shape)}, got {tuple(tensors[name].shape)}")
+    _check_alike(tensors, "h")
+    damping, scale = float(damping), float(scale)
+    if scale == 0.0:
+        raise ValueError("scale must be non-zero")
+    if _use_kernel(h.device):
+        return torch.ops.lipo_if.lissa_step(h, v, hvp, damping, scale)
+    return ops_reference.lissa_step(h, v, hvp, damping, scale)
+
+
+def mlp_grad_dot(
+    layers: Sequence[torch.nn.Linear], vec: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor,
+    kernel: Callable[..., torch.Tensor] = linear_grad_dot,
+) -> torch.Tensor:
+    """``vec · ∇θ (f(xᵢ) − yᵢ)²`` for all rows at once: one forward, a manual backward, and one
+    :func:`linear_grad_dot` per layer (``kernel`` lets benchmarks swap in the reference).
+
+    ``layers``: Linear layers of an MLP with ReLU between them and 1 output; ``vec``: one tensor
+    per parameter in ``weight, bias`` order per layer; ``X`` ``[n, d]``, ``y`` ``[n]`` → ``[n]``.
+    """
+    if len(vec) != 2 * len(layers):
+        raise ValueError(f"vec needs weight and bias per layer ({2 * len(layers)} tensors), got {len(vec)}")
+    with torch.no_grad():
+        inputs, masks, h = [], [], X
+        for i, layer in enumerate(layers):
+            inputs.append(h)
+            h = layer(h)
+            if i < len(layers) - 1:
+                masks.append(h > 0)
+                h = torch.relu(h)
+        out_grad = 2.0 * (h - y.unsqueeze(1))  # ∂(f − y)²/∂f, [n, 1]
+        total = X.new_zeros(X.shape[0])
+        for i in range(len(layers) - 1, -1, -1):
+            total += kernel(inputs[i], out_grad, vec[2 * i].unsqueeze(0), vec[2 * i + 1].unsqueeze(0))[:, 0]
+            if i > 0:  # back through layer i and the ReLU after layer i−1
+                out_grad = (out_grad @ layers[i].weight) * masks[i - 1]
+    return total

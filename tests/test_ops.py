@@ -1,0 +1,282 @@
+"""Tests of the fused kernels (lipo_if.ops / lipo_if._C) against float64 references.
+
+Extension-specific tests skip with a reason when ``lipo_if._C`` is not built; CUDA tests skip
+without a CUDA device and a CUDA build of the extension.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lipo_if import ops, ops_reference
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_EXT = ops.has_ops()
+HAS_CUDA = torch.cuda.is_available() and ops.backend() == "cpp+cuda"
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason="lipo_if._C is not built (run `pip install -e .`)")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and the CUDA build of lipo_if._C")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])]
+TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-11, atol=1e-11)}
+
+
+def exact_grad_dot(act, out_grad, vec_weight, vec_bias):
+    """float64, loop-free but independent of both implementations: materialized per-sample grads."""
+    a, g, w = act.double().cpu(), out_grad.double().cpu(), vec_weight.double().cpu()
+    per_sample_w = g[:, :, None] * a[:, None, :]                       # [n, out, in]
+    result = torch.einsum("noi,koi->nk", per_sample_w, w)
+    if vec_bias is not None:
+        result = result + torch.einsum("no,ko->nk", g, vec_bias.double().cpu())
+    return result
+
+
+def make_inputs(n, in_dim, out, k, dtype, device="cpu", density=1.0, bias=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    act = torch.randn(n, in_dim, generator=gen, dtype=torch.float64)
+    if density < 1.0:
+        act = act * (torch.rand(n, in_dim, generator=gen, dtype=torch.float64) < density)
+    tensors = [act, torch.randn(n, out, generator=gen, dtype=torch.float64),
+               torch.randn(k, out, in_dim, generator=gen, dtype=torch.float64),
+               torch.randn(k, out, generator=gen, dtype=torch.float64) if bias else None]
+    return [None if t is None else t.to(dtype=dtype, device=device) for t in tensors]
+
+
+def assert_matches(result, expected, dtype, scale=1.0):
+    assert result.dtype == dtype
+    assert not torch.isnan(result).any(), "some output elements were never written"
+    tol = TOL[dtype]
+    torch.testing.assert_close(result.double().cpu(), expected, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+# --------------------------------------------------------------------------- linear_grad_dot
+SHAPES = list(itertools.product([0, 1, 7, 131], [1, 13, 257], [1, 5, 33], [1, 3]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("density", [1.0, 0.03])
+def test_linear_grad_dot_odd_shapes(dtype, density):
+    """Every (n, in, out, k) combination, bias given and None, sparse and dense act."""
+    for idx, (n, in_dim, out, k) in enumerate(SHAPES):
+        for bias in (True, False):
+            act, g, w, b = make_inputs(n, in_dim, out, k, dtype, density=density, bias=bias, seed=idx)
+            result = ops.linear_grad_dot(act, g, w, b)
+            assert result.shape == (n, k)
+            # Errors grow like sqrt(in·out) for float32; scale atol by the magnitude of the sum.
+            assert_matches(result, exact_grad_dot(act, g, w, b), dtype, scale=(in_dim * out) ** 0.5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_grad_dot_both_paths_large(device, dtype):
+    """Real-ish layer (in=600, out=64): sparse (≈3 % non-zero, fingerprint-like 0/1) and dense act,
+    n not a multiple of any tile/block size; the sparse and dense algorithms both run on CPU."""
+    for density in (0.03, 0.5, 1.0):
+        act, g, w, b = make_inputs(517, 600, 64, 2, dtype, device, density=density, seed=3)
+        if density == 0.03:
+            act = (act != 0).to(dtype)  # binary fingerprint bits
+        assert_matches(ops.linear_grad_dot(act, g, w, b), exact_grad_dot(act, g, w, b), dtype, scale=200.0)
+
+
+def test_linear_grad_dot_rows_of_zeros_and_sentinel_memory():
+    """All-zero rows (nnz = 0) give exactly the bias term; repeated calls reuse freed (garbage)
+    memory, so an unwritten element would show up as a mismatch or NaN."""
+    act, g, w, b = make_inputs(64, 40, 9, 3, torch.float64, density=0.05, seed=7)
+    act[::2] = 0.0
+    for _ in range(3):
+        garbage = torch.full((64 * 3 + 17,), float("nan"), dtype=torch.float64)  # freed right away
+        del garbage
+        result = ops.linear_grad_dot(act, g, w, b)
+        assert_matches(result, exact_grad_dot(act, g, w, b), torch.float64)
+    torch.testing.assert_close(result[::2], g[::2] @ b.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("density", [1.0, 0.03])
+def test_linear_grad_dot_non_contiguous(density):
+    """Transposed / strided views are accepted and give the same result as contiguous copies."""
+    act, g, w, b = make_inputs(37, 29, 11, 3, torch.float64, density=density, seed=11)
+    act_t = act.T.contiguous().T                      # column-major [n, in]
+    g_s = torch.stack([g, g], -1).flatten(1)[:, ::2]  # stride 2 along out
+    w_t = w.transpose(1, 2).contiguous().transpose(1, 2)
+    b_s = torch.stack([b, b], 1).flatten(0, 1)[::2]  # row stride 2·out
+    assert not (act_t.is_contiguous() or g_s.is_contiguous() or w_t.is_contiguous() or b_s.is_contiguous())
+    assert_matches(ops.linear_grad_dot(act_t, g_s, w_t, b_s), exact_grad_dot(act, g, w, b), torch.float64)
+
+
+def test_mlp_grad_dot_matches_vmap_per_sample_gradients():
+    """Summed over layers (one forward + manual backward), the kernel gives s·∇θ(f(x)−y)² exactly
+    like materialized vmap(grad) per-sample gradients — on a fingerprint-like sparse input."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(300, 32), torch.nn.Linear(32, 16), torch.nn.Linear(16, 1)]
+    layers = [layer.double() for layer in layers]
+    X = torch.cat([(torch.rand(45, 280) < 0.03).double(), torch.randn(45, 20, dtype=torch.float64)], 1)
+    y = torch.randn(45, dtype=torch.float64)
+    vec = [torch.randn_like(p) for layer in layers for p in (layer.weight, layer.bias)]
+    expected = ops_reference.mlp_grad_dot_vmap(layers, vec, X, y, chunk_size=16)
+    torch.testing.assert_close(ops.mlp_grad_dot(layers, vec, X, y), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        ops.mlp_grad_dot(layers, vec, X, y, kernel=ops_reference.linear_grad_dot), expected, rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- lissa_step
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("numel", [0, 1, 15, 16, 17, 16384 + 3, 100_003])
+def test_lissa_step_formula(device, dtype, numel):
+    gen = torch.Generator().manual_seed(numel)
+    h, v, hvp = (torch.randn(numel, generator=gen, dtype=torch.float64) for _ in range(3))
+    damping, scale = 0.013, 37.5
+    h_new, step = ops.lissa_step(*(t.to(dtype=dtype, device=device) for t in (h, v, hvp)), damping, scale)
+    expected = v + (1 - damping) * h - hvp / scale
+    assert h_new.shape == h.shape and h_new.dtype == dtype and step.shape == () and step.dtype == dtype
+    tol = TOL[dtype]
+    torch.testing.assert_close(h_new.double().cpu(), expected, **tol)
+    torch.testing.assert_close(step.double().cpu(), torch.linalg.vector_norm(expected - h), **tol)
+    if numel == 0:
+        assert step.item() == 0.0
+
+
+def test_lissa_step_non_contiguous_and_2d():
+    base = torch.randn(3, 50, 40, dtype=torch.float64)
+    h, v, hvp = base[0].T, base[1].T, base[2].T  # [40, 50], non-contiguous
+    h_new, step = ops.lissa_step(h, v, hvp, 0.1, 2.0)
+    expected = v + 0.9 * h - hvp / 2.0
+    assert h_new.shape == (40, 50)
+    torch.testing.assert_close(h_new, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(step, torch.linalg.vector_norm(expected - h), rtol=1e-12, atol=0)
+
+
+@needs_ext
+def test_lissa_step_norm_is_deterministic_across_thread_counts():
+    """Partial sums per fixed chunk → identical bits with 1 and 2 threads."""
+    h, v, hvp = torch.randn(3, 300_001, dtype=torch.float32).unbind(0)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.lissa_step(h, v, hvp, 0.01, 5.0)[1].item()
+        torch.set_num_threads(2)
+        two = ops.lissa_step(h, v, hvp, 0.01, 5.0)[1].item()
+    finally:
+        torch.set_num_threads(old)
+    assert one == two
+
+
+# --------------------------------------------------------------------------- opcheck / dispatcher
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(device, dtype):
+    for density, bias in ((1.0, True), (0.03, False)):
+        act, g, w, b = make_inputs(9, 21, 5, 2, dtype, device, density=density, bias=bias)
+        torch.library.opcheck(torch.ops.lipo_if.linear_grad_dot.default, (act, g, w, b))
+    h, v, hvp = (torch.randn(1000, dtype=dtype, device=device) for _ in range(3))
+    torch.library.opcheck(torch.ops.lipo_if.lissa_step.default, (h, v, hvp, 0.05, 3.0))
+
+
+@needs_ext
+def test_backend_reports_cpp():
+    assert ops.backend() in ("cpp", "cpp+cuda")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("lipo_if::linear_grad_dot", "CPU")
+
+
+@needs_ext
+def test_extension_matches_pure_pytorch_path():
+    """The fallback (ops_reference, same names) gives the results of the compiled kernels."""
+    for density in (1.0, 0.03):
+        act, g, w, b = make_inputs(200, 257, 33, 3, torch.float64, density=density, seed=5)
+        torch.testing.assert_close(ops.linear_grad_dot(act, g, w, b), ops_reference.linear_grad_dot(act, g, w, b),
+                                   rtol=1e-12, atol=1e-10)
+    h, v, hvp = torch.randn(3, 5000, dtype=torch.float64).unbind(0)
+    for got, want in zip(ops.lissa_step(h, v, hvp, 0.2, 4.0), ops_reference.lissa_step(h, v, hvp, 0.2, 4.0)):
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+
+
+def test_fallback_without_extension_warns_once_and_works():
+    """With lipo_if._C unimportable, lipo_if.ops warns exactly once and uses the reference."""
+    code = (
+        "import sys, warnings; sys.modules['lipo_if._C'] = None\n"
+        "import torch\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import lipo_if.ops as ops\n"
+        "    import lipo_if.ops\n"
+        "msgs = [str(w.message) for w in caught if 'lipo_if._C is not available' in str(w.message)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "assert ops.backend() == 'pytorch', ops.backend()\n"
+        "a, g, w = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64), "
+        "torch.randn(2, 3, 4, dtype=torch.float64)\n"
+        "exp = torch.einsum('no,koi,ni->nk', g, w, a)\n"
+        "torch.testing.assert_close(ops.linear_grad_dot(a, g, w), exp)\n"
+        "h = torch.ones(5, dtype=torch.float64)\n"
+        "hn, s = ops.lissa_step(h, h, h, 0.5, 2.0)\n"
+        "torch.testing.assert_close(hn, torch.full((5,), 1.0, dtype=torch.float64))\n"
+        "print('OK')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("LIPO_IF_JIT", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- errors
+def _good(dtype=torch.float64):
+    return make_inputs(4, 6, 3, 2, dtype)
+
+
+@pytest.mark.parametrize("mutate, exc, match", [
+    (lambda a, g, w, b: (a[0], g, w, b), ValueError, r"act must be 2-D \[n, in\]"),
+    (lambda a, g, w, b: (a, g[:3], w, b), ValueError, r"out_grad must be \[n, out\] with n = 4"),
+    (lambda a, g, w, b: (a, g, w[:, :2], b), ValueError, r"vec_weight must be \[k, out, in\] = \[k, 3, 6\]"),
+    (lambda a, g, w, b: (a, g, w[0], b), ValueError, r"vec_weight must be 3-D"),
+    (lambda a, g, w, b: (a, g, w, b[:1]), ValueError, r"vec_bias must be \[k, out\] = \[2, 3\]"),
+    (lambda a, g, w, b: (a, g.float(), w, b), TypeError, r"out_grad has dtype torch.float32 but act has torch.float64"),
+    (lambda a, g, w, b: (a.int(), g, w, b), TypeError, r"act must be float32 or float64"),
+    (lambda a, g, w, b: (a, g, w.numpy(), b), TypeError, r"vec_weight must be a torch.Tensor"),
+    (lambda a, g, w, b: (a, g, w.to("meta"), b), ValueError, r"vec_weight is on meta but act is on cpu"),
+])
+def test_linear_grad_dot_errors(mutate, exc, match):
+    with pytest.raises(exc, match=match):
+        ops.linear_grad_dot(*mutate(*_good()))
+
+
+@pytest.mark.parametrize("args, exc, match", [
+    (lambda h: (h, h[:-1], h), ValueError, r"v must have the shape of h \(10,\)"),
+    (lambda h: (h, h, h.float()), TypeError, r"hvp has dtype torch.float32 but h has torch.float64"),
+    (lambda h: (h.long(), h.long(), h.long()), TypeError, r"h must be float32 or float64"),
+    (lambda h: (h, h, h.to("meta")), ValueError, r"hvp is on meta but h is on cpu"),
+])
+def test_lissa_step_errors(args, exc, match):
+    with pytest.raises(exc, match=match):
+        ops.lissa_step(*args(torch.randn(10, dtype=torch.float64)), 0.1, 1.0)
+    with pytest.raises(ValueError, match="scale must be non-zero"):
+        ops.lissa_step(*(torch.randn(10),) * 3, 0.1, 0.0)
+
+
+@needs_ext
+def test_raw_op_errors_are_clear():
+    """The dispatcher ops check too (callers bypassing lipo_if.ops get TORCH_CHECK messages)."""
+    a, g, w, b = _good()
+    with pytest.raises(RuntimeError, match=r"vec_weight must be \[k, out, in\] = \[k, 3, 6\]"):
+        torch.ops.lipo_if.linear_grad_dot(a, g, w[:, :2], b)
+    with pytest.raises(RuntimeError, match=r"out_grad has dtype Float but act has dtype Double"):
+        torch.ops.lipo_if.linear_grad_dot(a, g.float(), w, b)
+    with pytest.raises(RuntimeError, match=r"act must be float32 or float64"):
+        torch.ops.lipo_if.linear_grad_dot(a.int(), g.int(), w.int(), None)
+    with pytest.raises(RuntimeError, match=r"h, v and hvp must have one shape"):
+        torch.ops.lipo_if.lissa_step(a.flatten(), a.flatten()[1:], a.flatten(), 0.1, 1.0)
+    with pytest.raises(RuntimeError, match=r"scale must be non-zero"):
+        torch.ops.lipo_if.lissa_step(a, a, a, 0.1, 0.0)
+
+
+@needs_cuda
+def test_cuda_device_mismatch_is_rejected():
+    a, g, w, b = _good()
+    with pytest.raises(ValueError, match="out_grad is on cuda"):
+        ops.linear_grad_dot(a, g.cuda(), w, b)
+    with pytest.raises(RuntimeError, match="must be on one device"):
+        torch.ops.lipo_if.linear_grad_dot(a.cuda(), g, w.cuda(), b.cuda())
