@@ -144,6 +144,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_influence(args: argparse.Namespace) -> int:
+    from .influence import InfluenceConfig, run_influence
+    from .train import load_run
+
+    config = dataclass_from_args(InfluenceConfig, args, progress=not args.quiet)
+    run = load_run(args.run, data_path=args.data)
+    summary = run_influence(run, args.external, config, args.out)
+    counts = summary.get("counts", {})
+    print(f"influence of {counts.get('scored', '?')} of {counts.get('rows', '?')} external rows on the {config.heldout} loss "
+          f"written to {args.out}")
+    for key in ("histogram", "summary"):
+        if key in summary.get("outputs", {}):
+            print(f"  {key}: {summary['outputs'][key]}")
+    if config.heldout == "test":
+        print("  note: the held-out set is the TEST set, so test metrics of a selection made from these scores are optimistic")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -198,6 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV to write (default: stdout)")
     p.set_defaults(func=_cmd_predict)
 
+    from .influence import InfluenceConfig
+
+    p = sub.add_parser(
+        "influence",
+        help="score every external molecule by its influence on held-out loss (LiSSA)",
+        description="score(z) = −(1/n)·s·∇ℓ(z), s = (H + damping·I)⁻¹ ∇L_heldout: the predicted change of the "
+        "held-out MSE when z is added to the n training molecules (negative = helpful). Writes SCORES.csv, a "
+        "histogram PNG and a JSON summary beside it.",
+    )
+    p.add_argument("--run", required=True, help="run directory from 'lipo-if train'")
+    p.add_argument("--external", required=True, help="CSV of candidate molecules (SMILES and label columns)")
+    p.add_argument("--out", required=True, help="scores CSV to write")
+    p.add_argument("--data", help="Lipophilicity CSV if it moved since training")
+    add_dataclass_arguments(p, InfluenceConfig, skip=("progress",), group="influence and LiSSA settings")
+    p.set_defaults(func=_cmd_influence)
+
     p = sub.add_parser("info", help="versions and which kernel backend is in use")
     p.set_defaults(func=_cmd_info)
 
@@ -207,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job end to end on the real data (what `make demo` runs)")
     p.add_argument("--data-dir", help="directory with lipophilicity.csv and external.csv (default: $LIPO_IF_DATA)")
     p.add_argument("--out", default="runs/demo", help="output directory")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the initialization")
+    p.add_argument("--seed", type=int, default=0, help="first seed (seeds are SEED, SEED+1, …)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the demo's 3)")
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -216,17 +251,130 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_SUBCOMMANDS: list[Callable[[Any], None]] = []
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "change the input or the settings" — shown as one line, exit 2."""
+    from .influence.solvers import InfluenceSolverError
+
+    return (DataError, ValueError, FileNotFoundError, FloatingPointError, InfluenceSolverError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (DataError, ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except _user_errors() as exc:
         if args.verbose:
             raise
         print(f"lipo-if {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+# --------------------------------------------------------------------------- retraining, the experiment, fidelity
+
+
+def _add_featurizer_arguments(parser: argparse.ArgumentParser) -> None:
+    from .featurize import FeaturizerConfig
+
+    g = parser.add_argument_group("featurizer")
+    for f in dataclasses.fields(FeaturizerConfig):
+        option = "--featurizer" if f.name == "name" else _option_name(f.name)
+        g.add_argument(option, dest="fp_" + f.name, type=type(f.default), default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .data import read_molecule_csv
+    from .train import FinetuneConfig, finetune_run, load_run
+
+    config = dataclass_from_args(FinetuneConfig, args)
+    run = load_run(args.run, data_path=args.data)
+    table = read_molecule_csv(args.extra)
+    new = finetune_run(run, table["smiles_input"].tolist(), table["label"].tolist(), config, progress=not args.quiet)
+    out = new.save(args.out)
+    _write_history(out, new)
+    m = new.metrics
+    print(f"{m['mode']} with {m['n_added']} of {m['n_extra_given']} extra molecules added "
+          f"({len(m['extra_dropped'])} left out: invalid, repeated, or already in train/validation/test): "
+          f"test RMSE {m['test_rmse']:.3f}  MAE {m['test_mae']:.3f}  R² {m['test_r2']:.3f}  (validation RMSE {m['val_rmse']:.3f})")
+    print(f"run written to {out}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .data import resolve_lipophilicity_path
+    from .experiment import ExperimentConfig, run_experiment
+    from .featurize import FeaturizerConfig
+    from .train import FinetuneConfig, TrainConfig
+
+    config = dataclass_from_args(ExperimentConfig, args)
+    path = resolve_lipophilicity_path(path=args.data, data_dir=args.data_dir)
+    report = run_experiment(
+        path, args.external, args.out, config, dataclass_from_args(TrainConfig, args),
+        dataclass_from_args(FinetuneConfig, args), dataclass_from_args(FeaturizerConfig, args, prefix="fp_"),
+        progress=not args.quiet,
+    )
+    print(report["conclusion"])
+    print(f"report written to {Path(args.out) / 'report.md'} (and report.json, plots)")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .train import FinetuneConfig, load_run
+    from .validate import ValidateConfig, run_validation
+
+    run = load_run(args.run, data_path=args.data)
+    result = run_validation(run, args.external, args.out, dataclass_from_args(ValidateConfig, args),
+                            dataclass_from_args(FinetuneConfig, args), scores_csv=args.scores, progress=not args.quiet)
+    s, g = result["singles"], result["group"]
+    print(f"{result['config']['retrain']} retraining, {s['n']} single molecules: Pearson {s['pearson']:.3f}, Spearman {s['spearman']:.3f} "
+          f"(predicted vs actual Δ validation MSE); top-{g['k']} group: predicted {g['predicted']:+.3g}, actual {g['actual']:+.3g}")
+    print(f"written to {Path(args.out) / 'validate.json'} and validate.png")
+    return 0
+
+
+def _register_retraining_commands(sub: Any) -> None:
+    from .experiment import ExperimentConfig
+    from .train import FinetuneConfig, TrainConfig
+    from .validate import ValidateConfig
+
+    p = sub.add_parser("finetune", help="retrain a run with extra molecules added (fine-tune or from scratch)",
+                       description="Retrain RUN_DIR's model on its training split plus the molecules of CSV (validation/test "
+                       "molecules and repeats are never added) and write NEW_RUN_DIR with the same metrics.json as train.")
+    p.add_argument("--run", required=True, help="run directory from 'lipo-if train'")
+    p.add_argument("--extra", required=True, help="CSV of molecules to add (SMILES and label columns, like the external file)")
+    p.add_argument("--out", required=True, help="new run directory to write")
+    p.add_argument("--data", help="Lipophilicity CSV if it moved since training")
+    add_dataclass_arguments(p, FinetuneConfig, group="retraining")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("run", help="the whole experiment: baseline → influence → selection → retraining → report, over seeds",
+                       description="For each seed: train, score the external molecules by validation influence, select "
+                       "(influence, random, all external, test-influence oracle as a diagnostic), retrain each selection and the "
+                       "nothing-added baseline the same way, evaluate; write OUT/report.json, OUT/report.md and plots.")
+    _add_data_arguments(p)
+    p.add_argument("--external", required=True, help="CSV of candidate molecules (SMILES and label columns)")
+    p.add_argument("--out", required=True, help="output directory")
+    add_dataclass_arguments(p, ExperimentConfig, group="experiment")
+    add_dataclass_arguments(p, TrainConfig, skip=("seed",), group="baseline training")
+    add_dataclass_arguments(p, FinetuneConfig, skip=("seed",), group="retraining")
+    _add_featurizer_arguments(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("validate", help="fidelity check: actual vs predicted change of validation loss when molecules are added",
+                       description="Add single external molecules (spread across the score range) and the top-k group, retrain, "
+                       "and compare the actual change of validation MSE with the influence prediction (Pearson, Spearman).")
+    p.add_argument("--run", required=True, help="run directory from 'lipo-if train'")
+    p.add_argument("--external", required=True, help="CSV of candidate molecules (SMILES and label columns)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--scores", help="scores CSV from 'lipo-if influence' on this run (default: computed with default settings)")
+    p.add_argument("--data", help="Lipophilicity CSV if it moved since training")
+    add_dataclass_arguments(p, ValidateConfig, group="validation")
+    add_dataclass_arguments(p, FinetuneConfig, skip=("from_scratch",), group="retraining (retrain=finetune/scratch)")
+    p.set_defaults(func=_cmd_validate)
+
+
+_EXTRA_SUBCOMMANDS.append(_register_retraining_commands)
 
 
 if __name__ == "__main__":

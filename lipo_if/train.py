@@ -122,10 +122,12 @@ def fit(
     config: TrainConfig,
     progress: bool = True,
     desc: str = "train",
+    restore_best: bool = True,
 ) -> FitResult:
     """Adam on R(θ) with early stopping on validation RMSE; returns the best-validation weights.
 
-    Shuffling uses a generator seeded with ``config.seed`` so a run is reproducible.
+    Shuffling uses a generator seeded with ``config.seed`` so a run is reproducible. With
+    ``restore_best=False`` the weights of the last epoch are kept (fixed-epoch fine-tuning).
     """
     from tqdm.auto import tqdm
 
@@ -162,7 +164,8 @@ def fit(
             break
     bar.close()
     assert best_state is not None
-    model.load_state_dict(best_state)
+    if restore_best:
+        model.load_state_dict(best_state)
     model.eval()
     return FitResult(model, best_epoch, epoch, history, time.perf_counter() - start)
 
@@ -340,3 +343,131 @@ def train_run(
     run.metrics = metrics
     run._history = result.history  # type: ignore[attr-defined]
     return run
+
+
+# --------------------------------------------------------------------------- retraining with extra molecules
+
+
+@dataclass
+class FinetuneConfig:
+    """How a trained run is retrained on train ∪ extra molecules (``lipo-if finetune`` options).
+
+    Fine-tuning starts from the run's weights θ̂ with a lower learning rate; ``from_scratch``
+    instead re-initializes and trains with the run's own :class:`TrainConfig`. Either way the
+    featurizer (and its training-split statistics) stays the run's, and model selection only
+    looks at the validation split.
+    """
+
+    finetune_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of fine-tuning (lower than training's)"})
+    finetune_epochs: int = field(default=20, metadata={"help": "fine-tuning epochs (the maximum when early stopping)"})
+    finetune_patience: int = field(default=10, metadata={"help": "early stopping: epochs without a better validation RMSE"})
+    early_stopping: bool = field(default=True, metadata={"help": "keep the best-validation epoch (else the last of finetune_epochs)"})
+    from_scratch: bool = field(default=False, metadata={"help": "re-initialize and train with the run's training settings instead of fine-tuning"})
+    seed: int = field(default=-1, metadata={"help": "seed of the shuffling (and of the initialization with from_scratch); -1 = the run's seed"})
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.finetune_lr > 0, f"finetune_lr must be positive, got {self.finetune_lr}"),
+            (self.finetune_epochs >= 1, f"finetune_epochs must be ≥ 1, got {self.finetune_epochs}"),
+            (self.finetune_patience >= 1, f"finetune_patience must be ≥ 1, got {self.finetune_patience}"),
+            (self.seed >= -1, f"seed must be ≥ 0 (or -1 for the run's seed), got {self.seed}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def filter_extra(run: Run, smiles: Sequence[str], labels: Sequence[float]) -> tuple[list[int], list[dict]]:
+    """Which extra molecules may join the training set: ``(kept positions, dropped records)``.
+
+    The leakage guard: a molecule whose stereo-insensitive key matches a validation or test
+    molecule is never added (it would leak the evaluation labels), nor one already in training,
+    an invalid SMILES, or a repeat of an earlier extra molecule. Each dropped record is
+    ``{"position", "smiles", "reason"}``.
+    """
+    from .data import canonicalize
+
+    split_keys = {"validation": set(run.keys("val")), "test": set(run.keys("test")), "training": set(run.keys("train"))}
+    kept, dropped, seen = [], [], set()
+    for position, (smi, label) in enumerate(zip(smiles, labels)):
+        parsed = canonicalize(smi)
+        reason = ""
+        if parsed is None:
+            reason = "invalid SMILES"
+        elif not math.isfinite(float(label)):
+            reason = "label is not a finite number"
+        else:
+            reason = next((f"duplicate of a {name} molecule" for name, keys in split_keys.items() if parsed[1] in keys), "")
+            if not reason and parsed[1] in seen:
+                reason = "repeated extra molecule"
+        if reason:
+            dropped.append({"position": position, "smiles": smi, "reason": reason})
+        else:
+            seen.add(parsed[1])  # type: ignore[index]
+            kept.append(position)
+    return kept, dropped
+
+
+def finetune_run(
+    run: Run,
+    smiles: Sequence[str],
+    labels: Sequence[float],
+    config: FinetuneConfig | None = None,
+    progress: bool = True,
+    desc: str = "finetune",
+) -> Run:
+    """Retrain ``run`` on its training split plus the extra molecules; a new :class:`Run`.
+
+    ``smiles``/``labels``: the extra molecules (logD units). Those rejected by
+    :func:`filter_extra` are left out and listed in ``metrics["extra_dropped"]``. The new run keeps
+    the split and featurizer; its ``metrics`` has the keys of :func:`train_run` plus
+    ``n_added``, ``mode`` and ``base_*`` (the starting run's metrics). ``run`` is not modified.
+    """
+    import copy
+
+    config = config or FinetuneConfig()
+    seed = run.config.seed if config.seed < 0 else config.seed
+    kept, dropped = filter_extra(run, list(smiles), list(labels))
+    x_train, y_train = run.tensors("train")
+    x_val, y_val = run.tensors("val")
+    if kept:
+        from .data import canonicalize
+
+        canonical = [canonicalize(smiles[i])[0] for i in kept]  # type: ignore[index]
+        x_extra = run.featurize(canonical)
+        y_extra = torch.tensor([float(labels[i]) for i in kept], dtype=torch.float32)
+        x_train, y_train = torch.cat([x_train, x_extra]), torch.cat([y_train, y_extra])
+    if config.from_scratch:
+        train_config = TrainConfig(**{**asdict(run.config), "seed": seed})
+        model = build_model(run.model.config, seed=seed, init_bias=float(y_train.mean()))
+        restore_best = True
+    else:
+        # Early stopping here is "keep the best-validation epoch"; patience may end it sooner.
+        train_config = TrainConfig(**{
+            **asdict(run.config), "seed": seed, "lr": config.finetune_lr, "max_epochs": config.finetune_epochs,
+            "patience": config.finetune_patience if config.early_stopping else config.finetune_epochs,
+            "min_epochs": min(run.config.min_epochs, config.finetune_epochs),
+        })
+        model = copy.deepcopy(run.model)
+        restore_best = config.early_stopping
+    seed_everything(seed)
+    result = fit(model, x_train, y_train, x_val, y_val, train_config, progress=progress, desc=desc, restore_best=restore_best)
+    new = Run(None, result.model, run.featurizer, run.split, run.config, run.data_path, _dataset=run._dataset)
+    new._tensor_cache = {p: run._tensor_cache[p] for p in ("val", "test", "train") if p in run._tensor_cache}
+    metrics = new.evaluate()
+    metrics.update(
+        train_rmse=regression_metrics(y_train.numpy(), predict_tensor(new.model, x_train))["rmse"],
+        n_train=int(len(x_train)), n_val=len(run.split.val), n_test=len(run.split.test),
+        seed=seed, split=run.split.method, featurizer=run.featurizer.config.name, n_features=run.featurizer.dim,
+        n_params=new.model.n_params, best_epoch=result.best_epoch, epochs_run=result.epochs_run,
+        train_seconds=round(result.seconds, 2),
+        final_objective_grad_norm=full_objective_grad_norm(new.model, x_train, y_train, run.config.weight_decay),
+        weight_decay=run.config.weight_decay,
+        mode="from_scratch" if config.from_scratch else "finetune", n_added=len(kept), n_extra_given=len(list(smiles)),
+        extra_dropped=dropped, finetune_config=asdict(config),
+        **{f"base_{k}": run.metrics[k] for k in ("val_rmse", "test_rmse") if k in run.metrics},
+    )
+    new.metrics = metrics
+    new._history = result.history  # type: ignore[attr-defined]
+    new._extra = [(smiles[i], float(labels[i])) for i in kept]  # type: ignore[attr-defined]
+    return new

@@ -59,3 +59,44 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "lr must be positive" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_influence_subcommand_end_to_end(tmp_path, small_lipo_csv, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(small_lipo_csv), "--out", str(run_dir), *FAST[:-1]]) == 0
+    external = tmp_path / "external.csv"
+    # row 0 repeats a training-set molecule, row 2 is invalid, row 4 repeats row 3
+    external.write_text("SMILES,Label\nCCO,0.1\nCCCCCCCC,3.5\nC1CC,1\nOc1ccc(Cl)cc1,2.4\nOc1ccc(Cl)cc1,2.6\nCC(C)(C)c1ccccc1,3.9\n")
+    out = tmp_path / "scores.csv"
+    code = main(["-q", "influence", "--run", str(run_dir), "--external", str(external), "--out", str(out), "--depth", "300"])
+    assert code == 0, capsys.readouterr().err
+    import pandas as pd
+
+    scores = pd.read_csv(out, keep_default_na=False)
+    assert scores["row"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert {"row", "smiles", "label", "score", "excluded", "prediction", "residual"} <= set(scores.columns)
+    excluded = dict(zip(scores["row"], scores["excluded"]))
+    assert excluded[2] == "invalid SMILES" and excluded[4].startswith("duplicate row") and excluded[1] == "" and excluded[5] == ""
+    assert "training" in excluded[0] or "validation" in excluded[0] or "test" in excluded[0]
+    scored = scores[scores["excluded"] == ""]
+    assert len(scored) == 3 and all(abs(float(s)) < 1e3 for s in scored["score"])
+    assert (tmp_path / "scores_hist.png").stat().st_size > 1000
+    summary = json.loads((tmp_path / "scores_summary.json").read_text())
+    assert summary["counts"]["scored"] == 3
+
+
+def test_influence_subcommand_bad_inputs(tmp_path, small_lipo_csv, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(small_lipo_csv), "--out", str(run_dir), *FAST[:-1]]) == 0
+    nolabel = tmp_path / "nolabel.csv"
+    nolabel.write_text("SMILES\nCCO\n")
+    assert main(["-q", "influence", "--run", str(run_dir), "--external", str(nolabel), "--out", str(tmp_path / "s.csv")]) == 2
+    assert "no label column found" in capsys.readouterr().err
+    external = tmp_path / "ext.csv"
+    external.write_text("SMILES,Label\nCCCCCCCC,3.5\nOc1ccc(Cl)cc1,2.4\n")
+    # a scale far below λmax makes LiSSA diverge: the message must say which knob to turn
+    code = main(["-q", "influence", "--run", str(run_dir), "--external", str(external), "--out", str(tmp_path / "s.csv"),
+                 "--scale", "1e-4", "--damping", "0.01", "--depth", "200"])
+    err = capsys.readouterr().err
+    assert code == 2 and "scale" in err, err
+    assert not (tmp_path / "s.csv").exists()  # nothing half-written
