@@ -23,6 +23,14 @@ scores as *most helpful*, though adding it hurts (the effect is second order in 
 residual itself exposes such labels, so ``guard="residual"`` removes, before ranking, every row
 whose residual is a robust outlier: ``|r − median(r)| / (1.4826·MAD(r)) > guard_z`` over the eligible
 rows (the median absorbs a systematic offset between the external labels and the model).
+
+``guard="greedy"`` replaces the ranking by greedy group selection that re-scores every candidate
+after each addition against a second-order model of the validation loss (see
+:mod:`lipo_if.group`): it stops when no candidate is predicted to help any more, so it may choose
+fewer than k rows, and it leaves out a wildly wrong label because that molecule's second-order
+self-term grows with the square of its residual while its first-order score grows only linearly.
+``guard="residual+greedy"`` applies the residual filter first, then the greedy selection. Both
+need a :class:`lipo_if.group.GroupModel` (``select(..., group=...)``).
 """
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 STRATEGIES: tuple[str, ...] = ("top_k", "threshold", "top_fraction", "random", "all", "none")
-GUARDS: tuple[str, ...] = ("none", "residual")
+GUARDS: tuple[str, ...] = ("none", "residual", "greedy", "residual+greedy")
 #: MAD → standard deviation for normally distributed residuals.
 MAD_TO_SD = 1.4826
 SCORE_COLUMNS = ("row", "score", "residual", "excluded")
@@ -50,7 +58,8 @@ class SelectionConfig:
     threshold: float = field(default=0.0, metadata={"help": "strategy threshold: select every row with score < threshold"})
     fraction: float = field(default=0.1, metadata={"help": "strategy top_fraction: the most helpful fraction of eligible rows"})
     seed: int = field(default=0, metadata={"help": "strategy random: seed of the draw"})
-    guard: str = field(default="residual", metadata={"help": "drop residual outliers before ranking (residual) or not (none)", "choices": GUARDS})
+    guard: str = field(default="residual", metadata={"help": "residual: drop residual outliers before ranking; greedy: greedy group selection re-scored "
+                                                                    "after each addition (second order); residual+greedy: both; none", "choices": GUARDS})
     guard_z: float = field(default=3.5, metadata={"help": "robust z-score of the residual above which a row is an outlier"})
 
     def __post_init__(self) -> None:
@@ -140,9 +149,14 @@ def guarded_pool(table: pd.DataFrame, guard: str = "residual", guard_z: float = 
     if guard not in GUARDS:
         raise ValueError(f"guard must be one of {', '.join(GUARDS)}, got {guard!r}")
     pool = eligible(table)
-    if guard == "residual":
+    if "residual" in guard:
         pool = pool[~residual_outliers(table, guard_z).loc[pool.index]]
     return pool
+
+
+def uses_greedy(guard: str) -> bool:
+    """Whether ``guard`` includes the greedy group selection (and so needs a GroupModel)."""
+    return "greedy" in guard
 
 
 # --------------------------------------------------------------------------- strategies
@@ -182,12 +196,13 @@ def random_k(pool: pd.DataFrame, k: float, seed: int) -> list[int]:
     return _rows(pool.iloc[np.sort(picks)])
 
 
-def select(table: pd.DataFrame, config: SelectionConfig | None = None) -> list[int]:
+def select(table: pd.DataFrame, config: SelectionConfig | None = None, group=None) -> list[int]:
     """External ``row`` ids chosen by ``config`` from a scores table.
 
     The guard applies to the score-based strategies only (``top_k``, ``threshold``,
     ``top_fraction``); the controls (``random``, ``all``, ``none``) draw from every eligible row,
-    since they stand for "what if we ignored the scores".
+    since they stand for "what if we ignored the scores". The greedy guards need ``group``, a
+    :class:`lipo_if.group.GroupModel` built for this table (:func:`lipo_if.group.group_model`).
     """
     config = config or SelectionConfig()
     if config.strategy == "none":
@@ -196,6 +211,18 @@ def select(table: pd.DataFrame, config: SelectionConfig | None = None) -> list[i
         pool = eligible(table)
         return _rows(pool) if config.strategy == "all" else random_k(pool, config.k, config.seed)
     pool = guarded_pool(table, config.guard, config.guard_z)
+    if uses_greedy(config.guard):
+        from .group import greedy_select
+
+        if group is None:
+            raise ValueError(f"guard {config.guard!r} needs a GroupModel: build one with lipo_if.group.group_model(run, scores, ...)")
+        group = group.with_scores(table)
+        rows = _rows(pool)
+        if config.strategy == "top_k":
+            return greedy_select(group, rows, resolve_k(config.k, len(pool)))
+        if config.strategy == "threshold":
+            return greedy_select(group, rows, None, threshold=config.threshold)
+        return greedy_select(group, rows, int(round(config.fraction * len(pool))))
     if config.strategy == "top_k":
         return top_k(pool, config.k)
     if config.strategy == "threshold":
@@ -203,9 +230,9 @@ def select(table: pd.DataFrame, config: SelectionConfig | None = None) -> list[i
     return top_fraction(pool, config.fraction)
 
 
-def sweep(table: pd.DataFrame, ks: Sequence[float], config: SelectionConfig | None = None) -> dict[float, list[int]]:
+def sweep(table: pd.DataFrame, ks: Sequence[float], config: SelectionConfig | None = None, group=None) -> dict[float, list[int]]:
     """``{k: select(table, config with that k)}`` for each k (strategy ``top_k`` or ``random``)."""
     from dataclasses import replace
 
     config = config or SelectionConfig()
-    return {k: select(table, replace(config, k=k)) for k in ks}
+    return {k: select(table, replace(config, k=k), group) for k in ks}
