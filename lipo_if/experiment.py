@@ -5,14 +5,23 @@ For every seed (the seed sets the split and the initialization):
 1. train the Task-1 model — ``original``;
 2. score the external molecules by influence on the **validation** set (and, as a diagnostic
    only, on the **test** set — ``oracle``, the ceiling of any selection; never a method);
-3. select: ``influence`` (top-k, residual-guarded), ``influence_unguarded`` (plain first-order
-   top-k), ``influence_threshold`` (all guarded rows with score < 0), ``random`` (k eligible
-   rows), ``all_external`` (every eligible row), ``oracle`` (top-k by test influence);
+3. select: ``influence`` (top-k with the configured guard, residual by default),
+   ``influence_unguarded`` (plain first-order top-k) and the other guards of ``compare_guards``
+   (``influence_greedy``: greedy group selection re-scored after each addition, see
+   :mod:`lipo_if.group`; ``influence_residual``, ``influence_residual_greedy``), ``crossfit``
+   (top-k by cross-fitted influence, see :mod:`lipo_if.crossfit`; when ``crossfit_folds ≥ 2``),
+   ``influence_threshold`` (all guarded rows with score < 0), ``random`` (k eligible rows),
+   ``all_external`` (every eligible row), ``oracle`` (top-k by test influence);
 4. retrain each selection the same way — fine-tune θ̂ at a low learning rate (or from scratch) —
    including ``baseline``: the same retraining with **nothing** added. Fine-tuning alone moves
    test RMSE, so every strategy is compared with ``baseline``, not with ``original``;
 5. evaluate on validation and test, and aggregate over seeds: mean, std, the paired difference
-   to ``baseline`` with a paired t-test and a Wilcoxon signed-rank p-value.
+   to ``baseline`` with a paired t-test and a Wilcoxon signed-rank p-value; and, for every
+   test-blind method and k, how much of the oracle's gain it recovers (``recovery``), with the
+   paired tests against the baseline and against the oracle and the smallest difference the
+   number of seeds can resolve.
+
+Identical selections within a seed (e.g. two guards choosing the same rows) are retrained once.
 
 Outputs in ``OUT``: ``report.json``, ``report.md``, ``rmse_vs_k.png``, ``score_hist.png``,
 ``predicted_vs_actual.png``, and per seed ``seed_<s>/`` (the original run, the score tables and
@@ -38,14 +47,21 @@ import pandas as pd
 
 from .data import DataError, atomic_write_bytes, atomic_write_text, load_dataset, read_molecule_csv
 from .featurize import FeaturizerConfig
-from .select import SelectionConfig, eligible, guarded_pool, load_scores, random_k, residual_outliers, top_k, below_threshold
+from .select import (GUARDS, SelectionConfig, below_threshold, eligible, guarded_pool, load_scores, random_k, residual_outliers,
+                     select, top_k, uses_greedy)
 from .train import FinetuneConfig, Run, TrainConfig, finetune_run, train_run
 
 log = logging.getLogger(__name__)
 
 METRICS = ("test_rmse", "test_mae", "test_r2", "val_rmse", "val_mae")
 #: strategies measured at every k (the others are measured once per seed)
-K_STRATEGIES = ("influence", "influence_unguarded", "random", "oracle")
+K_STRATEGIES = ("influence", "influence_unguarded", "influence_residual", "influence_greedy", "influence_residual_greedy",
+                "crossfit", "random", "oracle")
+#: strategy name of the top-k influence selection under each guard (besides ``influence``, the configured guard)
+GUARD_STRATEGY = {"none": "influence_unguarded", "residual": "influence_residual", "greedy": "influence_greedy",
+                  "residual+greedy": "influence_residual_greedy"}
+#: the test-blind selections whose recovery of the oracle's gain is reported
+TEST_BLIND = ("influence", "influence_unguarded", "influence_residual", "influence_greedy", "influence_residual_greedy", "crossfit", "random")
 FIXED_STRATEGIES = ("original", "baseline", "all_external", "influence_threshold")
 DIAGNOSTIC_NOTE = "diagnostic only: ranks by influence on the TEST set (leaky ceiling), never a selection method"
 
@@ -57,9 +73,14 @@ class ExperimentConfig:
     seeds: int = field(default=5, metadata={"help": "number of seeds (each: a new split and initialization)"})
     first_seed: int = field(default=0, metadata={"help": "seeds are first_seed, first_seed+1, …"})
     k: tuple[float, ...] = field(default=(25.0, 50.0, 100.0), metadata={"help": "how many molecules to add: counts (≥ 1) or fractions of the eligible rows (< 1)"})
-    guard: str = field(default="residual", metadata={"help": "guard of the influence selection (none or residual)", "choices": ("none", "residual")})
+    guard: str = field(default="residual", metadata={"help": "guard of the influence selection: none, residual (drop residual outliers), "
+                                                             "greedy (greedy group selection re-scored after each addition) or residual+greedy", "choices": GUARDS})
     guard_z: float = field(default=3.5, metadata={"help": "residual guard: robust z-score above which a molecule is dropped"})
+    compare_guards: tuple[str, ...] = field(default=("none", "greedy"), metadata={"help": "other guards whose top-k selections are also retrained and reported (influence_unguarded, influence_greedy, …)", "choices": GUARDS})
+    threshold_strategy: bool = field(default=True, metadata={"help": "also retrain influence_threshold (every guarded row with score < 0)"})
+    crossfit_folds: int = field(default=0, metadata={"help": "cross-fitted influence with this many folds of train+validation (0 = off; K trainings and solves per seed)"})
     oracle: bool = field(default=True, metadata={"help": "also run the test-set-influence oracle (diagnostic ceiling; one more influence solve per seed)"})
+    influence_backend: str = field(default="pipeline", metadata={"help": "pipeline: lipo_if.influence (solver below); ntk: the same damped Gauss–Newton system solved in function space (exact, one n×n Cholesky; needs a numeric damping)", "choices": ("pipeline", "ntk")})
     influence_hessian: str = field(default="gauss-newton", metadata={"help": "curvature of the influence solve", "choices": ("gauss-newton", "exact")})
     influence_solver: str = field(default="lissa", metadata={"help": "inverse-HVP solver", "choices": ("lissa", "cg", "direct")})
     influence_damping: float | str = field(default="auto", metadata={"help": "damping μ of (H + μI)s = v ('auto' = 0.02·λmax)"})
@@ -70,12 +91,18 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         self.k = tuple(float(k) for k in self.k)
+        self.compare_guards = tuple(dict.fromkeys(str(g) for g in self.compare_guards))
         checks = [
             (self.seeds >= 1, f"seeds must be ≥ 1, got {self.seeds}"),
             (self.first_seed >= 0, f"first_seed must be ≥ 0, got {self.first_seed}"),
             (len(self.k) >= 1 and all(k > 0 and (k < 1 or float(k).is_integer()) for k in self.k),
              f"k must be counts ≥ 1 or fractions in (0, 1), got {list(self.k)}"),
-            (self.guard in ("none", "residual"), f"guard must be none or residual, got {self.guard!r}"),
+            (self.guard in GUARDS, f"guard must be one of {', '.join(GUARDS)}, got {self.guard!r}"),
+            (all(g in GUARDS for g in self.compare_guards), f"compare_guards must be among {', '.join(GUARDS)}, got {list(self.compare_guards)}"),
+            (self.crossfit_folds == 0 or self.crossfit_folds >= 2, f"crossfit_folds must be 0 (off) or ≥ 2, got {self.crossfit_folds}"),
+            (self.influence_backend in ("pipeline", "ntk"), f"influence_backend must be pipeline or ntk, got {self.influence_backend!r}"),
+            (self.influence_backend == "pipeline" or (self.influence_hessian == "gauss-newton" and not isinstance(self.influence_damping, str)),
+             "influence_backend ntk solves the Gauss–Newton system at a fixed damping: use --influence-hessian gauss-newton and a numeric --influence-damping"),
             (self.guard_z > 0, f"guard_z must be positive, got {self.guard_z}"),
             (self.influence_depth >= 1 and self.influence_repeats >= 1 and self.influence_batch_size >= 1,
              "influence_depth, influence_repeats and influence_batch_size must be ≥ 1"),
@@ -89,15 +116,32 @@ class ExperimentConfig:
     def seed_list(self) -> list[int]:
         return list(range(self.first_seed, self.first_seed + self.seeds))
 
+    @property
+    def guards_needing_group(self) -> bool:
+        return uses_greedy(self.guard) or any(uses_greedy(g) for g in self.compare_guards)
+
     def influence_config(self, heldout: str, progress: bool = False):
-        """The :class:`~lipo_if.influence.InfluenceConfig` of one influence solve."""
+        """The :class:`~lipo_if.influence.InfluenceConfig` of one influence solve (or, for the ntk
+        backend, the :class:`FunctionSpaceSettings` that :func:`_influence` recognizes)."""
         from .influence import InfluenceConfig
 
+        if self.influence_backend == "ntk":
+            return FunctionSpaceSettings(heldout=heldout, damping=float(self.influence_damping))
         return InfluenceConfig(
             heldout=heldout, hessian=self.influence_hessian, solver=self.influence_solver, damping=self.influence_damping,
             depth=self.influence_depth, repeats=self.influence_repeats, batch_size=self.influence_batch_size,
             max_iter=self.influence_max_iter, progress=progress,
         )
+
+
+@dataclass
+class FunctionSpaceSettings:
+    """Settings of an influence table computed by :func:`lipo_if.group.function_space_influence`."""
+
+    heldout: str
+    damping: float
+    backend: str = "ntk"
+    hessian: str = "gauss-newton"
 
 
 def k_label(k: float) -> str:
@@ -117,20 +161,33 @@ class Selection:
     rows: list[int]
 
 
-def plan_selections(val_scores: pd.DataFrame, test_scores: pd.DataFrame | None, config: ExperimentConfig, seed: int) -> list[Selection]:
-    """Every selection of one seed (``original`` is not a retraining and is not listed)."""
+def plan_selections(val_scores: pd.DataFrame, test_scores: pd.DataFrame | None, config: ExperimentConfig, seed: int,
+                    group=None, crossfit_table: pd.DataFrame | None = None) -> list[Selection]:
+    """Every selection of one seed (``original`` is not a retraining and is not listed).
+
+    ``group``: the :class:`~lipo_if.group.GroupModel` the greedy guards need; ``crossfit_table``:
+    the cross-fitted scores (strategy ``crossfit``, residual-guarded like ``influence``).
+    """
     pool = eligible(val_scores)
-    guarded = guarded_pool(val_scores, config.guard, config.guard_z)
-    plans = [Selection("baseline", None, []), Selection("all_external", None, [int(r) for r in pool["row"]]),
-             Selection("influence_threshold", None, below_threshold(guarded, 0.0))]
+
+    def chosen(guard: str, strategy: str = "top_k", k: float = 0.0) -> list[int]:
+        return select(val_scores, SelectionConfig(strategy=strategy, k=k, guard=guard, guard_z=config.guard_z), group)
+
+    plans = [Selection("baseline", None, []), Selection("all_external", None, [int(r) for r in pool["row"]])]
+    if config.threshold_strategy:
+        plans.append(Selection("influence_threshold", None, chosen(config.guard, "threshold")))
     for k in config.k:
-        plans.append(Selection("influence", k, top_k(guarded, k)))
-        if config.guard != "none":
-            plans.append(Selection("influence_unguarded", k, top_k(pool, k)))
+        plans.append(Selection("influence", k, chosen(config.guard, k=k)))
+        for guard in config.compare_guards:
+            if guard != config.guard:
+                plans.append(Selection(GUARD_STRATEGY[guard], k, chosen(guard, k=k)))
+        if crossfit_table is not None:
+            cf_guard = "residual" if "residual" in config.guard else "none"
+            plans.append(Selection("crossfit", k, top_k(guarded_pool(crossfit_table, cf_guard, config.guard_z), k)))
         # random draws depend on (seed, k) so that different k are independent draws
         plans.append(Selection("random", k, random_k(pool, k, seed=seed * 1000 + int(k if k >= 1 else k * 1000))))
         if test_scores is not None:
-            test_pool = guarded_pool(test_scores, config.guard, config.guard_z)
+            test_pool = guarded_pool(test_scores, "residual" if "residual" in config.guard else "none", config.guard_z)
             plans.append(Selection("oracle", k, top_k(test_pool, k)))
     return plans
 
@@ -162,11 +219,17 @@ def _influence(run: Run, external_path: str, config, out_csv: Path) -> dict:
         previous = json.loads(summary_path.read_text())
         model_time = (Path(run.run_dir) / "model.pt").stat().st_mtime
         wanted = {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k != "progress"}
+        if isinstance(config, FunctionSpaceSettings):
+            wanted = {"backend": "ntk", "heldout": config.heldout, "hessian": "gauss-newton", "damping": config.damping}
         saved = {k: v for k, v in (previous.get("settings") or {}).items() if k != "progress"}
         if saved == wanted and out_csv.stat().st_mtime > model_time \
                 and previous.get("external") == str(external_path):
             log.info("reusing influence scores %s", out_csv)
             return previous
+    if isinstance(config, FunctionSpaceSettings):
+        from .group import function_space_influence
+
+        return function_space_influence(run, external_path, config.heldout, config.damping, out_csv)
     return run_influence(run, external_path, config, out_csv)
 
 
@@ -210,32 +273,56 @@ def run_seed(
             pipeline_log.setLevel(level)
         test_scores = load_scores(seed_dir / "influence_test.csv")
 
+    group, group_info = None, None
+    if config.guards_needing_group:
+        from .group import group_model
+
+        clock = time.perf_counter()
+        damping = float(summaries["validation"].get("solver", {}).get("info", {}).get("damping"))
+        group = group_model(base, val_scores, external_path, damping)
+        group_info = {**group.info, "seconds": round(time.perf_counter() - clock, 1)}
+    crossfit_table, crossfit_info = None, None
+    if config.crossfit_folds:
+        from .crossfit import crossfit_scores
+
+        clock = time.perf_counter()
+        crossfit_table, crossfit_info = crossfit_scores(
+            dataset, data_path, base, val_scores, external_path, seed_dir / "crossfit", config.crossfit_folds,
+            config.influence_config("validation", progress), featurizer_config, progress)
+        crossfit_info["seconds"] = round(time.perf_counter() - clock, 1)
+
     external = read_molecule_csv(external_path).set_index("row")
     offset = float(summaries["validation"].get("renormalization_offset") or 0.0)
     score_of = val_scores.set_index("row")["score"]
-    plans = plan_selections(val_scores, test_scores, config, seed)
+    plans = plan_selections(val_scores, test_scores, config, seed, group, crossfit_table)
     ft_config = FinetuneConfig(**{**asdict(finetune_config), "seed": seed})
     results: list[dict] = [{"strategy": "original", "k": None, "rows": [], **_metrics_row(base.metrics, 0)}]
     baseline_val_mse = None
+    done: dict[tuple[int, ...], dict] = {}  # identical selections are retrained once
     for plan in tqdm(plans, desc=f"seed {seed}: retraining", disable=not progress, leave=False):
-        smiles = external.loc[plan.rows, "smiles_input"].tolist() if plan.rows else []
-        labels = external.loc[plan.rows, "label"].tolist() if plan.rows else []
-        new = finetune_run(base, smiles, labels, ft_config, progress=False)
-        val_mse = float(new.metrics["val_rmse"]) ** 2
+        key = tuple(sorted(plan.rows))
+        if key not in done:
+            smiles = external.loc[list(key), "smiles_input"].tolist() if key else []
+            labels = external.loc[list(key), "label"].tolist() if key else []
+            new = finetune_run(base, smiles, labels, ft_config, progress=False)
+            done[key] = {**_metrics_row(new.metrics, new.metrics["n_added"]), "val_mse": float(new.metrics["val_rmse"]) ** 2,
+                         "best_epoch": new.metrics["best_epoch"]}
+        val_mse = done[key]["val_mse"]
         if plan.strategy == "baseline":
             baseline_val_mse = val_mse
         predicted = float(score_of.loc[plan.rows].sum()) + offset * len(plan.rows) if plan.rows else 0.0
-        results.append({
-            "strategy": plan.strategy, "k": plan.k, "rows": plan.rows, **_metrics_row(new.metrics, new.metrics["n_added"]),
-            "val_mse": val_mse, "predicted_delta_val_mse": predicted, "best_epoch": new.metrics["best_epoch"],
-        })
+        entry = {"strategy": plan.strategy, "k": plan.k, "rows": plan.rows, **done[key], "predicted_delta_val_mse": predicted}
+        if group is not None and plan.rows:
+            entry["predicted_delta_val_mse_second_order"] = group.objective(plan.rows) + offset * len(plan.rows)
+        results.append(entry)
     for r in results[1:]:
         r["actual_delta_val_mse"] = r["val_mse"] - baseline_val_mse if baseline_val_mse is not None else float("nan")
     outliers = residual_outliers(val_scores, config.guard_z)
     out = {
         "seed": seed, "results": results, "influence_summaries": {k: _digest(v) for k, v in summaries.items()},
         "guard_dropped_rows": [int(r) for r in val_scores.loc[outliers, "row"]],
-        "n_eligible": int(len(eligible(val_scores))),
+        "n_eligible": int(len(eligible(val_scores))), "group_model": group_info, "crossfit": crossfit_info,
+        "n_retrainings": len(done),
     }
     atomic_write_text(seed_dir / "results.json", json.dumps(_jsonable(out), indent=1))
     return out
@@ -340,7 +427,54 @@ def aggregate(seed_results: list[dict], config: ExperimentConfig) -> dict:
     if "oracle" in report:
         report["oracle"]["note"] = DIAGNOSTIC_NOTE
     report["headline_k"] = headline
+    report["recovery"] = recovery(by_k)
     return report
+
+
+def detectable_difference(std: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest mean paired difference a two-sided paired t-test at ``alpha`` detects with ``power``
+    over ``n`` seeds when the per-seed differences have standard deviation ``std``."""
+    from scipy.stats import t
+
+    if n < 2 or not math.isfinite(std):
+        return float("nan")
+    return float((t.ppf(1 - alpha / 2, n - 1) + t.ppf(power, n - 1)) * std / math.sqrt(n))
+
+
+def recovery(by_k: dict[str, dict[str, dict]]) -> dict:
+    """How much of the oracle's test gain each test-blind selection recovers, per k.
+
+    Per (method, k): ``delta`` = mean paired Δ test RMSE vs baseline (± std, t-test p, 95 %
+    interval), ``oracle_delta`` the same for the oracle at that k, ``fraction`` = delta /
+    oracle_delta (only when the oracle gained, i.e. oracle_delta < 0), the paired test of
+    method − oracle, and ``detectable`` — the smallest Δ vs baseline these seeds resolve (α = 0.05,
+    power 0.8). ``headline`` is the (method, k) with the lowest mean **validation** RMSE among the
+    influence-based selections — chosen without the test set.
+    """
+    from scipy.stats import t
+
+    rows = []
+    for name in TEST_BLIND:
+        for label, entry in by_k.get(name, {}).items():
+            oracle = by_k.get("oracle", {}).get(label)
+            d = entry.get("test_rmse_diff_vs_baseline")
+            if not d or not oracle:
+                continue
+            n = len(d["per_seed"])
+            half = float(t.ppf(0.975, n - 1) * d["std"] / math.sqrt(n)) if n > 1 and math.isfinite(d["std"]) else float("nan")
+            o = oracle["test_rmse_diff_vs_baseline"]["mean"]
+            vs_oracle = paired_stats([p["test_rmse"] for p in entry["per_seed"]], [p["test_rmse"] for p in oracle["per_seed"]])
+            rows.append({
+                "method": name, "k": label, "n_added": entry["n_added"], "delta": d["mean"], "delta_std": d["std"],
+                "delta_ci95": [d["mean"] - half, d["mean"] + half], "p_vs_baseline": d["p_ttest"], "n_better": d["n_better"],
+                "oracle_delta": o, "fraction": d["mean"] / o if o < 0 else float("nan"),
+                "minus_oracle": vs_oracle["mean"], "p_vs_oracle": vs_oracle["p_ttest"],
+                "detectable": detectable_difference(d["std"], n), "val_rmse_mean": entry["val_rmse_mean"],
+                "val_delta": entry["val_rmse_diff_vs_baseline"]["mean"],
+            })
+    candidates = [r for r in rows if r["method"] != "random"]
+    headline = min(candidates, key=lambda r: r["val_rmse_mean"]) if candidates else None
+    return {"rows": rows, "headline": headline}
 
 
 def fidelity(seed_results: list[dict]) -> dict:
@@ -356,6 +490,17 @@ def fidelity(seed_results: list[dict]) -> dict:
     if ok.sum() >= 3 and np.std(pred[ok]) > 0 and np.std(act[ok]) > 0:
         out["pearson"] = float(pearsonr(pred[ok], act[ok])[0])
         out["spearman"] = float(spearmanr(pred[ok], act[ok])[0])
+    second = [(r["predicted_delta_val_mse_second_order"], r["actual_delta_val_mse"]) for s in seed_results for r in s["results"]
+              if r.get("predicted_delta_val_mse_second_order") is not None and r.get("actual_delta_val_mse") is not None]
+    if len(second) >= 3:
+        p2 = np.array(second, dtype=float)
+        ok2 = np.isfinite(p2).all(axis=1)
+        if ok2.sum() >= 3 and np.std(p2[ok2, 0]) > 0 and np.std(p2[ok2, 1]) > 0:
+            out["second_order"] = {"n_groups": int(ok2.sum()), "pearson": float(pearsonr(p2[ok2, 0], p2[ok2, 1])[0]),
+                                   "spearman": float(spearmanr(p2[ok2, 0], p2[ok2, 1])[0]),
+                                   "mean_predicted": float(p2[ok2, 0].mean()), "mean_actual": float(p2[ok2, 1].mean()),
+                                   "mean_predicted_first_order": float(np.mean([r["predicted_delta_val_mse"] for s in seed_results
+                                                                               for r in s["results"] if r.get("predicted_delta_val_mse_second_order") is not None]))}
     return out
 
 
@@ -418,6 +563,30 @@ def conclusion(report: dict) -> str:
     return " ".join(parts)
 
 
+def recovery_sentence(rec: dict) -> str:
+    """One plain sentence on the validation-chosen test-blind selection vs the oracle."""
+    h = rec.get("headline")
+    if not h:
+        return "No test-blind selection and oracle at a common k."
+    lo, hi = h["delta_ci95"]
+    text = (f"{h['method']} at k = {h['k']} (lowest validation RMSE of the influence selections) changed test RMSE by "
+            f"{h['delta']:+.4f} (95 % interval [{_fmt(lo, 4)}, {_fmt(hi, 4)}], p = {_fmt(h['p_vs_baseline'], 2)}) where the leaky "
+            f"oracle changed it by {h['oracle_delta']:+.4f}")
+    if h["oracle_delta"] >= 0:
+        text += ": the oracle itself gained nothing, so there was nothing to recover."
+    elif h["delta"] >= 0:
+        text += ": it recovered none of the oracle's gain"
+    else:
+        text += f": it recovered {h['fraction']:.0%} of the oracle's gain"
+    if h["oracle_delta"] < 0:
+        resolved = math.isfinite(h["p_vs_baseline"]) and h["p_vs_baseline"] < 0.05
+        text += (f" (method − oracle {h['minus_oracle']:+.4f}, p = {_fmt(h['p_vs_oracle'], 2)}). "
+                 + ("The gain over the baseline is distinguishable from noise." if resolved and h["delta"] < 0 else
+                    f"Its difference to the baseline is not distinguishable from seed-to-seed noise: these seeds resolve only "
+                    f"differences of about {_fmt(h['detectable'], 4)} RMSE."))
+    return text
+
+
 def render_markdown(report: dict) -> str:
     """``report.md``: one table and the plain-language conclusion."""
     k = report.get("headline_k")
@@ -430,7 +599,8 @@ def render_markdown(report: dict) -> str:
         "| strategy | k | added | test RMSE | Δ vs baseline | p | val RMSE |",
         "|---|---|---|---|---|---|---|",
     ]
-    order = ["original", "baseline", "influence", "influence_unguarded", "influence_threshold", "random", "all_external", "oracle"]
+    order = ["original", "baseline", "influence", "influence_unguarded", "influence_residual", "influence_greedy",
+             "influence_residual_greedy", "crossfit", "influence_threshold", "random", "all_external", "oracle"]
     for name in order:
         entry = report.get(name)
         if not entry:
@@ -448,10 +618,29 @@ def render_markdown(report: dict) -> str:
                 vr, _ = _fmt_diff(entry.get("test_rmse_diff_vs_random"))
                 lines.append(f"| {name} | {label} | {_fmt(entry['test_rmse_mean'])} ± {_fmt(entry['test_rmse_std'])} | {diff} | {p} | {vr} | {_fmt(entry['val_rmse_mean'])} |")
         lines.append("")
+    rec = report.get("recovery") or {}
+    if rec.get("rows"):
+        lines += ["## How much of the oracle's gain does a test-blind selection recover?", "",
+                  "Δ = paired test-RMSE difference vs `baseline` (mean ± std over seeds, 95 % interval, t-test p); oracle Δ at the "
+                  "same k; fraction = Δ / oracle Δ (when the oracle gained); p vs oracle = paired t-test of method − oracle; "
+                  "resolvable = the smallest Δ these seeds detect (α 0.05, power 0.8); val Δ = the same on validation.", "",
+                  "| method | k | added | Δ test RMSE | 95 % interval | p | oracle Δ | fraction | p vs oracle | resolvable | val Δ |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rec["rows"]:
+            lo, hi = r["delta_ci95"]
+            frac = "–" if r["fraction"] is None or not math.isfinite(r["fraction"]) else f"{r['fraction']:.0%}"
+            lines.append(f"| {r['method']} | {r['k']} | {r['n_added']:.1f} | {r['delta']:+.4f} ± {_fmt(r['delta_std'], 4)} | "
+                         f"[{_fmt(lo, 4)}, {_fmt(hi, 4)}] | {_fmt(r['p_vs_baseline'], 2)} | {r['oracle_delta']:+.4f} | {frac} | "
+                         f"{_fmt(r['p_vs_oracle'], 2)} | {_fmt(r['detectable'], 4)} | {r['val_delta']:+.4f} |")
+        lines += ["", "**Headline (chosen on validation).** " + recovery_sentence(rec), ""]
     fid = report.get("fidelity", {})
     lines += [
         f"Fidelity of the first-order prediction over all {fid.get('n_groups', 0)} retrained groups (predicted Σ scores vs actual "
-        f"change of validation MSE): Pearson {_fmt(fid.get('pearson'), 2)}, Spearman {_fmt(fid.get('spearman'), 2)}.", "",
+        f"change of validation MSE): Pearson {_fmt(fid.get('pearson'), 2)}, Spearman {_fmt(fid.get('spearman'), 2)}."
+        + (f" Second-order group prediction (the greedy guard's Q): Pearson {_fmt(fid['second_order']['pearson'], 2)}, "
+           f"Spearman {_fmt(fid['second_order']['spearman'], 2)}; mean predicted {fid['second_order']['mean_predicted']:+.4f} "
+           f"(first order {fid['second_order']['mean_predicted_first_order']:+.4f}) vs actual {fid['second_order']['mean_actual']:+.4f}."
+           if fid.get("second_order") else ""), "",
         "Plots: `score_hist.png` (scores and the selection cut-off), `rmse_vs_k.png` (test RMSE vs k, error bars = std over seeds), "
         "`predicted_vs_actual.png` (predicted vs actual change of validation loss for the selected groups).", "",
     ]
@@ -483,15 +672,16 @@ def plot_rmse_vs_k(report: dict, config: ExperimentConfig, path: Path) -> None:
     fig = _figure(11.0, 4.4)
     ax_abs, ax_diff = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     xs = np.arange(len(config.k))
-    styles = {"influence": ("tab:blue", "o"), "influence_unguarded": ("tab:cyan", "s"), "random": ("tab:gray", "^"),
-              "oracle": ("tab:red", "x")}
+    styles = {"influence": ("tab:blue", "o"), "influence_unguarded": ("tab:cyan", "s"), "influence_residual": ("tab:olive", "P"),
+              "influence_greedy": ("tab:purple", "D"), "influence_residual_greedy": ("tab:pink", "v"), "crossfit": ("tab:orange", "*"),
+              "random": ("tab:gray", "^"), "oracle": ("tab:red", "x")}
     for i, name in enumerate(K_STRATEGIES):
         entries = report.get(name, {}).get("by_k", {})
         if not entries:
             continue
         color, marker = styles[name]
         label = name + (" (diagnostic, sees test)" if name == "oracle" else "")
-        shift = xs + (i - 1.5) * 0.06
+        shift = xs + (i - (len(K_STRATEGIES) - 1) / 2) * 0.03
         rows = [entries[k_label(k)] for k in config.k]
         ax_abs.errorbar(shift, [r["test_rmse_mean"] for r in rows], yerr=[np.nan_to_num(r["test_rmse_std"]) for r in rows],
                         color=color, marker=marker, capsize=3, label=label)
@@ -547,8 +737,9 @@ def plot_predicted_vs_actual(seed_results: list[dict], fid: dict, path: Path) ->
     """Σ first-order scores of each retrained group vs its actual change of validation MSE."""
     fig = _figure(5.6, 5.0)
     ax = fig.add_subplot()
-    colors = {"influence": "tab:blue", "influence_unguarded": "tab:cyan", "random": "tab:gray", "oracle": "tab:red",
-              "all_external": "tab:green", "influence_threshold": "tab:purple"}
+    colors = {"influence": "tab:blue", "influence_unguarded": "tab:cyan", "influence_greedy": "tab:purple",
+              "influence_residual_greedy": "tab:pink", "influence_residual": "tab:olive", "crossfit": "tab:orange",
+              "random": "tab:gray", "oracle": "tab:red", "all_external": "tab:green", "influence_threshold": "tab:brown"}
     lo, hi = np.inf, -np.inf
     for name, color in colors.items():
         pts = [(r["predicted_delta_val_mse"], r["actual_delta_val_mse"]) for s in seed_results for r in s["results"]
@@ -617,9 +808,12 @@ def run_experiment(
         "split": train_config.split, "retraining": ("from scratch" if finetune_config.from_scratch else
                                                     f"fine-tune θ̂, lr {finetune_config.finetune_lr:g}, ≤ {finetune_config.finetune_epochs} epochs"
                                                     + (", best validation epoch" if finetune_config.early_stopping else "")),
-        "influence": f"{config.influence_hessian}, {config.influence_solver}, damping {config.influence_damping}",
+        "influence": (f"{config.influence_hessian}, {config.influence_solver}, damping {config.influence_damping}" if config.influence_backend == "pipeline"
+                      else f"gauss-newton, solved in function space (NTK + Cholesky), damping {config.influence_damping}"),
         "guard": f"{config.guard} (z > {config.guard_z:g})", "n_eligible": [s["n_eligible"] for s in seed_results],
         "guard_dropped": [len(s["guard_dropped_rows"]) for s in seed_results],
+        "compare_guards": list(config.compare_guards), "crossfit_folds": config.crossfit_folds,
+        "group_model": [s.get("group_model") for s in seed_results], "crossfit": [s.get("crossfit") for s in seed_results],
         "experiment_config": asdict(config), "train_config": asdict(train_config), "finetune_config": asdict(finetune_config),
         "featurizer_config": asdict(featurizer_config) if featurizer_config else None,
         "influence_solves": [s["influence_summaries"] for s in seed_results],

@@ -99,10 +99,11 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
     argv = ["-q", "run", "--data", str(lipo), "--external", str(external), "--out", str(out), "--seeds", "2",
             "--k", "2", "4", "--influence-solver", "cg", "--hidden", "16", "--max-epochs", "25", "--patience", "10",
             "--min-epochs", "5", "--batch-size", "16", "--lr", "3e-3", "--featurizer", "morgan_count", "--n-bits", "128",
-            "--finetune-epochs", "3"]
+            "--finetune-epochs", "3", "--compare-guards", "none", "greedy", "residual+greedy", "--crossfit-folds", "2"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
-    for key in ("original", "baseline", "influence", "random", "all_external", "oracle"):
+    for key in ("original", "baseline", "influence", "random", "all_external", "oracle", "influence_unguarded", "influence_greedy",
+                "influence_residual_greedy", "crossfit", "influence_threshold"):
         entry = report[key]
         for field in ("test_rmse_mean", "test_rmse_std", "val_rmse_mean", "per_seed", "n_added"):
             assert field in entry, (key, field)
@@ -118,7 +119,17 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
         assert WRONG_ROW in json.loads((out / f"seed_{seed}" / "results.json").read_text())["guard_dropped_rows"]
     for s in report["influence"]["per_seed"]:
         assert s["n_added"] == 4 or s["n_added"] == 2
+    rec = report["recovery"]
+    assert {r["method"] for r in rec["rows"]} >= {"influence", "influence_greedy", "crossfit", "random"}
+    assert rec["headline"]["method"] != "random" and {"fraction", "p_vs_oracle", "detectable", "delta_ci95"} <= set(rec["headline"])
+    for seed in (0, 1):
+        results = json.loads((out / f"seed_{seed}" / "results.json").read_text())
+        assert results["group_model"]["first_order_pearson"] > 0.9999 and results["crossfit"]["folds"] == 2
+        assert results["n_retrainings"] <= len(results["results"]) - 1  # identical selections retrained once
+        greedy = [r for r in results["results"] if r["strategy"] == "influence_greedy"]
+        assert all(WRONG_ROW not in r["rows"] for r in greedy) and all(r["n_added"] <= r["k"] for r in greedy)
     md = (out / "report.md").read_text()
+    assert "oracle's gain" in md and "Headline (chosen on validation)" in md
     assert "| influence |" in md and "What it means" in md and report["conclusion"] in md
     for png in ("rmse_vs_k.png", "score_hist.png", "predicted_vs_actual.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
@@ -172,8 +183,120 @@ def test_validate_compares_predicted_and_actual_changes(tiny_data, tmp_path):
 
 
 def test_demo_defaults_fit_the_time_budget():
-    from lipo_if.demo import BUDGET_SECONDS, DEMO_EXPERIMENT, estimate_seconds
+    from lipo_if.demo import BUDGET_SECONDS, DEMO_EXPERIMENT, estimate_for
     from lipo_if.experiment import ExperimentConfig
 
     config = ExperimentConfig(**DEMO_EXPERIMENT)
-    assert estimate_seconds(config.seeds, len(config.k), config.oracle, config.guard != "none") < BUDGET_SECONDS
+    assert estimate_for(config) < BUDGET_SECONDS
+    assert estimate_for(ExperimentConfig(**{**DEMO_EXPERIMENT, "crossfit_folds": 5})) > estimate_for(config)
+    with pytest.raises(ValueError, match="ntk"):
+        ExperimentConfig(influence_backend="ntk", influence_damping="auto")
+
+
+# --------------------------------------------------------------------------- greedy guard, function-space solve, cross-fitting
+
+
+def test_group_model_matches_a_dense_parameter_space_computation(tiny_run, tiny_data, tmp_path):
+    """M and the first-order scores from the NTK/Woodbury form equal the parameter-space
+    definitions ``d_j = −(1/n)(H + μI)⁻¹∇ℓ(z_j)``, ``M_ij = d_iᵀ G_val d_j``, with a dense
+    Gauss–Newton Hessian of the whole tiny network (2,081 parameters) — and the CG table's scores."""
+    from torch.func import grad, vmap
+
+    from lipo_if.data import read_molecule_csv
+    from lipo_if.group import group_model
+    from lipo_if.influence import InfluenceConfig, run_influence
+    from lipo_if.influence.hvp import HessianOperator, dense_hessian
+    from lipo_if.influence.scores import per_sample_grads
+    from lipo_if.select import eligible, load_scores
+
+    _, external = tiny_data
+    mu = 0.05
+    run_influence(tiny_run, external, InfluenceConfig(solver="cg", damping=mu, tol=1e-10, progress=False), tmp_path / "s.csv")
+    scores = load_scores(tmp_path / "s.csv")
+    group = group_model(tiny_run, scores, external, mu)
+    assert group.info["first_order_pearson"] > 0.999999 and group.info["first_order_max_rel_diff"] < 1e-5
+
+    X, y = tiny_run.tensors("train")
+    op = HessianOperator(tiny_run.model, X, y, tiny_run.config.weight_decay, kind="gauss-newton")
+    H = dense_hessian(op) + mu * torch.eye(op.n_params, dtype=op.dtype)
+    table = read_molecule_csv(external).set_index("row")
+    rows = eligible(scores)["row"].tolist()
+    Xc = tiny_run.featurize(table.loc[rows, "smiles"].tolist())
+    yc = torch.tensor(table.loc[rows, "label"].to_numpy(), dtype=op.dtype)
+    D = -torch.linalg.solve(H, per_sample_grads(op, Xc, yc).T).T / op.n_train
+    Xv, yv = tiny_run.tensors("val")
+    Jv = vmap(grad(lambda th, x: op.predict(th, x.unsqueeze(0)).squeeze(0)), in_dims=(None, 0))(op.theta, Xv.to(op.dtype))
+    A = Jv @ D.T
+    M = (2.0 / len(Xv)) * A.T @ A
+    np.testing.assert_allclose(group.interactions, M.numpy(), rtol=1e-6, atol=1e-12 * float(M.abs().max()))
+    np.testing.assert_allclose(group.scores, (D @ op.gradient(Xv, yv)).numpy(), rtol=1e-5)
+
+
+def test_function_space_influence_matches_the_pipeline(tiny_run, tiny_data, tmp_path):
+    from lipo_if.group import function_space_influence
+    from lipo_if.influence import InfluenceConfig, run_influence
+
+    _, external = tiny_data
+    for heldout in ("validation", "test"):
+        cg = run_influence(tiny_run, external, InfluenceConfig(heldout=heldout, solver="cg", damping=0.1, tol=1e-10, progress=False),
+                           tmp_path / f"cg_{heldout}.csv")
+        fs = function_space_influence(tiny_run, external, heldout, 0.1, tmp_path / f"fs_{heldout}.csv")
+        a, b = pd.read_csv(tmp_path / f"cg_{heldout}.csv"), pd.read_csv(tmp_path / f"fs_{heldout}.csv")
+        assert list(a.columns) == list(b.columns) and a["excluded"].fillna("").equals(b["excluded"].fillna(""))
+        ok = a["score"].notna()
+        assert ok.equals(b["score"].notna()) and ok.sum() == 16
+        np.testing.assert_allclose(b.loc[ok, "score"], a.loc[ok, "score"], rtol=1e-5, atol=1e-9 * a.loc[ok, "score"].abs().max())
+        np.testing.assert_allclose(b["residual"], a["residual"], atol=1e-5)
+        assert fs["renormalization_offset"] == pytest.approx(cg["renormalization_offset"], rel=1e-4, abs=1e-12)
+
+
+def test_greedy_guard_leaves_out_the_wrong_label_on_a_real_model(tiny_run, tiny_data, tmp_path):
+    """The +12 label of the tiny external set, scored by a real model: whatever rank first-order
+    influence gives it, its second-order marginal is positive and the greedy guard (no residual
+    filter) never selects it, at any k."""
+    from lipo_if.group import group_model
+    from lipo_if.influence import InfluenceConfig, run_influence
+    from lipo_if.select import SelectionConfig, eligible, load_scores, select
+
+    _, external = tiny_data
+    summary = run_influence(tiny_run, external, InfluenceConfig(solver="cg", damping=0.1, progress=False), tmp_path / "s.csv")
+    scores = load_scores(tmp_path / "s.csv")
+    group = group_model(tiny_run, scores, external, summary["solver"]["info"]["damping"])
+    j = group.position()[WRONG_ROW]
+    assert group.scores[j] + 0.5 * group.interactions[j, j] > 0
+    n = len(eligible(scores))
+    for k in range(1, n + 1):
+        assert WRONG_ROW not in select(scores, SelectionConfig(k=k, guard="greedy"), group)
+    assert WRONG_ROW in select(scores, SelectionConfig(k=n, guard="none"))
+
+
+def test_crossfit_folds_partition_train_and_validation(tiny_run, tiny_data, tmp_path):
+    from lipo_if.crossfit import combine, crossfit_scores, fold_splits
+    from lipo_if.data import load_dataset
+    from lipo_if.influence import InfluenceConfig, run_influence
+    from lipo_if.select import eligible, load_scores
+
+    split = tiny_run.split
+    folds = fold_splits(split, 3, seed=0)
+    pooled = sorted(split.train + split.val)
+    assert sorted(sum((f.val for f in folds), [])) == pooled  # every molecule held out exactly once
+    for f in folds:
+        assert sorted(f.train + f.val) == pooled and not set(f.train) & set(f.val) and f.test == split.test
+    assert [f.val for f in fold_splits(split, 3, seed=0)] == [f.val for f in folds]  # seeded
+
+    lipo, external = tiny_data
+    run_influence(tiny_run, external, InfluenceConfig(solver="cg", progress=False), tmp_path / "base.csv")
+    base = load_scores(tmp_path / "base.csv")
+    table, info = crossfit_scores(load_dataset(lipo), str(lipo), tiny_run, base, str(external), tmp_path / "cf", 2,
+                                  InfluenceConfig(solver="cg", progress=False))
+    assert info["folds"] == 2 and len(info["fold_spearman"]) == 1
+    assert set(eligible(table)["row"]) == set(eligible(base)["row"])
+    pool = eligible(table)
+    np.testing.assert_allclose(pool["score"], (pool["z_fold_0"] + pool["z_fold_1"]) / 2)
+    assert abs(pool["z_fold_0"].mean()) < 1e-9 and pool["z_fold_0"].std(ddof=0) == pytest.approx(1.0)
+    assert (tmp_path / "cf" / "fold_1" / "model.pt").exists() and (tmp_path / "cf" / "influence_crossfit.csv").exists()
+    again, _ = crossfit_scores(load_dataset(lipo), str(lipo), tiny_run, base, str(external), tmp_path / "cf", 2,
+                               InfluenceConfig(solver="cg", progress=False))  # reuses the fold models and scores
+    np.testing.assert_allclose(eligible(again)["score"], pool["score"])
+    tables = [load_scores(tmp_path / "cf" / f"fold_{f}.csv") for f in range(2)]
+    assert combine(base, tables)[0]["score"].equals(table["score"])
