@@ -1,8 +1,10 @@
 """``lipo-if demo`` / ``make demo``: the whole mission on the real data, sized to finish in ≈ 15 minutes.
 
 It is ``lipo-if run`` (see :mod:`lipo_if.experiment`) with smaller defaults than the full
-experiment — fewer seeds, one k, shorter fine-tuning, a conjugate-gradient influence solve at a
-fixed damping (no power iteration) — printed up front with an estimate of the time it takes.
+experiment — fewer seeds, one k, the influence system solved in function space at a fixed
+damping (exact for the damped Gauss–Newton system, seconds instead of minutes), the greedy guard
+and the unguarded ranking as the only extra comparisons — printed up front with an estimate of the
+time it takes.
 The full experiment is ``lipo-if run --data-dir DIR --external DIR/external.csv --out OUT``.
 """
 from __future__ import annotations
@@ -17,21 +19,36 @@ from .data import DataError, resolve_lipophilicity_path
 
 #: Demo settings (chosen for time, never on the test set). Damping 1.0 ≈ λmax/50 of the default
 #: model (measured; see benchmarks/RESULTS.md), the auto value, without the power iteration.
-DEMO_EXPERIMENT = dict(seeds=3, k=(50.0,), influence_solver="cg", influence_damping=1.0, influence_max_iter=100)
+DEMO_EXPERIMENT = dict(seeds=3, k=(50.0,), influence_backend="ntk", influence_damping=1.0, compare_guards=("none", "greedy"),
+                       threshold_strategy=False)
 DEMO_FINETUNE = dict(finetune_epochs=10, finetune_patience=10)
 #: Seconds on an idle 2-core machine: one baseline training (30–60 s), one influence solve (CG at
-#: damping 1 converges in ≈ 23 full-batch products), one fine-tuning of DEMO_FINETUNE's length.
-#: On a shared machine (load ≈ 7) we measured ≈ 2.4× these for the solve and the fine-tuning.
-SECONDS = {"train": 60.0, "solve": 30.0, "finetune": 10.0}
+#: damping 1 converges in ≈ 23 full-batch products, ≈ 30 s; the function-space solve ≈ 10 s), the
+#: greedy guard's interaction matrix (≈ 10 s), one fine-tuning of DEMO_FINETUNE's length.
+#: On a shared machine (load ≈ 7) we measured 2.4–7× these (training: 402 s at load 7).
+SECONDS = {"train": 60.0, "solve": 30.0, "ntk_solve": 10.0, "group": 10.0, "finetune": 10.0}
 #: What ``make demo`` must stay under.
 BUDGET_SECONDS = 15 * 60
 
 
-def estimate_seconds(n_seeds: int, n_k: int, oracle: bool = True, guard: bool = True) -> float:
-    """Rough wall time of the demo: per seed one training, 1–2 solves, 3 + (3–4)·n_k fine-tunings."""
-    finetunes = 3 + n_k * (2 + int(oracle) + int(guard))
-    per_seed = SECONDS["train"] + SECONDS["solve"] * (1 + int(oracle)) + SECONDS["finetune"] * finetunes
+def estimate_seconds(n_seeds: int, n_k: int, oracle: bool = True, n_other_guards: int = 2, ntk: bool = True,
+                     threshold: bool = False, greedy: bool = True, crossfit_folds: int = 0) -> float:
+    """Rough wall time on idle cores: per seed one training, 1–2 solves (+ the greedy guard's matrix)
+    and ``2 (+1 threshold) + n_k·(influence + other guards + random + oracle [+ crossfit])``
+    fine-tunings (+ K trainings and solves when cross-fitting). Identical selections are retrained
+    once, so this is an upper bound."""
+    solve = SECONDS["ntk_solve"] if ntk else SECONDS["solve"]
+    finetunes = 2 + int(threshold) + n_k * (2 + n_other_guards + int(oracle) + int(crossfit_folds > 0))
+    per_seed = (SECONDS["train"] + solve * (1 + int(oracle)) + SECONDS["group"] * int(greedy) + SECONDS["finetune"] * finetunes
+                + crossfit_folds * (SECONDS["train"] + solve))
     return n_seeds * per_seed
+
+
+def estimate_for(config) -> float:
+    """:func:`estimate_seconds` of an :class:`~lipo_if.experiment.ExperimentConfig`."""
+    others = [g for g in config.compare_guards if g != config.guard]
+    return estimate_seconds(config.seeds, len(config.k), config.oracle, len(others), config.influence_backend == "ntk",
+                            config.threshold_strategy, config.guards_needing_group, config.crossfit_folds)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -47,7 +64,7 @@ def run_demo(args: argparse.Namespace) -> int:
     config = ExperimentConfig(**{**DEMO_EXPERIMENT, "seeds": seeds, "first_seed": args.seed})
     finetune = FinetuneConfig(**DEMO_FINETUNE)
     out = Path(args.out)
-    minutes = estimate_seconds(config.seeds, len(config.k), config.oracle, config.guard != "none") / 60
+    minutes = estimate_for(config) / 60
     print(f"[demo] data: {path}\n[demo] external: {external}")
     print(f"[demo] {config.seeds} seeds × (train → influence on validation (+ test-set oracle, diagnostic) → select k={list(config.k)} "
           f"→ fine-tune every selection and the nothing-added baseline → evaluate)")
