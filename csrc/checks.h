@@ -68,4 +68,36 @@ inline void check_lissa_step_inputs(
   TORCH_CHECK(scale != 0.0, "lipo_if.lissa_step: scale must be non-zero");
 }
 
+// Checks the sparse_linear contract: x [n, in], weight [out, in], bias [out] (optional).
+inline void check_sparse_linear_inputs(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2, "lipo_if.sparse_linear: x must be 2-D [n, in], got shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 2, "lipo_if.sparse_linear: weight must be 2-D [out, in], got shape ", weight.sizes());
+  check_float_dtype(x, "sparse_linear: x");
+  check_same(weight, x, "sparse_linear: weight", "x");
+  TORCH_CHECK(
+      weight.size(1) == x.size(1), "lipo_if.sparse_linear: weight must be [out, in] with in = ", x.size(1),
+      " (columns of x), got shape ", weight.sizes());
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    check_same(b, x, "sparse_linear: bias", "x");
+    TORCH_CHECK(
+        b.dim() == 1 && b.size(0) == weight.size(0), "lipo_if.sparse_linear: bias must be [out] = [", weight.size(0),
+        "], got shape ", b.sizes());
+  }
+}
+
+// Checks the sparse_linear_weight_grad contract: x [n, in], grad_out [n, out].
+inline void check_sparse_linear_weight_grad_inputs(const at::Tensor& x, const at::Tensor& grad_out) {
+  TORCH_CHECK(x.dim() == 2, "lipo_if.sparse_linear_weight_grad: x must be 2-D [n, in], got shape ", x.sizes());
+  TORCH_CHECK(
+      grad_out.dim() == 2, "lipo_if.sparse_linear_weight_grad: grad_out must be 2-D [n, out], got shape ",
+      grad_out.sizes());
+  check_float_dtype(x, "sparse_linear_weight_grad: x");
+  check_same(grad_out, x, "sparse_linear_weight_grad: grad_out", "x");
+  TORCH_CHECK(
+      grad_out.size(0) == x.size(0), "lipo_if.sparse_linear_weight_grad: grad_out must have n = ", x.size(0),
+      " rows like x, got shape ", grad_out.sizes());
+}
+
 }  // namespace lipo_if

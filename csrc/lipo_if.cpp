@@ -18,6 +18,12 @@ TORCH_LIBRARY(lipo_if, m) {
   // h, v, hvp: same shape -> (h_new = v + (1 - damping) h - hvp / scale, ||h_new - h||_2 as 0-dim).
   m.def(
       "lissa_step(Tensor h, Tensor v, Tensor hvp, float damping, float scale) -> (Tensor, Tensor)");
+  // x [n, in], weight [out, in], bias [out] or None -> [n, out] = x weightᵀ + bias, computed over the
+  // non-zero entries of x only (sparse fingerprint inputs of the first layer).
+  m.def("sparse_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // x [n, in], grad_out [n, out] -> [in, out] = xᵀ grad_out: the *transposed* weight gradient of a
+  // Linear layer with input x, over the non-zero entries of x only.
+  m.def("sparse_linear_weight_grad(Tensor x, Tensor grad_out) -> Tensor");
 }
 
 #ifndef TORCH_EXTENSION_NAME

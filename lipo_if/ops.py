@@ -5,9 +5,17 @@ Operators (registered with the PyTorch dispatcher as ``torch.ops.lipo_if.*``):
 - :func:`linear_grad_dot` — dot products of every sample's Linear-layer gradient with ``k``
   parameter-shaped vectors, without materializing per-sample gradients (sparse-aware on CPU).
 - :func:`lissa_step` — one fused LiSSA update plus its step norm.
+- :func:`sparse_linear` — ``x Wᵀ + b`` over the non-zero entries of ``x`` (the first layer's
+  forward on fingerprint inputs), CPU kernel cache-blocked over output columns.
+- :func:`sparse_linear_weight_grad` — ``xᵀ G`` (the transposed weight gradient of that layer)
+  over the non-zero entries of ``x``.
+
+This module is the one home of the kernels' fallback logic: the influence code
+(:mod:`lipo_if.influence`) calls these wrappers, which pick the compiled kernel or the
+pure-PyTorch twin of :mod:`lipo_if.ops_reference`.
 
 Backends (:func:`backend`): ``"cpp"`` (CPU kernels), ``"cpp+cuda"`` (CPU and CUDA kernels) or
-``"pytorch"`` when ``lipo_if._C`` is not built — then :mod:`lipo_if.ops_reference` is used and
+``"pytorch"`` when ``lipo_if._C`` is not built (or ``LIPO_IF_NO_EXT=1``) — then :mod:`lipo_if.ops_reference` is used and
 one ``RuntimeWarning`` is issued at import. ``LIPO_IF_JIT=1`` compiles the sources from
 ``csrc/`` with :func:`load_jit` instead of importing the prebuilt module (development).
 
@@ -27,9 +35,12 @@ import torch
 
 from . import ops_reference
 
-__all__ = ["backend", "has_ops", "linear_grad_dot", "lissa_step", "load_jit", "mlp_grad_dot"]
+__all__ = [
+    "backend", "has_ops", "linear_grad_dot", "lissa_step", "load_jit", "mlp_grad_dot", "sparse_linear",
+    "sparse_linear_weight_grad",
+]
 
-_OPS_NAMES = ("linear_grad_dot", "lissa_step")
+_OPS_NAMES = ("linear_grad_dot", "lissa_step", "sparse_linear", "sparse_linear_weight_grad")
 _CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
 
@@ -85,7 +96,18 @@ def load_jit(verbose: bool = False) -> None:
 
 
 def _load_extension() -> None:
-    """Load the kernels: JIT when ``LIPO_IF_JIT=1``, else ``lipo_if._C``; warn once if absent."""
+    """Load the kernels: JIT when ``LIPO_IF_JIT=1``, else ``lipo_if._C``; warn once if absent.
+
+    ``LIPO_IF_NO_EXT=1`` skips the extension (pure-PyTorch path, one warning), as if not built.
+    """
+    if os.environ.get("LIPO_IF_NO_EXT") == "1":
+        warnings.warn(
+            "lipo_if._C is not available (disabled by LIPO_IF_NO_EXT=1); using the pure-PyTorch kernels of "
+            "lipo_if.ops_reference (slower).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
     if os.environ.get("LIPO_IF_JIT") == "1":
         load_jit()
         return
@@ -119,6 +141,16 @@ if has_ops():
         h: torch.Tensor, v: torch.Tensor, hvp: torch.Tensor, damping: float, scale: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return h.new_empty(h.shape), h.new_empty(())
+
+    @torch.library.register_fake("lipo_if::sparse_linear")
+    def _sparse_linear_fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        torch._check(x.dim() == 2 and weight.dim() == 2 and weight.shape[1] == x.shape[1])
+        return x.new_empty((x.shape[0], weight.shape[0]))
+
+    @torch.library.register_fake("lipo_if::sparse_linear_weight_grad")
+    def _sparse_linear_weight_grad_fake(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+        torch._check(x.dim() == 2 and grad_out.dim() == 2 and grad_out.shape[0] == x.shape[0])
+        return x.new_empty((x.shape[1], grad_out.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,12 +245,67 @@ def lissa_step(
     return ops_reference.lissa_step(h, v, hvp, damping, scale)
 
 
+def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` ``[n, out]`` computed over the non-zero entries of ``x`` only.
+
+    Same result as ``torch.nn.functional.linear``; meant for the first layer on fingerprint inputs
+    (≈3 % of 2,048 bits set + dense descriptors ≈ 12 % non-zero): cost ``nnz(x)·out`` instead of
+    ``n·in·out``. The CPU kernel takes a dense BLAS path when more than 15 % of ``x`` is non-zero.
+
+    Args:
+        x: ``[n, in]`` layer input (dense storage; its zeros are skipped).
+        weight: ``[out, in]`` as in ``nn.Linear``. The kernel reads it as ``weight.T`` ``[in, out]``:
+            passing the transposed view of a contiguous ``[in, out]`` tensor (``wt.T``) avoids
+            one transposed copy per call.
+        bias: ``[out]`` or None.
+    """
+    _check_tensor(x, "x", 2, "[n, in]")
+    _check_tensor(weight, "weight", 2, "[out, in]")
+    tensors = {"x": x, "weight": weight}
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight must be [out, in] with in = {x.shape[1]} (columns of x), got shape {tuple(weight.shape)}")
+    if bias is not None:
+        _check_tensor(bias, "bias", 1, "[out]")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must be [out] = [{weight.shape[0]}], got shape {tuple(bias.shape)}")
+        tensors["bias"] = bias
+    _check_alike(tensors, "x")
+    if _use_kernel(x.device):
+        return torch.ops.lipo_if.sparse_linear(x, weight, bias)
+    return ops_reference.sparse_linear(x, weight, bias)
+
+
+def sparse_linear_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """``x.T @ grad_out`` ``[in, out]`` over the non-zero entries of ``x`` only.
+
+    This is the weight gradient of a Linear layer with input ``x`` and output gradient
+    ``grad_out``, **transposed** (``[in, out]``, the layout :func:`sparse_linear` reads its weight
+    in; the ``nn.Linear`` layout is ``result.T``). Summed over the n rows.
+
+    Args:
+        x: ``[n, in]`` layer input (its zeros are skipped); n = 0 gives zeros.
+        grad_out: ``[n, out]`` gradient with respect to the layer output.
+    """
+    _check_tensor(x, "x", 2, "[n, in]")
+    _check_tensor(grad_out, "grad_out", 2, "[n, out]")
+    if grad_out.shape[0] != x.shape[0]:
+        raise ValueError(f"grad_out must be [n, out] with n = {x.shape[0]} (rows of x), got shape {tuple(grad_out.shape)}")
+    _check_alike({"x": x, "grad_out": grad_out}, "x")
+    if _use_kernel(x.device):
+        return torch.ops.lipo_if.sparse_linear_weight_grad(x, grad_out)
+    return ops_reference.sparse_linear_weight_grad(x, grad_out)
+
+
 def mlp_grad_dot(
     layers: Sequence[torch.nn.Linear], vec: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor,
     kernel: Callable[..., torch.Tensor] = linear_grad_dot,
 ) -> torch.Tensor:
     """``vec · ∇θ (f(xᵢ) − yᵢ)²`` for all rows at once: one forward, a manual backward, and one
     :func:`linear_grad_dot` per layer (``kernel`` lets benchmarks swap in the reference).
+
+    The first layer's forward goes through :func:`sparse_linear` (sparse fingerprint inputs)
+    when ``kernel`` is :func:`linear_grad_dot`; with another ``kernel`` the whole pass is dense
+    pure PyTorch (the benchmarks' "best dense formulation").
 
     ``layers``: Linear layers of an MLP with ReLU between them and 1 output; ``vec``: one tensor
     per parameter in ``weight, bias`` order per layer; ``X`` ``[n, d]``, ``y`` ``[n]`` → ``[n]``.
@@ -229,7 +316,7 @@ def mlp_grad_dot(
         inputs, masks, h = [], [], X
         for i, layer in enumerate(layers):
             inputs.append(h)
-            h = layer(h)
+            h = sparse_linear(h, layer.weight, layer.bias) if (i == 0 and kernel is linear_grad_dot) else layer(h)
             if i < len(layers) - 1:
                 masks.append(h > 0)
                 h = torch.relu(h)

@@ -40,6 +40,16 @@ def lissa_step(
     return h_new, torch.linalg.vector_norm(h_new - h)
 
 
+def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` ``[n, out]`` (dense GEMM): x ``[n, in]``, weight ``[out, in]``, bias ``[out]``."""
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def sparse_linear_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """``x.T @ grad_out`` ``[in, out]`` (dense GEMM): x ``[n, in]``, grad_out ``[n, out]``."""
+    return x.T @ grad_out
+
+
 def mlp_grad_dot_vmap(
     layers: Sequence[torch.nn.Linear], vec: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor,
     chunk_size: int = 256,

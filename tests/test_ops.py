@@ -166,6 +166,110 @@ def test_lissa_step_norm_is_deterministic_across_thread_counts():
     assert one == two
 
 
+# --------------------------------------------------------------------------- sparse_linear / weight grad
+SPARSE_SHAPES = list(itertools.product([0, 1, 7, 131], [1, 13, 257], [1, 5, 33, 70]))
+
+
+def make_sparse_linear_inputs(n, in_dim, out, dtype, device="cpu", density=1.0, seed=0):
+    """x [n, in] (fingerprint-like binary bits or gaussian at `density`), weight [out, in], bias [out],
+    grad_out [n, out] — float64 draws cast to dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_dim, generator=gen, dtype=torch.float64)
+    if density < 1.0:
+        x = x * (torch.rand(n, in_dim, generator=gen, dtype=torch.float64) < density)
+    w = torch.randn(out, in_dim, generator=gen, dtype=torch.float64)
+    b = torch.randn(out, generator=gen, dtype=torch.float64)
+    g = torch.randn(n, out, generator=gen, dtype=torch.float64)
+    return [t.to(dtype=dtype, device=device) for t in (x, w, b, g)]
+
+
+def exact_linear(x, w, b):
+    """float64 x Wᵀ + b by broadcasting and summation (independent of GEMM and of the kernels)."""
+    y = (x.double().cpu()[:, None, :] * w.double().cpu()[None, :, :]).sum(-1)
+    return y if b is None else y + b.double().cpu()
+
+
+def exact_weight_grad(x, g):
+    return (x.double().cpu()[:, :, None] * g.double().cpu()[:, None, :]).sum(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("density", [1.0, 0.03, 0.0])
+def test_sparse_linear_odd_shapes(dtype, density):
+    """Every (n, in, out) combination incl. n = 0 and 1, out not a multiple of the register block,
+    bias given and None, sparse / dense / all-zero input; every output element compared."""
+    for idx, (n, in_dim, out) in enumerate(SPARSE_SHAPES):
+        x, w, b, g = make_sparse_linear_inputs(n, in_dim, out, dtype, density=density, seed=idx)
+        for bias in (b, None):
+            y = ops.sparse_linear(x, w, bias)
+            assert y.shape == (n, out)
+            assert_matches(y, exact_linear(x, w, bias), dtype, scale=in_dim ** 0.5)
+        wg = ops.sparse_linear_weight_grad(x, g)
+        assert wg.shape == (in_dim, out)
+        assert_matches(wg, exact_weight_grad(x, g), dtype, scale=max(n, 1) ** 0.5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_linear_real_layer(device, dtype):
+    """First-layer-like input (2048 binary bits ≈3 % set + 200 dense columns, out = 512 and 515),
+    n = 517 (not a multiple of any chunk), and a transposed-view weight (the no-copy layout)."""
+    gen = torch.Generator().manual_seed(4)
+    bits = (torch.rand(517, 2048, generator=gen) < 0.03).double()
+    x = torch.cat([bits, torch.randn(517, 200, generator=gen, dtype=torch.float64)], 1)
+    for out in (512, 515):
+        wt = torch.randn(2248, out, generator=gen, dtype=torch.float64)
+        b = torch.randn(out, generator=gen, dtype=torch.float64)
+        g = torch.randn(517, out, generator=gen, dtype=torch.float64)
+        xd, wtd, bd, gd = (t.to(dtype=dtype, device=device) for t in (x, wt, b, g))
+        assert_matches(ops.sparse_linear(xd, wtd.t(), bd), exact_linear(x, wt.t(), b), dtype, scale=50.0)
+        assert_matches(ops.sparse_linear_weight_grad(xd, gd), exact_weight_grad(x, g), dtype, scale=25.0)
+
+
+@pytest.mark.parametrize("density", [1.0, 0.03])
+def test_sparse_linear_non_contiguous_and_sentinel_memory(density):
+    """Strided / transposed views are accepted; results equal the contiguous ones; repeated calls
+    on freed NaN-filled memory would expose an unwritten element."""
+    x, w, b, g = make_sparse_linear_inputs(37, 29, 41, torch.float64, density=density, seed=13)
+    x_t = x.T.contiguous().T                           # column-major [n, in]
+    w_s = torch.stack([w, w], -1).flatten(1)[:, ::2]   # stride 2 along in
+    b_s = torch.stack([b, b], -1).flatten()[::2]       # stride 2
+    g_t = g.T.contiguous().T
+    assert not (x_t.is_contiguous() or w_s.is_contiguous() or b_s.is_contiguous() or g_t.is_contiguous())
+    for _ in range(3):
+        garbage = torch.full((37 * 41 + 29 * 41,), float("nan"), dtype=torch.float64)
+        del garbage
+        assert_matches(ops.sparse_linear(x_t, w_s, b_s), exact_linear(x, w, b), torch.float64)
+        assert_matches(ops.sparse_linear_weight_grad(x_t, g_t), exact_weight_grad(x, g), torch.float64)
+
+
+def test_sparse_linear_rows_of_zeros():
+    """All-zero rows give exactly the bias; all-zero input columns give exactly zero gradient rows."""
+    x, w, b, g = make_sparse_linear_inputs(40, 60, 35, torch.float64, density=0.05, seed=3)
+    x[::3] = 0.0
+    x[:, ::2] = 0.0
+    y = ops.sparse_linear(x, w, b)
+    assert torch.equal(y[::3], b.expand(len(y[::3]), -1))
+    wg = ops.sparse_linear_weight_grad(x, g)
+    assert torch.equal(wg[::2], torch.zeros_like(wg[::2]))
+    assert_matches(y, exact_linear(x, w, b), torch.float64)
+    assert_matches(wg, exact_weight_grad(x, g), torch.float64)
+
+
+@needs_ext
+def test_sparse_linear_deterministic_across_thread_counts():
+    x, w, b, g = make_sparse_linear_inputs(300, 500, 130, torch.float32, density=0.05, seed=8)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = (ops.sparse_linear(x, w, b), ops.sparse_linear_weight_grad(x, g))
+        torch.set_num_threads(2)
+        two = (ops.sparse_linear(x, w, b), ops.sparse_linear_weight_grad(x, g))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
 # --------------------------------------------------------------------------- opcheck / dispatcher
 @needs_ext
 @pytest.mark.parametrize("device", DEVICES)
@@ -176,6 +280,11 @@ def test_opcheck(device, dtype):
         torch.library.opcheck(torch.ops.lipo_if.linear_grad_dot.default, (act, g, w, b))
     h, v, hvp = (torch.randn(1000, dtype=dtype, device=device) for _ in range(3))
     torch.library.opcheck(torch.ops.lipo_if.lissa_step.default, (h, v, hvp, 0.05, 3.0))
+    for density in (0.03, 1.0):
+        x, w, b, g = make_sparse_linear_inputs(11, 23, 19, dtype, device, density=density)
+        torch.library.opcheck(torch.ops.lipo_if.sparse_linear.default, (x, w, b))
+        torch.library.opcheck(torch.ops.lipo_if.sparse_linear.default, (x, w, None))
+        torch.library.opcheck(torch.ops.lipo_if.sparse_linear_weight_grad.default, (x, g))
 
 
 @needs_ext
@@ -194,6 +303,11 @@ def test_extension_matches_pure_pytorch_path():
     h, v, hvp = torch.randn(3, 5000, dtype=torch.float64).unbind(0)
     for got, want in zip(ops.lissa_step(h, v, hvp, 0.2, 4.0), ops_reference.lissa_step(h, v, hvp, 0.2, 4.0)):
         torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    for density in (1.0, 0.03):
+        x, w, b, g = make_sparse_linear_inputs(200, 257, 33, torch.float64, density=density, seed=5)
+        torch.testing.assert_close(ops.sparse_linear(x, w, b), ops_reference.sparse_linear(x, w, b), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ops.sparse_linear_weight_grad(x, g), ops_reference.sparse_linear_weight_grad(x, g),
+                                   rtol=1e-12, atol=1e-12)
 
 
 def test_fallback_without_extension_warns_once_and_works():
@@ -215,6 +329,9 @@ def test_fallback_without_extension_warns_once_and_works():
         "h = torch.ones(5, dtype=torch.float64)\n"
         "hn, s = ops.lissa_step(h, h, h, 0.5, 2.0)\n"
         "torch.testing.assert_close(hn, torch.full((5,), 1.0, dtype=torch.float64))\n"
+        "x, w = torch.randn(6, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)\n"
+        "torch.testing.assert_close(ops.sparse_linear(x, w), x @ w.T)\n"
+        "torch.testing.assert_close(ops.sparse_linear_weight_grad(x, a[:, :3]), x.T @ a[:, :3])\n"
         "print('OK')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -257,6 +374,62 @@ def test_lissa_step_errors(args, exc, match):
         ops.lissa_step(*(torch.randn(10),) * 3, 0.1, 0.0)
 
 
+def _good_sparse(dtype=torch.float64):
+    x, w, b, g = make_sparse_linear_inputs(4, 6, 3, dtype)
+    return x, w, b, g
+
+
+@pytest.mark.parametrize("mutate, exc, match", [
+    (lambda x, w, b: (x[0], w, b), ValueError, r"x must be 2-D \[n, in\]"),
+    (lambda x, w, b: (x, w[:, :5], b), ValueError, r"weight must be \[out, in\] with in = 6"),
+    (lambda x, w, b: (x, w[0], b), ValueError, r"weight must be 2-D \[out, in\]"),
+    (lambda x, w, b: (x, w, b[:2]), ValueError, r"bias must be \[out\] = \[3\]"),
+    (lambda x, w, b: (x, w.float(), b), TypeError, r"weight has dtype torch.float32 but x has torch.float64"),
+    (lambda x, w, b: (x.int(), w, b), TypeError, r"x must be float32 or float64"),
+    (lambda x, w, b: (x, w.numpy(), b), TypeError, r"weight must be a torch.Tensor"),
+    (lambda x, w, b: (x, w, b.to("meta")), ValueError, r"bias is on meta but x is on cpu"),
+])
+def test_sparse_linear_errors(mutate, exc, match):
+    x, w, b, _ = _good_sparse()
+    with pytest.raises(exc, match=match):
+        ops.sparse_linear(*mutate(x, w, b))
+
+
+@pytest.mark.parametrize("mutate, exc, match", [
+    (lambda x, g: (x, g[:3]), ValueError, r"grad_out must be \[n, out\] with n = 4"),
+    (lambda x, g: (x, g[0]), ValueError, r"grad_out must be 2-D \[n, out\]"),
+    (lambda x, g: (x, g.float()), TypeError, r"grad_out has dtype torch.float32 but x has torch.float64"),
+    (lambda x, g: (x.long(), g), TypeError, r"x must be float32 or float64"),
+    (lambda x, g: (x, g.to("meta")), ValueError, r"grad_out is on meta but x is on cpu"),
+])
+def test_sparse_linear_weight_grad_errors(mutate, exc, match):
+    x, _, _, g = _good_sparse()
+    with pytest.raises(exc, match=match):
+        ops.sparse_linear_weight_grad(*mutate(x, g))
+
+
+@needs_ext
+def test_raw_sparse_op_errors_are_clear():
+    """TORCH_CHECK messages of the dispatcher ops (callers bypassing lipo_if.ops)."""
+    x, w, b, g = _good_sparse()
+    with pytest.raises(RuntimeError, match=r"weight must be \[out, in\] with in = 6"):
+        torch.ops.lipo_if.sparse_linear(x, w[:, :5], b)
+    with pytest.raises(RuntimeError, match=r"bias must be \[out\] = \[3\]"):
+        torch.ops.lipo_if.sparse_linear(x, w, b[:2])
+    with pytest.raises(RuntimeError, match=r"weight has dtype Float but x has dtype Double"):
+        torch.ops.lipo_if.sparse_linear(x, w.float(), None)
+    with pytest.raises(RuntimeError, match=r"x must be float32 or float64"):
+        torch.ops.lipo_if.sparse_linear(x.int(), w.int(), None)
+    with pytest.raises(RuntimeError, match=r"x must be 2-D \[n, in\]"):
+        torch.ops.lipo_if.sparse_linear(x[0], w, b)
+    with pytest.raises(RuntimeError, match=r"grad_out must have n = 4 rows like x"):
+        torch.ops.lipo_if.sparse_linear_weight_grad(x, g[:3])
+    with pytest.raises(RuntimeError, match=r"grad_out has dtype Float but x has dtype Double"):
+        torch.ops.lipo_if.sparse_linear_weight_grad(x, g.float())
+    with pytest.raises(RuntimeError, match=r"grad_out must be 2-D \[n, out\]"):
+        torch.ops.lipo_if.sparse_linear_weight_grad(x, g[0])
+
+
 @needs_ext
 def test_raw_op_errors_are_clear():
     """The dispatcher ops check too (callers bypassing lipo_if.ops get TORCH_CHECK messages)."""
@@ -280,3 +453,10 @@ def test_cuda_device_mismatch_is_rejected():
         ops.linear_grad_dot(a, g.cuda(), w, b)
     with pytest.raises(RuntimeError, match="must be on one device"):
         torch.ops.lipo_if.linear_grad_dot(a.cuda(), g, w.cuda(), b.cuda())
+    x, w2, b2, g2 = _good_sparse()
+    with pytest.raises(ValueError, match="weight is on cuda"):
+        ops.sparse_linear(x, w2.cuda(), b2)
+    with pytest.raises(RuntimeError, match="must be on one device"):
+        torch.ops.lipo_if.sparse_linear(x.cuda(), w2, None)
+    with pytest.raises(RuntimeError, match="must be on one device"):
+        torch.ops.lipo_if.sparse_linear_weight_grad(x.cuda(), g2)

@@ -7,10 +7,11 @@
 //
 // Two algorithms, chosen per call from the density of `act` (fraction of non-zero entries):
 //
-//  * sparse (density <= kSparseMaxDensity): per sample, gather the non-zero columns c of act[i]
-//    and accumulate y = b_j + Σ_c act[i, c] · Wt_j[c, :] (Wt_j = W_j^T, rows contiguous over
-//    `out`), then result = y · out_grad[i]. Cost nnz·out per (i, j) instead of in·out.
-//    Fingerprint inputs (≈3 % bits set) are the case this is for.
+//  * sparse (density <= sparse::kSparseMaxDensity): compress the non-zeros of act (CSR), then per
+//    sample accumulate y = b_j + Σ_c act[i, c] · Wt_j[c, :] (Wt_j = W_j^T, rows contiguous over
+//    `out`) one register block of output columns at a time, and dot it with out_grad[i]. Cost
+//    nnz·out per (i, j) instead of in·out. Fingerprint inputs (≈3 % bits set) are the case this
+//    is for. Shares the micro-kernel of sparse_linear (sparse_rows.h).
 //  * dense: blocks of samples, T = act_block @ W_flat^T (one GEMM for all k, [b, k·out]) then a
 //    fused row-wise dot with out_grad (bias folded in). This is the "GEMM + row sum" formulation
 //    at the BLAS floor; the block bounds the temporary to kDenseTempElems elements.
@@ -30,13 +31,11 @@
 #include <vector>
 
 #include "../checks.h"
+#include "sparse_rows.h"
 
 namespace lipo_if {
 namespace {
 
-// Above this fraction of non-zeros in act the dense GEMM path wins (measured on the 2-core
-// AVX-512 dev box with the 2248 -> 512 layer; see benchmarks/RESULTS.md).
-constexpr double kSparseMaxDensity = 0.15;
 constexpr int64_t kDenseTempElems = int64_t{1} << 21;  // [b, k·out] temporary, ≈8 MiB float32
 constexpr int kLanes = 16;
 
@@ -53,60 +52,53 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return total;
 }
 
-// y[o] += alpha · x[o]
-template <typename T>
-inline void axpy(T alpha, const T* __restrict__ x, T* __restrict__ y, int64_t n) {
-  for (int64_t o = 0; o < n; ++o) y[o] += alpha * x[o];
-}
-
-// Number of non-zero entries of a contiguous [n, in] matrix.
-template <typename T>
-int64_t count_nonzero(const T* a, int64_t n, int64_t in) {
-  return at::parallel_reduce(
-      0, n, 64, int64_t{0},
-      [&](int64_t r0, int64_t r1, int64_t acc) {
-        for (int64_t e = r0 * in; e < r1 * in; ++e) acc += (a[e] != T(0));
-        return acc;
-      },
-      std::plus<int64_t>());
-}
-
-// Sparse path: act [n, in], out_grad [n, out], wt [k, in, out] (= W^T per j), bias [k, out] or
-// nullptr, result [n, k].
+// Sparse path: act [n, in] as CSR, out_grad [n, out], wt [k, in, out] (= W^T per j), bias [k, out]
+// or nullptr, result [n, k]. For each j, tasks over (register block of output columns, chunk of
+// rows): pack the [in, kBlock] column block of Wt_j into a contiguous panel, then per row
+// y_blk = b_j[blk] + Σ_t vals[t]·panel[cols[t]] (sparse::gather_axpy_block, in registers) and
+// partial[blk, i] = y_blk · out_grad[i, blk]. The partials are added in block order afterwards
+// (deterministic, independent of the thread count).
 template <typename T>
 void sparse_kernel(
-    const T* act, const T* out_grad, const T* wt, const T* bias, T* result, int64_t n, int64_t in,
+    const sparse::Csr<T>& csr, const T* out_grad, const T* wt, const T* bias, T* result, int64_t n, int64_t in,
     int64_t out, int64_t k) {
-  // Grain: aim at >= ~64k multiply-adds per task so scheduling overhead stays negligible.
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, k * out * 16));
-  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
-    std::vector<int64_t> cols(static_cast<size_t>(in));
-    std::vector<T> vals(static_cast<size_t>(in));
-    std::vector<T> y(static_cast<size_t>(out));
-    for (int64_t i = i0; i < i1; ++i) {
-      // On-the-fly CSR row of act[i].
-      const T* a = act + i * in;
-      int64_t nnz = 0;
-      for (int64_t c = 0; c < in; ++c) {
-        if (a[c] != T(0)) {
-          cols[nnz] = c;
-          vals[nnz] = a[c];
-          ++nnz;
+  constexpr int64_t B = sparse::kBlock<T>;
+  const int64_t n_blocks = (out + B - 1) / B;
+  const int64_t n_chunks = (n + sparse::kChunkRows - 1) / sparse::kChunkRows;
+  std::vector<T> partial(static_cast<size_t>(n_blocks * n));
+  for (int64_t j = 0; j < k; ++j) {
+    const T* wj = wt + j * in * out;
+    const T* bj = bias != nullptr ? bias + j * out : nullptr;
+    at::parallel_for(0, n_blocks * n_chunks, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<T> panel(static_cast<size_t>(in * B));
+      T bias_block[B], y[B];
+      int64_t packed = -1;
+      for (int64_t task = t0; task < t1; ++task) {
+        const int64_t block = task / n_chunks, chunk = task % n_chunks;
+        const int64_t o0 = block * B, width = std::min(B, out - o0);
+        if (block != packed) {
+          sparse::pack_panel(wj, in, out, o0, width, panel.data());
+          if (bj != nullptr) sparse::pack_panel(bj, 1, out, o0, width, bias_block);
+          packed = block;
+        }
+        const int64_t r0 = chunk * sparse::kChunkRows, r1 = std::min(n, r0 + sparse::kChunkRows);
+        for (int64_t i = r0; i < r1; ++i) {
+          const int64_t begin = csr.ptr[static_cast<size_t>(i)], end = csr.ptr[static_cast<size_t>(i + 1)];
+          sparse::gather_axpy_block<T>(
+              csr.cols.data() + begin, csr.vals.data() + begin, end - begin, panel.data(), B,
+              bj != nullptr ? bias_block : nullptr, y);
+          partial[static_cast<size_t>(block * n + i)] = dot(y, out_grad + i * out + o0, width);
         }
       }
-      const T* g = out_grad + i * out;
-      for (int64_t j = 0; j < k; ++j) {
-        if (bias != nullptr) {
-          std::copy(bias + j * out, bias + (j + 1) * out, y.begin());
-        } else {
-          std::fill(y.begin(), y.end(), T(0));
-        }
-        const T* wj = wt + j * in * out;
-        for (int64_t t = 0; t < nnz; ++t) axpy(vals[t], wj + cols[t] * out, y.data(), out);
-        result[i * k + j] = dot(y.data(), g, out);
+    });
+    at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T total = 0;
+        for (int64_t block = 0; block < n_blocks; ++block) total += partial[static_cast<size_t>(block * n + i)];
+        result[i * k + j] = total;
       }
-    }
-  });
+    });
+  }
 }
 
 // Dense path: T = act_block @ w_flat^T with w_flat = vec_weight viewed [k·out, in], then a fused
@@ -152,13 +144,15 @@ at::Tensor linear_grad_dot_cpu(
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "lipo_if_linear_grad_dot_cpu", [&] {
     const scalar_t* bias = vec_bias.defined() ? vec_bias.data_ptr<scalar_t>() : nullptr;
     scalar_t* res = result.data_ptr<scalar_t>();
-    const int64_t nnz = count_nonzero(act.data_ptr<scalar_t>(), n, in);
+    sparse::Csr<scalar_t> csr;
+    const int64_t nnz = sparse::count_csr(act.data_ptr<scalar_t>(), n, in, csr);
     const double density = in == 0 ? 0.0 : static_cast<double>(nnz) / static_cast<double>(n * in);
-    if (density <= kSparseMaxDensity) {
+    if (density <= sparse::kSparseMaxDensity) {
       // One transposed copy of the k vectors (k·in·out) so the gather reads contiguous rows.
       const at::Tensor wt = vec_weight.transpose(1, 2).contiguous();
+      sparse::fill_csr(act.data_ptr<scalar_t>(), n, in, csr);
       sparse_kernel<scalar_t>(
-          act.data_ptr<scalar_t>(), out_grad.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), bias, res, n, in, out, k);
+          csr, out_grad.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), bias, res, n, in, out, k);
     } else {
       dense_kernel<scalar_t>(act, out_grad, vec_weight.view({k * out, in}), bias, res, k, out);
     }
