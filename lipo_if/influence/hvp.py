@@ -181,12 +181,17 @@ class HessianOperator:
             stop = min(start + self.chunk_size, n)
             yield (X[start:stop], y[start:stop]), (stop - start) / n
 
-    def sample_batch(self, batch_size: int, generator: torch.Generator) -> Batch | None:
-        """A training minibatch drawn without replacement; ``None`` (= full set) if ``batch_size ≥ n``."""
+    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Row indices of a training minibatch drawn without replacement; ``None`` (= full set) if
+        ``batch_size ≥ n``. Consumes ``generator`` exactly like :meth:`sample_batch`."""
         if batch_size >= self.n_train:
             return None
-        idx = torch.randperm(self.n_train, generator=generator)[:batch_size]
-        return self.X[idx], self.y[idx]
+        return torch.randperm(self.n_train, generator=generator)[:batch_size]
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> Batch | None:
+        """A training minibatch drawn without replacement; ``None`` (= full set) if ``batch_size ≥ n``."""
+        idx = self.sample_indices(batch_size, generator)
+        return None if idx is None else (self.X[idx], self.y[idx])
 
     # ---------------------------------------------------------------- gradients
 

@@ -18,7 +18,8 @@ per-sample gradients:
   ``out_grad[i] ⊗ act[i]`` (bias: ``out_grad[i]``), so
   ``s · ∇ℓ(zᵢ) = Σ_l out_gradᵢᵀ S_W,l actᵢ + out_gradᵢ · s_b,l`` — one forward pass, a manual
   backward of ``ℓ = (f − y)²`` (``out_grad`` of the last layer = ``2(f − y)``) and per-layer
-  contractions (``lipo_if.ops.linear_grad_dot`` when built).
+  contractions (:func:`lipo_if.ops.linear_grad_dot`; the first layer's forward by
+  :func:`lipo_if.ops.sparse_linear`, which skips the zero fingerprint bits).
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from typing import Literal
 import torch
 from torch.func import grad, vmap
 
-from ._ops import linear_grad_dot
+from lipo_if import ops
+
 from .hvp import HessianOperator
 
 ScoreMethod = Literal["fast", "reference"]
@@ -113,14 +115,17 @@ def _grad_dot_chunk(
     with torch.no_grad():
         for l in range(n_layers):
             acts.append(h)
-            z = h @ params[f"layers.{l}.weight"].T + params[f"layers.{l}.bias"]
+            if l == 0:  # sparse fingerprint input: only its non-zeros are multiplied
+                z = ops.sparse_linear(h, params["layers.0.weight"], params["layers.0.bias"])
+            else:
+                z = torch.addmm(params[f"layers.{l}.bias"], h, params[f"layers.{l}.weight"].T)
             preacts.append(z)
             h = torch.relu(z) if l < n_layers - 1 else z
         out_grad = 2.0 * (h - y.unsqueeze(1))  # ∂ℓ/∂z_L for ℓ = (f − y)², [c, 1]
         total = None
         for l in range(n_layers - 1, first - 1, -1):
             if per_layer[l] is not None:
-                term = linear_grad_dot(acts[l], out_grad, *per_layer[l])
+                term = ops.linear_grad_dot(acts[l], out_grad, *per_layer[l])
                 total = term if total is None else total + term
             if l > first:  # back through layer l and the ReLU after layer l−1
                 out_grad = (out_grad @ params[f"layers.{l}.weight"]) * (preacts[l - 1] > 0)

@@ -37,8 +37,10 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from ._ops import lissa_step
+from lipo_if.ops import lissa_step
+
 from .hvp import DENSE_PARAM_LIMIT, HessianOperator, dense_hessian
+from .native_hvp import HVP_BACKENDS, NativeGaussNewton, select_hvp
 from .spectrum import SpectrumEstimate, dominant_eigenvalue, estimate_spectrum
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,12 @@ class SolverConfig:
         default=DENSE_PARAM_LIMIT, metadata={"help": "direct solver refuses parameter blocks larger than this"}
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar while solving"})
+    hvp: str = field(
+        default="auto",
+        metadata={"help": "Hessian-vector products: auto (native explicit-matmul Gauss–Newton products of the MLP "
+                          "when hessian=gauss-newton and all parameters vary, else autograd), native, or autograd "
+                          "(the double-backward reference)", "choices": HVP_BACKENDS},
+    )
 
     def __post_init__(self) -> None:
         self.damping = _float_or_auto(self.damping, "damping")
@@ -129,6 +137,8 @@ class SolverConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not (math.isfinite(self.tol) and self.tol >= 0):
             raise ValueError(f"tol must be a finite number ≥ 0, got {self.tol}")
+        if self.hvp not in HVP_BACKENDS:
+            raise ValueError(f"hvp must be one of {', '.join(HVP_BACKENDS)}, got {self.hvp!r}")
 
 
 @dataclass
@@ -232,8 +242,20 @@ def _divergence_message(chain: int, step: int, h_norm: float, bound: float, sett
     )
 
 
+def _products(op: HessianOperator | NativeGaussNewton):
+    """``(to_layout, from_layout, matvec(vec, idx | None))`` in the operator's fastest vector layout.
+
+    The native operator works in a permuted layout (first weight block transposed, see
+    :mod:`.native_hvp`); the permutation is orthogonal, so the recursions, norms and traces are
+    the same as in the standard layout. ``idx`` are training-row indices (None = full set).
+    """
+    if isinstance(op, NativeGaussNewton):
+        return op.to_internal, op.from_internal, op.matvec_internal
+    return (lambda t: t), (lambda t: t), (lambda t, idx: op.matvec(t, None if idx is None else (op.X[idx], op.y[idx])))
+
+
 def _lissa_chain(
-    op: HessianOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig,
+    op: HessianOperator | NativeGaussNewton, v: torch.Tensor, settings: _Settings, config: SolverConfig,
     gen: torch.Generator, chain: int, bar: tqdm, trace: list[dict],
 ) -> tuple[torch.Tensor, int, bool]:
     """One LiSSA chain; returns ``(h_final / scale [p], steps, converged)`` and appends to ``trace``."""
@@ -243,10 +265,13 @@ def _lissa_chain(
     # With ‖I − (H_B + μ)/scale‖ ≤ 1 the iterate obeys ‖hⱼ‖ ≤ (j+1)‖v‖; for PSD curvature and μ > 0
     # also ‖hⱼ‖ ≤ (scale/μ)‖v‖. Growth well past that can only be divergence.
     psd_cap = scale / mu if (op.kind == "gauss-newton" and mu > 0) else math.inf
+    to_layout, from_layout, matvec = _products(op)
+    v = to_layout(v)
     h = v.clone()
     for step in range(1, config.depth + 1):
-        hv = op.matvec(h, op.sample_batch(config.batch_size, gen))
-        h_new, step_norm = lissa_step(h, v, hv, d, scale)
+        hv = matvec(h, op.sample_indices(config.batch_size, gen))
+        h_new, step_t = lissa_step(h, v, hv, d, scale)
+        step_norm = float(step_t)
         h_norm = float(torch.linalg.vector_norm(h_new))
         trace.append({"chain": chain, "step": step, "step_norm": step_norm, "h_norm": h_norm})
         bound = DIVERGENCE_SLACK * min(step + 1, psd_cap) * v_norm
@@ -257,8 +282,8 @@ def _lissa_chain(
         if step % 10 == 0:
             bar.set_postfix(chain=chain, step=f"{step_norm:.2e}", h=f"{h_norm:.3e}", refresh=False)
         if step_norm <= config.tol * h_norm:
-            return h / scale, step, True
-    return h / scale, config.depth, False
+            return from_layout(h) / scale, step, True
+    return from_layout(h) / scale, config.depth, False
 
 
 def _lissa(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig) -> SolveResult:
@@ -287,6 +312,8 @@ def _lissa(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: So
 def _cg(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig) -> SolveResult:
     """Conjugate gradients on ``(H + μI)x = v`` with full-batch products, starting from 0."""
     mu = settings.damping
+    to_layout, from_layout, matvec = _products(op)
+    v = to_layout(v)
     x = torch.zeros_like(v)
     r = v.clone()
     p = r.clone()
@@ -295,7 +322,7 @@ def _cg(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: Solve
     trace: list[dict] = []
     with tqdm(total=config.max_iter, desc="CG", disable=not config.progress, leave=False) as bar:
         for it in range(1, config.max_iter + 1):
-            ap = op.matvec(p) + mu * p
+            ap = matvec(p, None) + mu * p
             curvature = float(p @ ap)
             if not curvature > 0:  # also catches NaN
                 raise NegativeCurvatureError(
@@ -312,10 +339,10 @@ def _cg(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: Solve
             bar.update(1)
             bar.set_postfix(residual=f"{rel:.2e}", refresh=False)
             if rel <= config.tol:
-                return SolveResult(x, "cg", it, trace, True, {})
+                return SolveResult(from_layout(x), "cg", it, trace, True, {})
             p = r + (rs_new / rs) * p
             rs = rs_new
-    return SolveResult(x, "cg", config.max_iter, trace, False, {})
+    return SolveResult(from_layout(x), "cg", config.max_iter, trace, False, {})
 
 
 def _direct(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig) -> SolveResult:
@@ -340,7 +367,11 @@ def solve(
     """``s = (H + μI)⁻¹ v`` for the operator's curvature ``H`` (kind and parameter block of ``op``).
 
     Args:
-        op: the curvature operator (its ``matvec`` includes the weight-decay term).
+        op: the curvature operator (its ``matvec`` includes the weight-decay term). With
+            ``config.hvp`` "auto" (default) a Gauss–Newton operator of the package's MLP over all
+            parameters is swapped for :class:`~lipo_if.influence.native_hvp.NativeGaussNewton`
+            (explicit-matmul products, sparse first layer, cached activations); "autograd" keeps
+            ``op.matvec``, the reference.
         v: right-hand side ``[p]``, e.g. the held-out loss gradient.
         method: "lissa" (stochastic, matrix-free), "cg" (full-batch, matrix-free) or "direct"
             (explicit matrix; small parameter blocks only).
@@ -356,6 +387,8 @@ def solve(
     config = config or SolverConfig()
     v = op._check_vec(v)
     start = time.perf_counter()
+    # Native explicit-matmul Gauss–Newton products when supported (config.hvp), else autograd.
+    op = select_hvp(op, config.hvp) if method != "direct" else op
     settings = _resolve(op, config, method)
     zero_rhs = float(torch.linalg.vector_norm(v)) == 0.0
     if zero_rhs:  # s = 0 exactly; LiSSA's relative criteria would divide by zero
@@ -370,6 +403,7 @@ def solve(
         batch_lambda_max=settings.batch_lambda_max,
         hessian=op.kind,
         n_params=op.n_params,
+        hvp="native" if isinstance(op, NativeGaussNewton) else "autograd",
     )
     if check_residual and not zero_rhs:
         result.info["relative_residual"] = _residual(op, result.s, v, settings.damping)

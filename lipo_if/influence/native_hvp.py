@@ -1,0 +1,225 @@
+"""Native Gauss–Newton Hessian-vector products of the package's MLP, without autograd.
+
+For :class:`~lipo_if.model.MLPRegressor` (Linear layers, ReLU between them, one output) the
+Gauss–Newton product of :class:`~lipo_if.influence.hvp.HessianOperator` on a batch ``B`` is::
+
+    G_B v = (2/|B|) Jᵀ (J v) + λ v,        J = ∂f/∂θ  [|B|, p]
+
+This module computes it with explicit matrix products instead of ``torch.func.jvp`` / ``vjp``
+(which rebuild an autograd graph on every call):
+
+- ``J v`` by forward-mode propagation of the tangent: ``dz₁ = x V₁ᵀ + c₁`` and
+  ``dz_l = (m_{l−1} ⊙ dz_{l−1}) W_lᵀ + h_{l−1} V_lᵀ + c_l`` (``V, c`` = the weight/bias parts of
+  ``v``, ``h`` = post-ReLU activations, ``m`` = ReLU masks);
+- ``Jᵀ u`` by the usual backward pass: ``g_L = u``, grads ``g_lᵀ h_{l−1}`` and ``Σ g_l``,
+  ``g_{l−1} = (g_l W_l) ⊙ m_{l−1}``;
+- the first layer (≈ 94 % of the parameters, input = fingerprint bits ≈ 3 % set + dense
+  descriptors) through :func:`lipo_if.ops.sparse_linear` and
+  :func:`lipo_if.ops.sparse_linear_weight_grad`, which touch only the non-zero inputs;
+- activations and masks of every training row computed **once** at θ̂ (θ̂ is fixed during a
+  solve) and gathered per minibatch.
+
+Internal layout: the solvers run in a permuted parameter layout in which the first weight block
+is stored transposed (``[in, out]`` row-major, the layout the sparse kernels read and write).
+The permutation is orthogonal, so norms, dot products and the LiSSA/CG recursions are unchanged;
+:meth:`NativeGaussNewton.to_internal` / :meth:`~NativeGaussNewton.from_internal` convert once per
+solve. :meth:`NativeGaussNewton.matvec` offers the standard layout and the
+:class:`~lipo_if.influence.hvp.HessianOperator` signature (for spectrum estimates and checks).
+
+The autograd path (``HessianOperator.matvec``) stays the named reference and is the only one for
+the exact Hessian, for restricted parameter blocks and for other models.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from lipo_if import ops
+
+from .hvp import Batch, HessianOperator
+
+#: ``hvp=`` choices of the solvers: native when supported (auto), always native, or autograd.
+HVP_BACKENDS: tuple[str, ...] = ("auto", "native", "autograd")
+
+
+def native_unsupported_reason(op: HessianOperator) -> str | None:
+    """Why :class:`NativeGaussNewton` cannot represent ``op`` (None when it can)."""
+    if op.kind != "gauss-newton":
+        return f"the native HVP implements the Gauss–Newton matrix only, not kind={op.kind!r}"
+    layers = getattr(op._module, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not layers or not all(isinstance(m, nn.Linear) for m in layers):
+        return "the model is not the package's MLP (a `layers` ModuleList of nn.Linear with ReLU between)"
+    if any(layer.bias is None for layer in layers) or layers[-1].out_features != 1:
+        return "the MLP needs biases in every layer and one output"
+    expected = tuple(f"layers.{l}.{kind}" for l in range(len(layers)) for kind in ("weight", "bias"))
+    if op.block.names != expected or op._frozen:
+        return "the native HVP covers the full parameter vector only (no restricted --params block)"
+    from lipo_if.model import MLPRegressor  # noqa: PLC0415 — avoid an import cycle at module load
+
+    if type(op._module).forward is not MLPRegressor.forward:
+        return "the model's forward is not MLPRegressor.forward (ReLU between Linear layers)"
+    return None
+
+
+class NativeGaussNewton:
+    """Gauss–Newton operator of an :class:`~lipo_if.model.MLPRegressor` with explicit products.
+
+    Wraps a ``HessianOperator(kind="gauss-newton")`` over all parameters: same ``n_params``,
+    ``n_train``, ``weight_decay``, ``dtype``, ``X``, ``y``, ``theta`` … (attribute access is
+    delegated to it) and the same products up to rounding. Construction runs one forward pass
+    over the training set and keeps ``[n, width]`` activations and masks of every hidden layer.
+
+    Raises:
+        ValueError: the operator is not supported (see :func:`native_unsupported_reason`).
+    """
+
+    def __init__(self, op: HessianOperator) -> None:
+        reason = native_unsupported_reason(op)
+        if reason is not None:
+            raise ValueError(f"native Gauss–Newton HVP unavailable: {reason}; use hvp='autograd'")
+        self.op = op
+        params = op.param_dict()
+        self.n_layers = len(op._module.layers)
+        self.weights = [params[f"layers.{l}.weight"].contiguous() for l in range(self.n_layers)]
+        self.biases = [params[f"layers.{l}.bias"].contiguous() for l in range(self.n_layers)]
+        self._w0t = self.weights[0].t().contiguous()  # [in, out]: read without a copy by sparse_linear
+        self._shapes = list(op.block.shapes)
+        self._sizes = [math.prod(s) for s in self._shapes]
+        self._w0_shape = tuple(self._shapes[0])  # (out, in)
+        self.hidden, self.masks = self._forward(op.X)
+
+    # ------------------------------------------------------------------ delegation / basics
+
+    def __getattr__(self, name: str):
+        # Only called for attributes not found on self: the wrapped operator's.
+        if name == "op":
+            raise AttributeError(name)
+        return getattr(self.op, name)
+
+    def __repr__(self) -> str:
+        return f"NativeGaussNewton({self.op!r})"
+
+    # ------------------------------------------------------------------ layout
+
+    def to_internal(self, vec: torch.Tensor) -> torch.Tensor:
+        """Standard ``[p]`` vector → internal layout (first weight block transposed); a new tensor."""
+        vec = self.op._check_vec(vec)
+        out = vec.clone()
+        out_, in_ = self._w0_shape
+        out[: self._sizes[0]].view(in_, out_).copy_(vec[: self._sizes[0]].view(out_, in_).t())
+        return out
+
+    def from_internal(self, vec: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_internal`; a new tensor."""
+        out = vec.clone()
+        out_, in_ = self._w0_shape
+        out[: self._sizes[0]].view(out_, in_).copy_(vec[: self._sizes[0]].view(in_, out_).t())
+        return out
+
+    def _views(self, vec: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter views of an internal-layout vector (first weight as ``[in, out]``)."""
+        chunks = list(torch.split(vec, self._sizes))
+        out_, in_ = self._w0_shape
+        views = [chunks[0].view(in_, out_)]
+        views += [c.view(s) for c, s in zip(chunks[1:], self._shapes[1:])]
+        return views
+
+    # ------------------------------------------------------------------ forward cache
+
+    def _forward(self, X: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Post-ReLU activations ``h_l`` and masks ``m_l`` (as 0/1 in ``dtype``) of the hidden layers."""
+        hidden, masks = [], []
+        with torch.no_grad():
+            z = ops.sparse_linear(X, self._w0t.t(), self.biases[0])
+            for l in range(1, self.n_layers):
+                mask = (z > 0).to(z.dtype)
+                h = z * mask
+                hidden.append(h)
+                masks.append(mask)
+                z = torch.addmm(self.biases[l], h, self.weights[l].t())
+        return hidden, masks
+
+    def _cached_chunks(self, idx: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, list, list, float]]:
+        """``(x, hidden, masks, 2/|B|-weight)`` for a minibatch ``idx`` or the whole set in chunks."""
+        op = self.op
+        if idx is not None:
+            yield (op.X[idx], [h[idx] for h in self.hidden], [m[idx] for m in self.masks], 2.0 / idx.numel())
+            return
+        n = op.n_train
+        for start in range(0, n, op.chunk_size):
+            sl = slice(start, min(start + op.chunk_size, n))
+            yield op.X[sl], [h[sl] for h in self.hidden], [m[sl] for m in self.masks], 2.0 / n
+
+    # ------------------------------------------------------------------ products
+
+    def _product(self, vec: torch.Tensor, chunks) -> torch.Tensor:
+        """``Σ_chunks coef · Jᵀ J vec + λ vec`` in the internal layout."""
+        V = self._views(vec)
+        out = torch.empty_like(vec)
+        O = self._views(out)
+        L = self.n_layers
+        first = True
+        with torch.no_grad():
+            for x, hidden, masks, coef in chunks:
+                # J v: forward-mode tangent through the network.
+                dz = ops.sparse_linear(x, V[0].t(), V[1])
+                for l in range(1, L):
+                    dz = torch.addmm(V[2 * l + 1], dz * masks[l - 1], self.weights[l].t())
+                    dz.addmm_(hidden[l - 1], V[2 * l].t())
+                g = dz * coef  # u = (2/B)·Jv as the output gradient, [B, 1]
+                # Jᵀ u: backward pass.
+                for l in range(L - 1, 0, -1):
+                    grad_w, grad_b = g.t() @ hidden[l - 1], g.sum(0)
+                    _accumulate(O[2 * l], grad_w, first)
+                    _accumulate(O[2 * l + 1], grad_b, first)
+                    g = (g @ self.weights[l]) * masks[l - 1]
+                _accumulate(O[0], ops.sparse_linear_weight_grad(x, g), first)
+                _accumulate(O[1], g.sum(0), first)
+                first = False
+            if first:  # no rows at all
+                out.zero_()
+            if self.op.weight_decay:
+                out.add_(vec, alpha=self.op.weight_decay)
+        return out
+
+    def matvec_internal(self, vec: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """``G_B · vec`` (λ·vec included) in the internal layout, ``[p]``.
+
+        ``idx``: training-row indices of the minibatch (``HessianOperator.sample_indices``), or
+        None for the whole training set (exact ``1/n`` weighting, in chunks of ``chunk_size``).
+        """
+        return self._product(vec, self._cached_chunks(idx))
+
+    def matvec(self, vec: torch.Tensor, batch: Batch | None = None) -> torch.Tensor:
+        """Same contract as :meth:`HessianOperator.matvec` (standard layout, any batch ``(X, y)``)."""
+        vec_int = self.to_internal(vec)
+        if batch is None:
+            return self.from_internal(self.matvec_internal(vec_int))
+        X, _ = self.op._as_batch(*batch)
+        hidden, masks = self._forward(X)
+        return self.from_internal(self._product(vec_int, [(X, hidden, masks, 2.0 / X.shape[0])]))
+
+
+def _accumulate(target: torch.Tensor, value: torch.Tensor, first: bool) -> None:
+    if first:
+        target.copy_(value)
+    else:
+        target.add_(value)
+
+
+def select_hvp(op: HessianOperator, hvp: str = "auto") -> HessianOperator | NativeGaussNewton:
+    """The operator the solvers should use: ``NativeGaussNewton(op)`` or ``op`` (autograd).
+
+    ``hvp``: "auto" (native when :func:`native_unsupported_reason` is None), "native" (raise
+    ValueError when unsupported) or "autograd" (the reference).
+    """
+    if hvp not in HVP_BACKENDS:
+        raise ValueError(f"unknown hvp backend {hvp!r}; choose from {', '.join(HVP_BACKENDS)}")
+    if isinstance(op, NativeGaussNewton):
+        return op if hvp != "autograd" else op.op
+    if hvp == "autograd" or (hvp == "auto" and native_unsupported_reason(op) is not None):
+        return op
+    return NativeGaussNewton(op)
