@@ -41,6 +41,17 @@ demo: install
 bench: install
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-columns=min,median,mean,rounds
 
+# lipo_if's LiSSA vs pyDVL's LissaInfluence. pyDVL pins numpy<2, so it gets its own venv (torch first,
+# so pip keeps the CPU build); the workload is prepared with the project venv (RDKit), results in runs/peers/.
+bench-peers: install
+	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/python -m pip install -q $(TORCH_PIN)
+	.venv-peers/bin/python -m pip install -q 'numpy<2' 'pydvl[influence]==0.10.0'
+	test -f runs/peers/workload.pt || $(PY) benchmarks/peers/bench_pydvl.py --prepare runs/peers/workload.pt \
+		$(if $(LIPO_IF_DATA),--data-dir $(LIPO_IF_DATA),--synthetic)
+	PYTHONPATH=$(CURDIR) .venv-peers/bin/python benchmarks/peers/bench_pydvl.py --workload runs/peers/workload.pt \
+		--json runs/peers/pydvl.json $(PEERS_ARGS)
+
 cuda-check:
 	$(PY) tools/cuda_check.py
 
