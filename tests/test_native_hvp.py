@@ -152,3 +152,52 @@ def test_native_hvp_without_extension():
     env.pop("LIPO_IF_JIT", None)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+_SCORES_SCRIPT = """
+import json, sys, torch
+from lipo_if import ops
+from lipo_if.influence import HessianOperator, SolverConfig, solve
+from lipo_if.influence.scores import influence_scores
+from lipo_if.model import ModelConfig, build_model
+gen = torch.Generator().manual_seed(3)
+m = build_model(ModelConfig(in_dim=53, hidden=(19, 7)), seed=3)
+X = torch.cat([(torch.rand(90, 45, generator=gen) < 0.06).float(), torch.randn(90, 8, generator=gen)], 1)
+y = torch.randn(90, generator=gen)
+Xv, yv = X[:23] + 0.1, y[:23]
+Xe = torch.cat([(torch.rand(41, 45, generator=gen) < 0.06).float(), torch.randn(41, 8, generator=gen)], 1)
+ye = torch.randn(41, generator=gen)
+op = HessianOperator(m, X, y, 0.01, dtype=torch.float32)
+cfg = SolverConfig(damping=0.5, scale=40.0, depth=60, batch_size=32, tol=0.0, seed=1, progress=False)
+res = solve(op, op.gradient(Xv, yv), "lissa", cfg)
+scores = influence_scores(op, res.s, Xe, ye)
+print(json.dumps({"backend": ops.backend(), "hvp": res.info["hvp"], "scores": scores.tolist()}))
+"""
+
+
+def _scores_in_subprocess(no_ext: bool) -> dict:
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("LIPO_IF_JIT", None)
+    env.pop("LIPO_IF_NO_EXT", None)
+    if no_ext:
+        env["LIPO_IF_NO_EXT"] = "1"
+    proc = subprocess.run([sys.executable, "-c", _SCORES_SCRIPT], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_end_to_end_scores_identical_with_and_without_extension():
+    """LiSSA solve + scoring in float32: compiled kernels vs the pure-PyTorch path, same seed."""
+    from lipo_if import ops
+
+    if ops.backend() == "pytorch":
+        pytest.skip("extension not built: nothing to compare against")
+    with_ext, without = _scores_in_subprocess(False), _scores_in_subprocess(True)
+    assert with_ext["backend"] in ("cpp", "cpp+cuda") and without["backend"] == "pytorch"
+    assert with_ext["hvp"] == without["hvp"] == "native"
+    a, b = torch.tensor(with_ext["scores"]), torch.tensor(without["scores"])
+    assert a.abs().max() > 0
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
