@@ -21,12 +21,12 @@ from .data import DataError, resolve_lipophilicity_path
 #: model (measured; see benchmarks/RESULTS.md), the auto value, without the power iteration.
 DEMO_EXPERIMENT = dict(seeds=3, k=(50.0,), influence_backend="ntk", influence_damping=1.0, compare_guards=("none", "greedy"),
                        threshold_strategy=False)
-DEMO_FINETUNE = dict(finetune_epochs=10, finetune_patience=10)
+DEMO_FINETUNE = dict(finetune_epochs=5, finetune_patience=5)  # as the real experiment in benchmarks/RESULTS.md
 #: Seconds on an idle 2-core machine: one baseline training (30–60 s), one influence solve (CG at
 #: damping 1 converges in ≈ 23 full-batch products, ≈ 30 s; the function-space solve ≈ 10 s), the
-#: greedy guard's interaction matrix (≈ 10 s), one fine-tuning of DEMO_FINETUNE's length.
+#: greedy guard's interaction matrix (≈ 10 s), one fine-tuning of DEMO_FINETUNE's length (5 epochs).
 #: On a shared machine (load ≈ 7) we measured 2.4–7× these (training: 402 s at load 7).
-SECONDS = {"train": 60.0, "solve": 30.0, "ntk_solve": 10.0, "group": 10.0, "finetune": 10.0}
+SECONDS = {"train": 60.0, "solve": 30.0, "ntk_solve": 10.0, "group": 10.0, "finetune": 6.0}
 #: What ``make demo`` must stay under.
 BUDGET_SECONDS = 15 * 60
 
@@ -51,6 +51,21 @@ def estimate_for(config) -> float:
                             config.threshold_strategy, config.guards_needing_group, config.crossfit_folds)
 
 
+def _threads_for_load() -> None:
+    """On a machine already busier than its cores, one torch thread per process is several times
+    faster than the default (measured here at load ≈ 7–14 on 2 cores: 5–6 s per training epoch with
+    one thread, 20–70 s with two — the threads' barriers wait on descheduled siblings)."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > cores and torch.get_num_threads() > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+        print(f"[demo] load average {load:.1f} > {cores} cores: using 1 torch thread (set OMP_NUM_THREADS to override)")
+    else:
+        print(f"[demo] load average {load:.1f} on {cores} cores; {torch.get_num_threads()} torch thread(s)")
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from .experiment import ExperimentConfig, run_experiment
     from .train import FinetuneConfig, TrainConfig
@@ -66,6 +81,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     minutes = estimate_for(config) / 60
     print(f"[demo] data: {path}\n[demo] external: {external}")
+    _threads_for_load()
     print(f"[demo] {config.seeds} seeds × (train → influence on validation (+ test-set oracle, diagnostic) → select k={list(config.k)} "
           f"→ fine-tune every selection and the nothing-added baseline → evaluate)")
     print(f"[demo] estimated time ≈ {minutes:.0f} min on 2 idle cores (more when the machine is shared); "

@@ -622,7 +622,7 @@ def render_markdown(report: dict) -> str:
     if rec.get("rows"):
         lines += ["## How much of the oracle's gain does a test-blind selection recover?", "",
                   "Δ = paired test-RMSE difference vs `baseline` (mean ± std over seeds, 95 % interval, t-test p); oracle Δ at the "
-                  "same k; fraction = Δ / oracle Δ (when the oracle gained); p vs oracle = paired t-test of method − oracle; "
+                  "same k; fraction = Δ / oracle Δ (when the oracle gained; negative = the method moved test RMSE the wrong way); p vs oracle = paired t-test of method − oracle; "
                   "resolvable = the smallest Δ these seeds detect (α 0.05, power 0.8); val Δ = the same on validation.", "",
                   "| method | k | added | Δ test RMSE | 95 % interval | p | oracle Δ | fraction | p vs oracle | resolvable | val Δ |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
