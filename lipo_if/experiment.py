@@ -4,7 +4,9 @@ For every seed (the seed sets the split and the initialization):
 
 1. train the Task-1 model — ``original``;
 2. score the external molecules by influence on the **validation** set (and, as a diagnostic
-   only, on the **test** set — ``oracle``, the ceiling of any selection; never a method);
+   only, on the **test** set — ``oracle``, the ceiling of any selection; never a method), by
+   :mod:`lipo_if.influence` or (``influence_backend="ntk"``) by the same damped Gauss–Newton
+   system solved in function space (:func:`lipo_if.group.function_space_influence`);
 3. select: ``influence`` (top-k with the configured guard, residual by default),
    ``influence_unguarded`` (plain first-order top-k) and the other guards of ``compare_guards``
    (``influence_greedy``: greedy group selection re-scored after each addition, see
