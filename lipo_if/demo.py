@@ -25,7 +25,8 @@ DEMO_FINETUNE = dict(finetune_epochs=5, finetune_patience=5)  # as the real expe
 #: Seconds on an idle 2-core machine: one baseline training (30–60 s), one influence solve (CG at
 #: damping 1 converges in ≈ 23 full-batch products, ≈ 30 s; the function-space solve ≈ 10 s), the
 #: greedy guard's interaction matrix (≈ 10 s), one fine-tuning of DEMO_FINETUNE's length (5 epochs).
-#: On a shared machine (load ≈ 7) we measured 2.4–7× these (training: 402 s at load 7).
+#: On a shared machine (load ≈ 7) we measured 2.4–7× these (training: 402 s at load 7); the whole
+#: demo took 16.9 min at load ≈ 7 (one torch thread; see benchmarks/RESULTS.md).
 SECONDS = {"train": 60.0, "solve": 30.0, "ntk_solve": 10.0, "group": 10.0, "finetune": 6.0}
 #: What ``make demo`` must stay under.
 BUDGET_SECONDS = 15 * 60
