@@ -25,8 +25,10 @@ restricted to the held-out curvature; the added points' own curvature is dropped
 ``J_val d_j`` is the change of the validation predictions that molecule j causes, so ``M_ij > 0``
 when i and j move the validation predictions the same way (redundant: together they overshoot)
 and ``M_jj = (2/m)‖J_val d_j‖² ∝ r_j²`` grows quadratically with a wrong label while the score
-grows only linearly: a wildly wrong label has ``score_j + ½ M_jj > 0`` — predicted harmful — however
-negative its first-order score.
+grows only linearly: for a fixed direction ``J_val d_j / r_j``, ``score_j + ½ M_jj = a·r_j + b·r_j²``
+with ``b > 0``, so past ``|r_j| = |a|/b`` the molecule is predicted harmful, and the wronger the
+label the more negative its first-order score *and* the more positive its second-order marginal:
+a wildly wrong label is left out however helpful first order makes it look.
 
 The greedy selection (:func:`greedy_select`) adds, one at a time, the molecule with the most
 negative *marginal* change of Q,
