@@ -47,7 +47,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import DataError, atomic_write_bytes, atomic_write_text, load_dataset, read_molecule_csv
+from .data import DataError, atomic_write_bytes, atomic_write_json, atomic_write_text, load_dataset, read_molecule_csv
 from .featurize import FeaturizerConfig
 from .select import (GUARDS, SelectionConfig, below_threshold, eligible, guarded_pool, load_scores, random_k, residual_outliers,
                      select, top_k, uses_greedy)
@@ -326,7 +326,7 @@ def run_seed(
         "n_eligible": int(len(eligible(val_scores))), "group_model": group_info, "crossfit": crossfit_info,
         "n_retrainings": len(done),
     }
-    atomic_write_text(seed_dir / "results.json", json.dumps(_jsonable(out), indent=1))
+    atomic_write_json(seed_dir / "results.json", out)
     return out
 
 
@@ -340,19 +340,6 @@ def _digest(summary: dict) -> dict:
         "relative_residual": info.get("relative_residual"), "converged": solver.get("converged"),
         "renormalization_offset": summary.get("renormalization_offset"), "warnings": summary.get("warnings"),
     }
-
-
-def _jsonable(value: Any) -> Any:
-    """Strict JSON: non-finite floats → None, numpy scalars → Python."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -800,7 +787,7 @@ def run_experiment(
         result = run_seed(dataset, data_path, external_path, seed_dir, seed, config, train_config, finetune_config,
                           featurizer_config, progress)
         result["settings_hash"] = settings_hash
-        atomic_write_text(cached, json.dumps(_jsonable(result), indent=1))
+        atomic_write_json(cached, result)
         seed_results.append(result)
 
     report = aggregate(seed_results, config)
@@ -823,7 +810,7 @@ def run_experiment(
         "selection_used_test_set": False, "oracle_note": DIAGNOSTIC_NOTE,
     }
     report["conclusion"] = conclusion(report)
-    atomic_write_text(out / "report.json", json.dumps(_jsonable(report), indent=1))
+    atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))
     plot_rmse_vs_k(report, config, out / "rmse_vs_k.png")
     first = out / f"seed_{seed_results[0]['seed']}" / "influence_val.csv"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import atomic_write_bytes, atomic_write_text, read_molecule_csv
+from .data import atomic_write_bytes, atomic_write_json, atomic_write_text, read_molecule_csv
 from .model import objective
 from .select import eligible, load_scores
 from .train import FinetuneConfig, Run, finetune_run, predict_tensor
@@ -218,20 +217,8 @@ def run_validation(
         "renormalization_offset": offset, "baseline_val_mse": base,
         "singles": corr, "group": group_result, "per_molecule": singles.to_dict(orient="records"),
     }
-    atomic_write_text(out / "validate.json", json.dumps(_clean(result), indent=1))
+    atomic_write_json(out / "validate.json", result)
     atomic_write_text(out / "validate.csv", singles.to_csv(index=False, float_format="%.8g"))
     title = f"{config.retrain} retraining" + (f" ({steps} steps of {lr:.3g})" if config.retrain == "gd" else f" ({config.seeds} seed(s))")
     atomic_write_bytes(out / "validate.png", _plot(singles, corr, group_result, title))
     return result
-
-
-def _clean(value):
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -178,3 +178,17 @@ def test_canonicalize():
     assert canonicalize("OCC") == ("CCO", "CCO")
     assert canonicalize("C[C@H](N)C(=O)O")[1] == "CC(N)C(=O)O"
     assert canonicalize("C1CC") is None and canonicalize("") is None
+
+
+def test_atomic_write_json_is_strict_json(tmp_path):
+    import json
+
+    import numpy as np
+
+    from lipo_if.data import atomic_write_json
+
+    path = tmp_path / "sub" / "out.json"
+    atomic_write_json(path, {"a": float("nan"), 1: [np.float64(2.5), np.int64(3), (float("inf"), "x")]})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}")) == {
+        "a": None, "1": [2.5, 3, [None, "x"]]}
+    assert [p.name for p in path.parent.iterdir()] == ["out.json"]  # no temp file left behind

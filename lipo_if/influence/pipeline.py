@@ -17,9 +17,7 @@ The ``run`` object needs: ``model`` (MLPRegressor), ``config.weight_decay``,
 from __future__ import annotations
 
 import io
-import json
 import logging
-import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -170,17 +168,6 @@ def _counts(reasons: Sequence[str], scores: np.ndarray) -> dict:
             "excluded_by_reason": dict(kinds), "helpful": int((scores < 0).sum()), "harmful": int((scores > 0).sum())}
 
 
-def _jsonable(value: Any) -> Any:
-    """Replace non-finite floats by None so the summary is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _warnings(config: InfluenceConfig, result: SolveResult) -> list[str]:
     out = []
     if config.heldout == "test":
@@ -231,7 +218,7 @@ def run_influence(
     Raises ``lipo_if.data.DataError`` for an unreadable external file and the solver errors of
     :func:`lipo_if.influence.solvers.solve` (with advice) when the inverse-HVP fails.
     """
-    from lipo_if.data import atomic_write_bytes, atomic_write_text, read_molecule_csv
+    from lipo_if.data import atomic_write_bytes, atomic_write_json, atomic_write_text, read_molecule_csv
 
     config = config or InfluenceConfig()
     paths = output_paths(out_csv)
@@ -287,5 +274,5 @@ def run_influence(
     atomic_write_bytes(paths["histogram"], _histogram_png(scores, title))
     lap("write_seconds")
     timings["total_seconds"] = round(sum(timings.values()), 4)
-    atomic_write_text(paths["summary"], json.dumps(_jsonable(summary), indent=1))
+    atomic_write_json(paths["summary"], summary)
     return summary
