@@ -124,8 +124,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from .data import atomic_write_text, read_molecule_csv
     from .train import load_run
 

@@ -47,9 +47,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import DataError, atomic_write_bytes, atomic_write_json, atomic_write_text, load_dataset, read_molecule_csv
+from .data import atomic_write_bytes, atomic_write_json, atomic_write_text, load_dataset, read_molecule_csv
 from .featurize import FeaturizerConfig
-from .select import (GUARDS, SelectionConfig, below_threshold, eligible, guarded_pool, load_scores, random_k, residual_outliers,
+from .select import (GUARDS, SelectionConfig, eligible, guarded_pool, load_scores, random_k, residual_outliers,
                      select, top_k, uses_greedy)
 from .train import FinetuneConfig, Run, TrainConfig, finetune_run, train_run
 
@@ -578,7 +578,6 @@ def recovery_sentence(rec: dict) -> str:
 
 def render_markdown(report: dict) -> str:
     """``report.md``: one table and the plain-language conclusion."""
-    k = report.get("headline_k")
     meta = report["meta"]
     lines = [
         "# Does influence-selected external data improve the model?", "",

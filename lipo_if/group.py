@@ -255,11 +255,9 @@ def function_space_influence(run, external_path, heldout: str, damping: float, o
     renormalization offset ``−(λ/n) s·θ̂`` uses ``s = (1/c)(v − Jᵀ(K + cn/2)⁻¹ J v)``).
     Writes ``out_csv`` and ``<stem>_summary.json``; returns the summary.
     """
-    import json
     import time
-    from pathlib import Path
 
-    from .data import atomic_write_text, read_molecule_csv
+    from .data import atomic_write_json, atomic_write_text, read_molecule_csv
     from .influence.pipeline import HELDOUT_PARTS, OUTPUT_COLUMNS, _counts, _split_keys, exclusion_reasons, output_paths
 
     start = time.perf_counter()
@@ -310,5 +308,5 @@ def function_space_influence(run, external_path, heldout: str, damping: float, o
         "warnings": [], "timings": {"total_seconds": round(time.perf_counter() - start, 2)},
     }
     atomic_write_text(paths["csv"], out[OUTPUT_COLUMNS].to_csv(index=False, float_format="%.10g"))
-    atomic_write_text(paths["summary"], json.dumps(summary, indent=1))
+    atomic_write_json(paths["summary"], summary)
     return summary

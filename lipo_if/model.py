@@ -13,7 +13,7 @@ optimizer, so it is part of the Hessian H = ∇²R(θ̂).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch

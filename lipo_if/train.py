@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import DataError, MoleculeDataset, Split, atomic_write_bytes, atomic_write_text, load_dataset, load_lipophilicity, make_split, resolve_lipophilicity_path
+from .data import DataError, MoleculeDataset, Split, atomic_write_bytes, atomic_write_text, load_dataset, make_split
 from .featurize import Featurizer, FeaturizerConfig
 from .model import MLPRegressor, ModelConfig, build_model, objective
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,10 +180,6 @@ def test_canonicalize():
 
 
 def test_atomic_write_json_is_strict_json(tmp_path):
-    import json
-
-    import numpy as np
-
     from lipo_if.data import atomic_write_json
 
     path = tmp_path / "sub" / "out.json"

@@ -41,7 +41,6 @@ HVP or LiSSA inside lipo_if is picked up by rerunning this script.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as _dt
 import json
 import math
