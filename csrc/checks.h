@@ -100,4 +100,15 @@ inline void check_sparse_linear_weight_grad_inputs(const at::Tensor& x, const at
       " rows like x, got shape ", grad_out.sizes());
 }
 
+// The `out` of sparse_linear_weight_grad_into: [in, out], the inputs' dtype and device, contiguous
+// (the kernels write through its data pointer; a view of a larger buffer is fine).
+inline void check_weight_grad_out(const at::Tensor& x, const at::Tensor& grad_out, const at::Tensor& out) {
+  TORCH_CHECK(
+      out.dim() == 2 && out.size(0) == x.size(1) && out.size(1) == grad_out.size(1),
+      "lipo_if.sparse_linear_weight_grad_into: out must be [in, out] = [", x.size(1), ", ", grad_out.size(1),
+      "], got shape ", out.sizes());
+  check_same(out, x, "sparse_linear_weight_grad_into: out", "x");
+  TORCH_CHECK(out.is_contiguous(), "lipo_if.sparse_linear_weight_grad_into: out must be contiguous");
+}
+
 }  // namespace lipo_if

@@ -24,6 +24,9 @@ TORCH_LIBRARY(lipo_if, m) {
   // x [n, in], grad_out [n, out] -> [in, out] = xᵀ grad_out: the *transposed* weight gradient of a
   // Linear layer with input x, over the non-zero entries of x only.
   m.def("sparse_linear_weight_grad(Tensor x, Tensor grad_out) -> Tensor");
+  // The same written into a caller's contiguous [in, out] buffer (e.g. a block of a flat parameter
+  // vector), saving an allocation and a copy per call in the LiSSA loop.
+  m.def("sparse_linear_weight_grad_into(Tensor x, Tensor grad_out, Tensor(a!) out) -> ()");
 }
 
 #ifndef TORCH_EXTENSION_NAME

@@ -6,9 +6,11 @@ Operators (registered with the PyTorch dispatcher as ``torch.ops.lipo_if.*``):
   parameter-shaped vectors, without materializing per-sample gradients (sparse-aware on CPU).
 - :func:`lissa_step` — one fused LiSSA update plus its step norm.
 - :func:`sparse_linear` — ``x Wᵀ + b`` over the non-zero entries of ``x`` (the first layer's
-  forward on fingerprint inputs), CPU kernel cache-blocked over output columns.
+  forward on fingerprint inputs); on CPU, columns that are non-zero in most rows (descriptors)
+  go to one BLAS GEMM and the rest to a scatter (few rows) or cache-blocked gather (many rows).
 - :func:`sparse_linear_weight_grad` — ``xᵀ G`` (the transposed weight gradient of that layer)
-  over the non-zero entries of ``x``.
+  over the non-zero entries of ``x``, optionally written into a caller's buffer
+  (``torch.ops.lipo_if.sparse_linear_weight_grad_into``, a mutating op).
 
 This module is the one home of the kernels' fallback logic: the influence code
 (:mod:`lipo_if.influence`) calls these wrappers, which pick the compiled kernel or the
@@ -40,7 +42,9 @@ __all__ = [
     "sparse_linear_weight_grad",
 ]
 
-_OPS_NAMES = ("linear_grad_dot", "lissa_step", "sparse_linear", "sparse_linear_weight_grad")
+_OPS_NAMES = (
+    "linear_grad_dot", "lissa_step", "sparse_linear", "sparse_linear_weight_grad", "sparse_linear_weight_grad_into",
+)
 _CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
 
@@ -151,6 +155,10 @@ if has_ops():
     def _sparse_linear_weight_grad_fake(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
         torch._check(x.dim() == 2 and grad_out.dim() == 2 and grad_out.shape[0] == x.shape[0])
         return x.new_empty((x.shape[1], grad_out.shape[1]))
+
+    @torch.library.register_fake("lipo_if::sparse_linear_weight_grad_into")
+    def _sparse_linear_weight_grad_into_fake(x: torch.Tensor, grad_out: torch.Tensor, out: torch.Tensor) -> None:
+        torch._check(out.dim() == 2 and out.shape[0] == x.shape[1] and out.shape[1] == grad_out.shape[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +283,9 @@ def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return ops_reference.sparse_linear(x, weight, bias)
 
 
-def sparse_linear_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+def sparse_linear_weight_grad(
+    x: torch.Tensor, grad_out: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``x.T @ grad_out`` ``[in, out]`` over the non-zero entries of ``x`` only.
 
     This is the weight gradient of a Linear layer with input ``x`` and output gradient
@@ -285,12 +295,26 @@ def sparse_linear_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.
     Args:
         x: ``[n, in]`` layer input (its zeros are skipped); n = 0 gives zeros.
         grad_out: ``[n, out]`` gradient with respect to the layer output.
+        out: optional contiguous ``[in, out]`` tensor (same dtype and device) to write the result
+            into and return — e.g. a view of a block of a flat parameter vector, which saves an
+            allocation and a copy per call.
     """
     _check_tensor(x, "x", 2, "[n, in]")
     _check_tensor(grad_out, "grad_out", 2, "[n, out]")
     if grad_out.shape[0] != x.shape[0]:
         raise ValueError(f"grad_out must be [n, out] with n = {x.shape[0]} (rows of x), got shape {tuple(grad_out.shape)}")
     _check_alike({"x": x, "grad_out": grad_out}, "x")
+    if out is not None:
+        _check_tensor(out, "out", 2, "[in, out]")
+        if tuple(out.shape) != (x.shape[1], grad_out.shape[1]):
+            raise ValueError(f"out must be [in, out] = [{x.shape[1]}, {grad_out.shape[1]}], got shape {tuple(out.shape)}")
+        _check_alike({"x": x, "out": out}, "x")
+        if not out.is_contiguous():
+            raise ValueError("out must be contiguous (the kernel writes through its data pointer)")
+        if _use_kernel(x.device):
+            torch.ops.lipo_if.sparse_linear_weight_grad_into(x, grad_out, out)
+            return out
+        return ops_reference.sparse_linear_weight_grad(x, grad_out, out=out)
     if _use_kernel(x.device):
         return torch.ops.lipo_if.sparse_linear_weight_grad(x, grad_out)
     return ops_reference.sparse_linear_weight_grad(x, grad_out)

@@ -45,9 +45,14 @@ def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.nn.functional.linear(x, weight, bias)
 
 
-def sparse_linear_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    """``x.T @ grad_out`` ``[in, out]`` (dense GEMM): x ``[n, in]``, grad_out ``[n, out]``."""
-    return x.T @ grad_out
+def sparse_linear_weight_grad(
+    x: torch.Tensor, grad_out: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x.T @ grad_out`` ``[in, out]`` (dense GEMM): x ``[n, in]``, grad_out ``[n, out]``; written
+    into ``out`` (contiguous ``[in, out]``) when given."""
+    if out is None:
+        return x.T @ grad_out
+    return torch.mm(x.T, grad_out, out=out)
 
 
 def mlp_grad_dot_vmap(

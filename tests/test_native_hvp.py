@@ -1,4 +1,4 @@
-"""The native Gauss–Newton HVP (lipo_if.influence.native_hvp) against the autograd reference.
+"""The native HVPs (lipo_if.influence.native_hvp: Gauss–Newton and exact) against the autograd reference.
 
 Small random MLPs with odd sizes, float64, sparse (fingerprint-like) and dense inputs, weight
 decay included exactly as HessianOperator defines it. No RDKit, no extension required (without
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lipo_if.influence import HessianOperator, SolverConfig, solve
-from lipo_if.influence.native_hvp import NativeGaussNewton, native_unsupported_reason, select_hvp
+from lipo_if.influence.native_hvp import NativeHessian, native_unsupported_reason, select_hvp
 from lipo_if.model import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,13 +38,15 @@ def make_problem(n=61, bits=45, dense=8, hidden=(17, 9), density=0.05, seed=0, d
     return model, X, y
 
 
+@pytest.mark.parametrize("kind", ["gauss-newton", "exact"])
 @pytest.mark.parametrize("density", [0.05, 1.0])
 @pytest.mark.parametrize("hidden", [(17, 9), (13,), (11, 7, 5)])
-def test_native_hvp_equals_autograd_gauss_newton(density, hidden):
-    """Full-batch (in chunks), minibatch by indices, arbitrary batch, with λ·v: every element."""
+def test_native_hvp_equals_autograd(kind, density, hidden):
+    """Full-batch (in chunks), minibatch by indices, arbitrary batch, with λ·v: every element
+    (the exact Hessian against HessianOperator's double backward)."""
     model, X, y = make_problem(hidden=hidden, density=density, seed=len(hidden))
-    op = HessianOperator(model, X, y, WD, kind="gauss-newton", chunk_size=19)  # 61 rows → 4 chunks
-    native = NativeGaussNewton(op)
+    op = HessianOperator(model, X, y, WD, kind=kind, chunk_size=19)  # 61 rows → 4 chunks
+    native = NativeHessian(op)
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
         v = torch.randn(op.n_params, generator=gen, dtype=torch.float64)
@@ -64,20 +66,29 @@ def test_native_weight_decay_term_and_zero_decay():
     """matvec(v) − matvec(v) at λ = 0 is exactly λ·v (the HessianOperator definition)."""
     model, X, y = make_problem(seed=3)
     v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
-    with_wd = NativeGaussNewton(HessianOperator(model, X, y, WD)).matvec(v)
-    without = NativeGaussNewton(HessianOperator(model, X, y, 0.0)).matvec(v)
+    with_wd = NativeHessian(HessianOperator(model, X, y, WD)).matvec(v)
+    without = NativeHessian(HessianOperator(model, X, y, 0.0)).matvec(v)
     torch.testing.assert_close(with_wd - without, WD * v, rtol=1e-10, atol=1e-13)
 
 
 def test_layout_round_trip_is_an_orthogonal_permutation():
     model, X, y = make_problem(seed=4)
-    native = NativeGaussNewton(HessianOperator(model, X, y, WD))
+    native = NativeHessian(HessianOperator(model, X, y, WD))
     v = torch.randn(native.n_params, dtype=torch.float64)
     internal = native.to_internal(v)
     assert torch.equal(native.from_internal(internal), v)
     assert torch.equal(torch.sort(internal).values, torch.sort(v).values)
     w0 = v[: 17 * 53].view(17, 53)
     assert torch.equal(internal[: 17 * 53].view(53, 17), w0.T)
+
+
+def test_native_exact_differs_from_gauss_newton():
+    """The exact product carries the residual-weighted second-order term: it is not the GN one."""
+    model, X, y = make_problem(seed=7)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    exact = NativeHessian(HessianOperator(model, X, y, WD, kind="exact")).matvec(v)
+    gn = NativeHessian(HessianOperator(model, X, y, WD, kind="gauss-newton")).matvec(v)
+    assert float(torch.linalg.vector_norm(exact - gn) / torch.linalg.vector_norm(gn)) > 1e-3
 
 
 @pytest.mark.parametrize("density", [0.05, 1.0])
@@ -109,21 +120,25 @@ def test_auto_selection_and_unsupported_cases():
     gn = HessianOperator(model, X, y, WD, kind="gauss-newton")
     exact = HessianOperator(model, X, y, WD, kind="exact")
     block = HessianOperator(model, X, y, WD, params=["layers.2.weight"])
-    assert isinstance(select_hvp(gn, "auto"), NativeGaussNewton)
+    assert isinstance(select_hvp(gn, "auto"), NativeHessian)
+    assert isinstance(select_hvp(exact, "auto"), NativeHessian) and select_hvp(exact, "auto").exact
     assert select_hvp(gn, "autograd") is gn
-    assert select_hvp(exact, "auto") is exact
     assert select_hvp(block, "auto") is block
-    assert "Gauss–Newton" in native_unsupported_reason(exact)
+    assert native_unsupported_reason(exact) is None
     assert "full parameter vector" in native_unsupported_reason(block)
-    with pytest.raises(ValueError, match="native Gauss–Newton HVP unavailable"):
-        select_hvp(exact, "native")
+    with pytest.raises(ValueError, match="native HVP unavailable"):
+        select_hvp(block, "native")
     with pytest.raises(ValueError, match="unknown hvp backend"):
         select_hvp(gn, "fast")
     with pytest.raises(ValueError, match="hvp must be one of"):
         SolverConfig(hvp="fast")
-    # exact Hessian solves still run (on autograd) with the default config
-    result = solve(exact, gn.gradient(), "cg", SolverConfig(damping=1.0, progress=False))
-    assert result.info["hvp"] == "autograd"
+    # exact-Hessian solves: native by default, autograd on request, the same solution
+    native = solve(exact, gn.gradient(), "cg", SolverConfig(damping=1.0, tol=1e-12, progress=False))
+    reference = solve(exact, gn.gradient(), "cg", SolverConfig(damping=1.0, tol=1e-12, progress=False, hvp="autograd"))
+    assert native.info["hvp"] == "native" and reference.info["hvp"] == "autograd"
+    torch.testing.assert_close(native.s, reference.s, rtol=1e-8, atol=1e-10)
+    # restricted blocks stay on autograd
+    assert solve(block, block.gradient(), "cg", SolverConfig(damping=1.0, progress=False)).info["hvp"] == "autograd"
 
 
 def test_native_hvp_without_extension():
@@ -134,7 +149,7 @@ def test_native_hvp_without_extension():
         "    warnings.simplefilter('always')\n"
         "    from lipo_if import ops\n"
         "    from lipo_if.influence import HessianOperator\n"
-        "    from lipo_if.influence.native_hvp import NativeGaussNewton\n"
+        "    from lipo_if.influence.native_hvp import NativeHessian\n"
         "msgs = [str(w.message) for w in caught if 'lipo_if._C is not available' in str(w.message)]\n"
         "assert len(msgs) == 1, msgs\n"
         "assert ops.backend() == 'pytorch'\n"
@@ -144,7 +159,7 @@ def test_native_hvp_without_extension():
         "X = (torch.rand(30, 20) < 0.1).float(); y = torch.randn(30)\n"
         "op = HessianOperator(m, X, y, 0.01, chunk_size=11)\n"
         "v = torch.randn(op.n_params, dtype=torch.float64)\n"
-        "torch.testing.assert_close(NativeGaussNewton(op).matvec(v), op.matvec(v), rtol=1e-12, atol=1e-13)\n"
+        "torch.testing.assert_close(NativeHessian(op).matvec(v), op.matvec(v), rtol=1e-12, atol=1e-13)\n"
         "print('OK')\n"
     )
     env = {**os.environ, "LIPO_IF_NO_EXT": "1",

@@ -257,6 +257,63 @@ def test_sparse_linear_rows_of_zeros():
     assert_matches(wg, exact_weight_grad(x, g), torch.float64)
 
 
+def make_mixed_input(n, dtype, layout, seed=0):
+    """[n, 301] fingerprint-like input with dense columns: 250 count-like sparse columns (≈4 % set,
+    two of them ≈35 % set), plus 51 dense gaussian columns — one contiguous block at the end
+    (layout "block", the descriptor layout) or scattered among the sparse ones ("scattered")."""
+    gen = torch.Generator().manual_seed(seed)
+    sparse = torch.randint(1, 4, (n, 250), generator=gen).double() * (torch.rand(n, 250, generator=gen) < 0.04)
+    sparse[:, 7] *= 0.0
+    sparse[:, 7] += (torch.rand(n, generator=gen) < 0.35).double()
+    sparse[:, 133] = (torch.rand(n, generator=gen) < 0.35).double() * 2.5
+    x = torch.cat([sparse, torch.randn(n, 51, generator=gen, dtype=torch.float64)], 1)
+    if layout == "scattered":
+        x = x[:, torch.randperm(301, generator=gen)]
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["block", "scattered"])
+def test_sparse_kernels_mixed_dense_columns(dtype, layout):
+    """Sparse columns plus dense (descriptor-like) columns, which the CPU kernels route to BLAS
+    and add to the sparse part: row counts below the split minimum, on both sides of the few-rows
+    / many-rows switch, odd output widths; every output element against float64 references."""
+    for n in (1, 31, 33, 100, 256, 257, 517):
+        x = make_mixed_input(n, dtype, layout, seed=n)
+        gen = torch.Generator().manual_seed(n + 1)
+        for out in (37, 70):
+            w, g = torch.randn(out, 301, generator=gen, dtype=torch.float64), torch.randn(n, out, generator=gen, dtype=torch.float64)
+            b = torch.randn(out, generator=gen, dtype=torch.float64)
+            wd, gd, bd = w.to(dtype), g.to(dtype), b.to(dtype)
+            for bias in (bd, None):
+                assert_matches(ops.sparse_linear(x, wd, bias), exact_linear(x, w, None if bias is None else b), dtype, scale=20.0)
+            assert_matches(ops.sparse_linear_weight_grad(x, gd), exact_weight_grad(x, g), dtype, scale=max(n, 1) ** 0.5 * 4)
+            for k, bias in ((1, True), (3, False)):
+                act, og, vw, vb = make_inputs(n, 301, out, k, torch.float64, bias=bias, seed=n + k)
+                act = x.double()
+                got = ops.linear_grad_dot(act.to(dtype), og.to(dtype), vw.to(dtype), None if vb is None else vb.to(dtype))
+                assert_matches(got, exact_grad_dot(act, og, vw, vb), dtype, scale=(301 * out) ** 0.5 * 4)
+
+
+@needs_ext
+@pytest.mark.parametrize("n", [100, 300])
+def test_sparse_kernels_with_dense_columns_deterministic_across_thread_counts(n):
+    x = make_mixed_input(n, torch.float64, "scattered", seed=5)
+    gen = torch.Generator().manual_seed(6)
+    w, g = torch.randn(70, 301, generator=gen, dtype=torch.float64), torch.randn(n, 70, generator=gen, dtype=torch.float64)
+    vw = torch.randn(2, 70, 301, generator=gen, dtype=torch.float64)
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append((ops.sparse_linear(x, w, w[:, 0]), ops.sparse_linear_weight_grad(x, g),
+                            ops.linear_grad_dot(x, g, vw, None)))
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 @needs_ext
 def test_sparse_linear_deterministic_across_thread_counts():
     x, w, b, g = make_sparse_linear_inputs(300, 500, 130, torch.float32, density=0.05, seed=8)
@@ -269,6 +326,36 @@ def test_sparse_linear_deterministic_across_thread_counts():
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [0, 1, 100, 300])
+def test_sparse_linear_weight_grad_into_a_block_of_a_flat_buffer(dtype, n):
+    """out= writes every element of a contiguous [in, out] view of a bigger buffer (NaN-filled
+    first), leaves the rest of the buffer alone and returns that view."""
+    x = make_mixed_input(n, dtype, "block", seed=n) if n else torch.zeros(0, 301, dtype=dtype)
+    g = torch.randn(n, 37, dtype=torch.float64)
+    flat = torch.full((301 * 37 + 11,), float("nan"), dtype=dtype)
+    block = flat[: 301 * 37].view(301, 37)
+    returned = ops.sparse_linear_weight_grad(x, g.to(dtype), out=block)
+    assert returned.data_ptr() == block.data_ptr()
+    assert_matches(block, exact_weight_grad(x, g), dtype, scale=max(n, 1) ** 0.5 * 4)
+    assert torch.isnan(flat[301 * 37:]).all()
+
+
+def test_sparse_linear_weight_grad_out_errors():
+    x, w, b, g = make_sparse_linear_inputs(9, 13, 5, torch.float64, density=0.2)
+    with pytest.raises(ValueError, match=r"out must be \[in, out\] = \[13, 5\]"):
+        ops.sparse_linear_weight_grad(x, g, out=torch.empty(5, 13, dtype=torch.float64))
+    with pytest.raises(ValueError, match="out must be contiguous"):
+        ops.sparse_linear_weight_grad(x, g, out=torch.empty(5, 13, dtype=torch.float64).t())
+    with pytest.raises(TypeError, match="out has dtype torch.float32"):
+        ops.sparse_linear_weight_grad(x, g, out=torch.empty(13, 5, dtype=torch.float32))
+    if HAS_EXT:  # the kernel's own TORCH_CHECKs, past the Python wrapper
+        with pytest.raises(RuntimeError, match="out must be contiguous"):
+            torch.ops.lipo_if.sparse_linear_weight_grad_into(x, g, torch.empty(5, 13, dtype=torch.float64).t())
+        with pytest.raises(RuntimeError, match=r"out must be \[in, out\]"):
+            torch.ops.lipo_if.sparse_linear_weight_grad_into(x, g, torch.empty(13, 6, dtype=torch.float64))
 
 
 # --------------------------------------------------------------------------- opcheck / dispatcher
@@ -286,6 +373,8 @@ def test_opcheck(device, dtype):
         torch.library.opcheck(torch.ops.lipo_if.sparse_linear.default, (x, w, b))
         torch.library.opcheck(torch.ops.lipo_if.sparse_linear.default, (x, w, None))
         torch.library.opcheck(torch.ops.lipo_if.sparse_linear_weight_grad.default, (x, g))
+        out = torch.empty(23, 19, dtype=dtype, device=device)
+        torch.library.opcheck(torch.ops.lipo_if.sparse_linear_weight_grad_into.default, (x, g, out))
 
 
 @needs_ext

@@ -5,9 +5,12 @@
 // i.e. the dot product of sample i's Linear-layer gradient (out_grad[i] ⊗ act[i], out_grad[i])
 // with the j-th parameter-shaped vector (W_j, b_j), without forming any [out, in] gradient.
 //
-// Two algorithms, chosen per call from the density of `act` (fraction of non-zero entries):
+// Two algorithms, combined per call from the density of `act` (fraction of non-zero entries): the
+// columns of act are split (sparse::split_columns) into dense columns (non-zero in > 30 % of the
+// rows, e.g. the descriptor block of a featurized molecule), done by the dense algorithm, and the
+// rest, done by the sparse one and added (input dense overall → dense algorithm only):
 //
-//  * sparse (density <= sparse::kSparseMaxDensity): compress the non-zeros of act (CSR), then per
+//  * sparse (remaining density <= sparse::kSparseMaxDensity): compress the non-zeros of act (CSR), then per
 //    sample accumulate y = b_j + Σ_c act[i, c] · Wt_j[c, :] (Wt_j = W_j^T, rows contiguous over
 //    `out`) one register block of output columns at a time, and dot it with out_grad[i]. Cost
 //    nnz·out per (i, j) instead of in·out. Fingerprint inputs (≈3 % bits set) are the case this
@@ -57,11 +60,11 @@ inline T dot(const T* a, const T* b, int64_t n) {
 // rows): pack the [in, kBlock] column block of Wt_j into a contiguous panel, then per row
 // y_blk = b_j[blk] + Σ_t vals[t]·panel[cols[t]] (sparse::gather_axpy_block, in registers) and
 // partial[blk, i] = y_blk · out_grad[i, blk]. The partials are added in block order afterwards
-// (deterministic, independent of the thread count).
+// (deterministic, independent of the thread count) — onto result's current value if `accumulate`.
 template <typename T>
 void sparse_kernel(
-    const sparse::Csr<T>& csr, const T* out_grad, const T* wt, const T* bias, T* result, int64_t n, int64_t in,
-    int64_t out, int64_t k) {
+    const sparse::Csr<T>& csr, const T* out_grad, const T* wt, const T* bias, bool accumulate, T* result, int64_t n,
+    int64_t in, int64_t out, int64_t k) {
   constexpr int64_t B = sparse::kBlock<T>;
   const int64_t n_blocks = (out + B - 1) / B;
   const int64_t n_chunks = (n + sparse::kChunkRows - 1) / sparse::kChunkRows;
@@ -93,7 +96,7 @@ void sparse_kernel(
     });
     at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        T total = 0;
+        T total = accumulate ? result[i * k + j] : T(0);
         for (int64_t block = 0; block < n_blocks; ++block) total += partial[static_cast<size_t>(block * n + i)];
         result[i * k + j] = total;
       }
@@ -143,19 +146,31 @@ at::Tensor linear_grad_dot_cpu(
 
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "lipo_if_linear_grad_dot_cpu", [&] {
     const scalar_t* bias = vec_bias.defined() ? vec_bias.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ap = act.data_ptr<scalar_t>();
     scalar_t* res = result.data_ptr<scalar_t>();
-    sparse::Csr<scalar_t> csr;
-    const int64_t nnz = sparse::count_csr(act.data_ptr<scalar_t>(), n, in, csr);
-    const double density = in == 0 ? 0.0 : static_cast<double>(nnz) / static_cast<double>(n * in);
-    if (density <= sparse::kSparseMaxDensity) {
-      // One transposed copy of the k vectors (k·in·out) so the gather reads contiguous rows.
-      const at::Tensor wt = vec_weight.transpose(1, 2).contiguous();
-      sparse::fill_csr(act.data_ptr<scalar_t>(), n, in, csr);
-      sparse_kernel<scalar_t>(
-          csr, out_grad.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), bias, res, n, in, out, k);
-    } else {
-      dense_kernel<scalar_t>(act, out_grad, vec_weight.view({k * out, in}), bias, res, k, out);
+    const at::Tensor w_flat = vec_weight.view({k * out, in});
+    if (sparse::sampled_density(ap, n, in) > sparse::kClearlyDense) {
+      dense_kernel<scalar_t>(act, out_grad, w_flat, bias, res, k, out);
+      return;
     }
+    const sparse::ColumnSplit split = sparse::split_columns(ap, n, in);
+    if (split.sparse_density(n, in) > sparse::kSparseMaxDensity) {
+      dense_kernel<scalar_t>(act, out_grad, w_flat, bias, res, k, out);
+      return;
+    }
+    if (!split.empty()) {  // dense columns (and the bias) by GEMM + row dot; the sparse part is added
+      dense_kernel<scalar_t>(
+          sparse::take_indices(act, 1, split.dense_cols), out_grad, sparse::take_indices(w_flat, 1, split.dense_cols),
+          bias, res, k, out);
+    }
+    sparse::Csr<scalar_t> csr;
+    sparse::count_csr(ap, n, in, csr, split.skip());
+    sparse::fill_csr(ap, n, in, csr, split.skip());
+    // One transposed copy of the k vectors (k·in·out) so the gather reads contiguous rows.
+    const at::Tensor wt = vec_weight.transpose(1, 2).contiguous();
+    sparse_kernel<scalar_t>(
+        csr, out_grad.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), split.empty() ? bias : nullptr, !split.empty(),
+        res, n, in, out, k);
   });
   return result;
 }

@@ -7,24 +7,31 @@
 // (the second returns the weight gradient *transposed*, i.e. in the [in, out] layout the first
 // one reads its weight in; see lipo_if/ops.py).
 //
-// Algorithm (input density ≤ sparse::kSparseMaxDensity): the non-zeros of x are compressed once
-// (CSR for the forward, CSC for the gradient) and every output row segment of kBlock columns is
-// accumulated in registers from the contiguous rows of Wᵀ (forward) or grad_out (gradient) that
-// the non-zeros select — cost nnz·out instead of n·in·out. Work is cache-blocked over output
-// columns: a task owns one block of kBlock output columns and a chunk of rows (forward) or of
-// input columns (gradient); it first packs the [in, kBlock] column block of Wᵀ (or the
-// [n, kBlock] block of grad_out) into a contiguous panel that stays in L2 while all its rows
-// are done (packing also avoids the cache-set conflicts of 4 KiB-strided rows).
-// Denser inputs (e.g. ReLU activations) go to the BLAS GEMM, which is faster there.
+// Algorithm. The columns of x are split (sparse::split_columns) into dense columns — non-zero in
+// more than 30 % of the rows, e.g. the ≈200 standardized descriptors after the fingerprint bits —
+// whose part of the product is one BLAS GEMM, and the sparse rest, whose non-zeros are compressed
+// (CSR / CSC) and multiplied at cost nnz·out instead of n·in·out. Inputs that are dense overall
+// (ReLU activations; the remaining columns above 15 % non-zero) go to BLAS entirely.
+// The sparse part depends on the number of rows:
+//  * few rows (n ≤ kDirectMaxRows, e.g. a LiSSA minibatch): forward by scatter — each selected
+//    row of Wᵀ [in, out] is read once, contiguously, and added into the rows of y that use it (y
+//    stays in cache); weight gradient by a direct gather — output row c = Σ over column c's
+//    non-zeros of v·grad_out[i, :], written once, contiguously. Neither touches the parts of Wᵀ
+//    that the batch does not select, so the cost follows nnz, not in·out.
+//  * many rows: cache-blocked over output columns — a task owns one block of kBlock output columns
+//    and a chunk of rows (forward) or of input columns (gradient); it packs the [in, kBlock] column
+//    block of Wᵀ (or the [n, kBlock] block of grad_out) into a contiguous panel that stays in L2
+//    while all its rows are done (packing also avoids the cache-set conflicts of 4 KiB-strided rows).
 //
-// Every output element is written exactly once, in a fixed summation order (deterministic,
-// independent of the thread count). Non-contiguous inputs are copied (documented policy); a
-// weight that is the transposed view of a contiguous [in, out] tensor is used without a copy.
+// Every output element is written exactly once per part, in a fixed summation order
+// (deterministic, independent of the thread count). Non-contiguous inputs are copied (documented
+// policy); a weight that is the transposed view of a contiguous [in, out] tensor is used without a copy.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/index_copy.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -37,19 +44,24 @@
 namespace lipo_if {
 namespace {
 
-constexpr int64_t kChunkCols = 512;  // gradient: input columns per task
+constexpr int64_t kChunkCols = 512;  // gradient (many rows): input columns per task
+// Up to this many rows the scatter forward / direct gradient are used (y or grad_out, n·out
+// elements, stay in the 1 MiB L2 while the selected rows of Wᵀ stream past).
+constexpr int64_t kDirectMaxRows = 256;
 
-// y[i, :] = bias + Σ_t vals[t] · wt[cols[t], :] for the CSR rows of x. Tasks: (output block,
-// chunk of rows); a thread's consecutive tasks share the output block, so it packs each
-// [in, kBlock] panel of wt once.
+// Many rows. y[i, :] = init + Σ_t vals[t] · wt[cols[t], :] for the CSR rows of x, where init is
+// the bias (accumulate = false) or y's current value (accumulate = true: the dense-column GEMM
+// wrote it). Tasks: (output block, chunk of rows); a thread's consecutive tasks share the output
+// block, so it packs each [in, kBlock] panel of wt once.
 template <typename T>
-void sparse_forward(const sparse::Csr<T>& csr, const T* wt, const T* bias, T* y, int64_t n, int64_t in, int64_t out) {
+void sparse_forward(
+    const sparse::Csr<T>& csr, const T* wt, const T* bias, bool accumulate, T* y, int64_t n, int64_t in, int64_t out) {
   constexpr int64_t B = sparse::kBlock<T>;
   const int64_t n_blocks = (out + B - 1) / B;
   const int64_t n_chunks = (n + sparse::kChunkRows - 1) / sparse::kChunkRows;
   at::parallel_for(0, n_blocks * n_chunks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> panel(static_cast<size_t>(in * B));
-    T bias_block[B], tmp[B];
+    T bias_block[B], tmp[B], init_block[B];
     int64_t packed = -1;
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t block = task / n_chunks, chunk = task % n_chunks;
@@ -62,20 +74,48 @@ void sparse_forward(const sparse::Csr<T>& csr, const T* wt, const T* bias, T* y,
       const int64_t r0 = chunk * sparse::kChunkRows, r1 = std::min(n, r0 + sparse::kChunkRows);
       for (int64_t i = r0; i < r1; ++i) {
         const int64_t begin = csr.ptr[static_cast<size_t>(i)], end = csr.ptr[static_cast<size_t>(i + 1)];
-        T* dst = width == B ? y + i * out + o0 : tmp;
+        T* row = y + i * out + o0;
+        T* dst = width == B ? row : tmp;
+        const T* init = bias != nullptr ? bias_block : nullptr;
+        if (accumulate) {
+          if (width == B) {
+            init = row;
+          } else {
+            sparse::pack_panel(row, 1, out, 0, width, init_block);
+            init = init_block;
+          }
+        }
         sparse::gather_axpy_block<T>(
-            csr.cols.data() + begin, csr.vals.data() + begin, end - begin, panel.data(), B,
-            bias != nullptr ? bias_block : nullptr, dst);
-        if (width != B) std::copy(tmp, tmp + width, y + i * out + o0);
+            csr.cols.data() + begin, csr.vals.data() + begin, end - begin, panel.data(), B, init, dst);
+        if (width != B) std::copy(tmp, tmp + width, row);
       }
     }
   });
 }
 
-// result[c, :] = Σ_{(i, v) in column c of x} v · g[i, :]. Tasks: (output block, chunk of input
-// columns), packing the [n, kBlock] panel of g once per output block and thread.
+// Few rows. y[i, :] += Σ_c x[i, c] · wt[c, :] over the CSR of x's sparse columns, y already holding
+// the bias / dense-column part. Tasks own blocks of rows (sparse::scatter_rows_per_task): the
+// block's entries are grouped by column and each selected row of wt is added into the rows of y
+// that use it. (Measured: ahead of the packed gather up to a few hundred rows, behind it beyond.)
 template <typename T>
-void sparse_weight_grad(const sparse::Csr<T>& csc, const T* g, T* result, int64_t n, int64_t in, int64_t out) {
+void scatter_forward(const sparse::Csr<T>& csr, const T* wt, T* y, int64_t n, int64_t in, int64_t out) {
+  const int64_t rows = sparse::scatter_rows_per_task(n);
+  at::parallel_for(0, (n + rows - 1) / rows, 1, [&](int64_t t0, int64_t t1) {
+    sparse::ColumnGroups<T> groups;
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t r0 = task * rows, r1 = std::min(n, r0 + rows);
+      sparse::group_by_column(csr, r0, r1, in, groups);
+      sparse::scatter_add(groups, wt, out, y + r0 * out);
+    }
+  });
+}
+
+// Many rows. result[c, :] = Σ_{(i, v) in column c of x} v · g[i, :] for the columns not in
+// `skip`. Tasks: (output block, chunk of input columns), packing the [n, kBlock] panel of g once
+// per output block and thread.
+template <typename T>
+void sparse_weight_grad(
+    const sparse::Csr<T>& csc, const uint8_t* skip, const T* g, T* result, int64_t n, int64_t in, int64_t out) {
   constexpr int64_t B = sparse::kBlock<T>;
   const int64_t n_blocks = (out + B - 1) / B;
   const int64_t n_chunks = (in + kChunkCols - 1) / kChunkCols;
@@ -92,6 +132,7 @@ void sparse_weight_grad(const sparse::Csr<T>& csc, const T* g, T* result, int64_
       }
       const int64_t c0 = chunk * kChunkCols, c1 = std::min(in, c0 + kChunkCols);
       for (int64_t c = c0; c < c1; ++c) {
+        if (skip != nullptr && skip[c]) continue;
         const int64_t begin = csc.ptr[static_cast<size_t>(c)], end = csc.ptr[static_cast<size_t>(c + 1)];
         T* dst = width == B ? result + c * out + o0 : tmp;
         sparse::gather_axpy_block<T>(csc.cols.data() + begin, csc.vals.data() + begin, end - begin, panel.data(), B, nullptr, dst);
@@ -99,6 +140,40 @@ void sparse_weight_grad(const sparse::Csr<T>& csc, const T* g, T* result, int64_
       }
     }
   });
+}
+
+// Few rows. Same result, one output row c at a time (written once, contiguously), gathering the
+// rows of g that column c selects; g (n·out elements) stays in cache.
+template <typename T>
+void direct_weight_grad(
+    const sparse::Csr<T>& csc, const uint8_t* skip, const T* g, T* result, int64_t in, int64_t out) {
+  constexpr int64_t B = sparse::kBlock<T>;
+  const int64_t full = out / B * B;
+  at::parallel_for(0, in, 16, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      if (skip != nullptr && skip[c]) continue;
+      const int64_t begin = csc.ptr[static_cast<size_t>(c)], end = csc.ptr[static_cast<size_t>(c + 1)];
+      const int64_t* rows = csc.cols.data() + begin;
+      const T* vals = csc.vals.data() + begin;
+      T* dst = result + c * out;
+      for (int64_t o0 = 0; o0 < full; o0 += B)
+        sparse::gather_axpy_block<T>(rows, vals, end - begin, g + o0, out, nullptr, dst + o0);
+      for (int64_t o = full; o < out; ++o) {
+        T acc = 0;
+        for (int64_t t = 0; t < end - begin; ++t) acc += vals[t] * g[rows[t] * out + o];
+        dst[o] = acc;
+      }
+    }
+  });
+}
+
+// y = bias (broadcast over rows) or 0: the starting value of the few-rows scatter.
+void fill_bias(at::Tensor& y, const at::Tensor& bias) {
+  if (bias.defined()) {
+    y.copy_(bias.unsqueeze(0).expand_as(y));
+  } else {
+    y.zero_();
+  }
 }
 
 at::Tensor sparse_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias_in) {
@@ -111,48 +186,90 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight, c
   if (n == 0 || out == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lipo_if_sparse_linear_cpu", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    sparse::Csr<scalar_t> csr;
-    const int64_t nnz = sparse::count_csr(xp, n, in, csr);
-    const double density = in == 0 ? 0.0 : static_cast<double>(nnz) / static_cast<double>(n * in);
-    if (density > sparse::kSparseMaxDensity) {
+    auto dense_gemm = [&](const at::Tensor& xs, const at::Tensor& wts) {  // y = bias + xs · wts
       if (bias.defined()) {
-        at::addmm_out(y, bias, x, weight.t());
+        at::addmm_out(y, bias, xs, wts);
       } else {
-        at::mm_out(y, x, weight.t());
+        at::mm_out(y, xs, wts);
       }
+    };
+    if (sparse::sampled_density(xp, n, in) > sparse::kClearlyDense) {
+      dense_gemm(x, weight.t());
+      return;
+    }
+    const sparse::ColumnSplit split = sparse::split_columns(xp, n, in);
+    if (split.sparse_density(n, in) > sparse::kSparseMaxDensity) {
+      dense_gemm(x, weight.t());
       return;
     }
     const at::Tensor wt = weight.t().contiguous();  // [in, out]; no copy for a transposed view
-    sparse::fill_csr(xp, n, in, csr);
-    sparse_forward<scalar_t>(
-        csr, wt.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), n, in,
-        out);
+    if (!split.empty()) dense_gemm(sparse::take_indices(x, 1, split.dense_cols), sparse::take_indices(wt, 0, split.dense_cols));
+    sparse::Csr<scalar_t> csr;
+    sparse::count_csr(xp, n, in, csr, split.skip());
+    sparse::fill_csr(xp, n, in, csr, split.skip());
+    if (n <= kDirectMaxRows) {
+      if (split.empty()) fill_bias(y, bias);
+      scatter_forward<scalar_t>(csr, wt.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), n, in, out);
+    } else {
+      sparse_forward<scalar_t>(
+          csr, wt.data_ptr<scalar_t>(), split.empty() && bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
+          !split.empty(), y.data_ptr<scalar_t>(), n, in, out);
+    }
   });
   return y;
 }
 
-at::Tensor sparse_linear_weight_grad_cpu(const at::Tensor& x_in, const at::Tensor& grad_out_in) {
+void sparse_linear_weight_grad_into_cpu(const at::Tensor& x_in, const at::Tensor& grad_out_in, at::Tensor& result) {
   check_sparse_linear_weight_grad_inputs(x_in, grad_out_in);
+  check_weight_grad_out(x_in, grad_out_in, result);
   TORCH_CHECK(x_in.device().is_cpu(), "lipo_if.sparse_linear_weight_grad (CPU kernel): inputs must be on CPU");
   const at::Tensor x = x_in.contiguous();
   const at::Tensor g = grad_out_in.contiguous();
   const int64_t n = x.size(0), in = x.size(1), out = g.size(1);
-  if (n == 0) return at::zeros({in, out}, x.options());
-  at::Tensor result = at::empty({in, out}, x.options());
-  if (in == 0 || out == 0) return result;
+  if (in == 0 || out == 0) return;
+  if (n == 0) {
+    result.zero_();
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lipo_if_sparse_linear_weight_grad_cpu", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    sparse::Csr<scalar_t> csr;
-    const int64_t nnz = sparse::count_csr(xp, n, in, csr);
-    const double density = static_cast<double>(nnz) / static_cast<double>(n * in);
-    if (density > sparse::kSparseMaxDensity) {
+    if (sparse::sampled_density(xp, n, in) > sparse::kClearlyDense) {
       at::mm_out(result, x.t(), g);
       return;
     }
-    sparse::fill_csr(xp, n, in, csr);
+    const sparse::ColumnSplit split = sparse::split_columns(xp, n, in);
+    if (split.sparse_density(n, in) > sparse::kSparseMaxDensity) {
+      at::mm_out(result, x.t(), g);
+      return;
+    }
+    if (!split.empty()) {  // rows `dense_cols` of the result by one GEMM
+      const at::Tensor xd_t = sparse::take_indices(x, 1, split.dense_cols).t();
+      const int64_t first = split.dense_cols.front(), count = static_cast<int64_t>(split.dense_cols.size());
+      if (split.dense_cols.back() - first + 1 == count) {
+        at::Tensor rows = result.narrow(0, first, count);  // contiguous: whole rows of result
+        at::mm_out(rows, xd_t, g);
+      } else {
+        at::Tensor index = at::empty({count}, x.options().dtype(at::kLong));
+        std::copy(split.dense_cols.begin(), split.dense_cols.end(), index.data_ptr<int64_t>());
+        result.index_copy_(0, index, at::mm(xd_t, g));
+      }
+    }
+    sparse::Csr<scalar_t> csr;
+    sparse::count_csr(xp, n, in, csr, split.skip());
+    sparse::fill_csr(xp, n, in, csr, split.skip());
     const sparse::Csr<scalar_t> csc = sparse::csr_to_csc(csr, n, in);
-    sparse_weight_grad<scalar_t>(csc, g.data_ptr<scalar_t>(), result.data_ptr<scalar_t>(), n, in, out);
+    if (n <= kDirectMaxRows) {
+      direct_weight_grad<scalar_t>(csc, split.skip(), g.data_ptr<scalar_t>(), result.data_ptr<scalar_t>(), in, out);
+    } else {
+      sparse_weight_grad<scalar_t>(csc, split.skip(), g.data_ptr<scalar_t>(), result.data_ptr<scalar_t>(), n, in, out);
+    }
   });
+}
+
+at::Tensor sparse_linear_weight_grad_cpu(const at::Tensor& x, const at::Tensor& grad_out) {
+  check_sparse_linear_weight_grad_inputs(x, grad_out);
+  at::Tensor result = at::empty({x.size(1), grad_out.size(1)}, x.options());
+  sparse_linear_weight_grad_into_cpu(x, grad_out, result);
   return result;
 }
 
@@ -161,6 +278,7 @@ at::Tensor sparse_linear_weight_grad_cpu(const at::Tensor& x_in, const at::Tenso
 TORCH_LIBRARY_IMPL(lipo_if, CPU, m) {
   m.impl("sparse_linear", &sparse_linear_cpu);
   m.impl("sparse_linear_weight_grad", &sparse_linear_weight_grad_cpu);
+  m.impl("sparse_linear_weight_grad_into", &sparse_linear_weight_grad_into_cpu);
 }
 
 }  // namespace lipo_if

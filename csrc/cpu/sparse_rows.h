@@ -15,6 +15,10 @@
 #include <immintrin.h>
 #endif
 
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/index_select.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <functional>
@@ -39,6 +43,7 @@ struct Simd<double> {
   static V zero() { return _mm512_setzero_pd(); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static bool any_nonzero(const double* p) { return _mm512_cmp_pd_mask(load(p), zero(), _CMP_NEQ_UQ) != 0; }
 };
 template <>
 struct Simd<float> {
@@ -50,6 +55,7 @@ struct Simd<float> {
   static V zero() { return _mm512_setzero_ps(); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static bool any_nonzero(const float* p) { return _mm512_cmp_ps_mask(load(p), zero(), _CMP_NEQ_UQ) != 0; }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
 template <>
@@ -62,6 +68,7 @@ struct Simd<double> {
   static V zero() { return _mm256_setzero_pd(); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static bool any_nonzero(const double* p) { return _mm256_movemask_pd(_mm256_cmp_pd(load(p), zero(), _CMP_NEQ_UQ)) != 0; }
 };
 template <>
 struct Simd<float> {
@@ -73,6 +80,7 @@ struct Simd<float> {
   static V zero() { return _mm256_setzero_ps(); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static bool any_nonzero(const float* p) { return _mm256_movemask_ps(_mm256_cmp_ps(load(p), zero(), _CMP_NEQ_UQ)) != 0; }
 };
 #else
 template <typename T>
@@ -85,6 +93,7 @@ struct Simd {
   static V zero() { return T(0); }
   static V fmadd(V a, V b, V c) { return a * b + c; }
   static V add(V a, V b) { return a + b; }
+  static bool any_nonzero(const T* p) { return *p != T(0); }
 };
 #endif
 
@@ -122,16 +131,21 @@ struct Csr {
 
 // Counts the non-zeros of every row into csr.ptr (prefix-summed) and returns their total; then
 // fill_csr writes cols/vals. Split so that callers can look at the density (the total) first and
-// take a dense path without paying for the fill.
+// take a dense path without paying for the fill. `skip` (optional, [in]) marks columns left out of
+// the compressed matrix (the columns a caller handles with BLAS, see ColumnSplit).
 template <typename T>
-int64_t count_csr(const T* a, int64_t n, int64_t in, Csr<T>& csr) {
+int64_t count_csr(const T* a, int64_t n, int64_t in, Csr<T>& csr, const uint8_t* skip = nullptr) {
   csr.ptr.assign(static_cast<size_t>(n + 1), 0);
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, in));
   at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const T* row = a + i * in;
       int64_t c = 0;
-      for (int64_t k = 0; k < in; ++k) c += (row[k] != T(0));
+      if (skip == nullptr) {
+        for (int64_t k = 0; k < in; ++k) c += (row[k] != T(0));
+      } else {
+        for (int64_t k = 0; k < in; ++k) c += (row[k] != T(0)) & (skip[k] == 0);
+      }
       csr.ptr[static_cast<size_t>(i + 1)] = c;
     }
   });
@@ -140,10 +154,11 @@ int64_t count_csr(const T* a, int64_t n, int64_t in, Csr<T>& csr) {
 }
 
 template <typename T>
-void fill_csr(const T* a, int64_t n, int64_t in, Csr<T>& csr) {
+void fill_csr(const T* a, int64_t n, int64_t in, Csr<T>& csr, const uint8_t* skip = nullptr) {
   const int64_t nnz = csr.ptr[static_cast<size_t>(n)];
   csr.cols.resize(static_cast<size_t>(nnz));
   csr.vals.resize(static_cast<size_t>(nnz));
+  constexpr int64_t G = Simd<T>::L;  // a group of G zeros is skipped with one vector compare
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, in));
   at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
@@ -152,16 +167,20 @@ void fill_csr(const T* a, int64_t n, int64_t in, Csr<T>& csr) {
       if (begin == end) continue;
       int64_t* cols = csr.cols.data() + begin;
       T* vals = csr.vals.data() + begin;
-      const int64_t count = end - begin;
       int64_t t = 0;
-      for (int64_t k = 0; k < in && t < count; ++k) {
-        // Branch-free compaction: always write, advance only on a non-zero (a zero's slot is
-        // overwritten by the next non-zero); t < count keeps every write inside this row.
-        const T v = row[k];
-        cols[t] = k;
-        vals[t] = v;
-        t += (v != T(0));
+      auto keep = [&](int64_t k) {
+        if (row[k] != T(0) && (skip == nullptr || skip[k] == 0)) {
+          cols[t] = k;
+          vals[t] = row[k];
+          ++t;
+        }
+      };
+      int64_t k = 0;
+      for (; k + G <= in; k += G) {
+        if (!Simd<T>::any_nonzero(row + k)) continue;  // the common case for fingerprint bits (≈3 % set)
+        for (int64_t j = 0; j < G; ++j) keep(k + j);
       }
+      for (; k < in; ++k) keep(k);
     }
   });
 }
@@ -200,7 +219,7 @@ Csr<T> csr_to_csc(const Csr<T>& csr, int64_t n, int64_t in) {
 template <typename T>
 inline void gather_axpy_block(
     const int64_t* __restrict__ idx, const T* __restrict__ vals, int64_t nnz, const T* __restrict__ w, int64_t ld,
-    const T* __restrict__ init, T* __restrict__ y) {
+    const T* init, T* y) {  // init may be y itself (accumulate): it is read before y is written
   using S = Simd<T>;
   constexpr int64_t L = S::L;
   typename S::V acc0[kVecs], acc1[kVecs];
@@ -224,6 +243,161 @@ inline void gather_axpy_block(
     for (int64_t k = 0; k < kVecs; ++k) acc0[k] = S::fmadd(a0, S::load(w0 + k * L), acc0[k]);
   }
   for (int64_t k = 0; k < kVecs; ++k) S::store(y + k * L, S::add(acc0[k], acc1[k]));
+}
+
+// Fraction of non-zeros in up to kSampleRows evenly spaced rows: a cheap early test that lets
+// clearly dense inputs (ReLU activations, ≈50 %) go to BLAS without a counting pass.
+constexpr int64_t kSampleRows = 64;
+template <typename T>
+double sampled_density(const T* a, int64_t n, int64_t in) {
+  if (n == 0 || in == 0) return 0.0;
+  const int64_t rows = std::min(n, kSampleRows);
+  int64_t nnz = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = a + (r * n / rows) * in;
+    for (int64_t k = 0; k < in; ++k) nnz += (row[k] != T(0));
+  }
+  return static_cast<double>(nnz) / static_cast<double>(rows * in);
+}
+
+// Inputs whose sampled density exceeds this go straight to the dense path.
+constexpr double kClearlyDense = 0.4;
+
+// Columns non-zero in more than this fraction of the rows are "dense columns": their part of
+// the product goes to a BLAS GEMM and only the remaining columns to the sparse kernels. The
+// featurized molecules are ≈2,048 fingerprint columns (≈3 % set) followed by ≈200 standardized
+// descriptor columns (all set): without the split the descriptors are ≈75 % of the non-zeros
+// a gather kernel would walk. Splitting needs enough rows for the GEMM to pay off.
+constexpr double kDenseColumnDensity = 0.3;
+constexpr int64_t kMinRowsForSplit = 32;
+
+struct ColumnSplit {
+  std::vector<int64_t> dense_cols;  // increasing column indices handled by BLAS
+  std::vector<uint8_t> is_dense;    // [in], 1 for the columns in dense_cols
+  int64_t nnz = 0;                  // non-zeros of the whole matrix
+  int64_t nnz_dense = 0;            // non-zeros in the dense columns
+  bool empty() const { return dense_cols.empty(); }
+  const uint8_t* skip() const { return dense_cols.empty() ? nullptr : is_dense.data(); }
+  // Density of the columns left to the sparse kernels.
+  double sparse_density(int64_t n, int64_t in) const {
+    const int64_t cells = n * (in - static_cast<int64_t>(dense_cols.size()));
+    return cells == 0 ? 0.0 : static_cast<double>(nnz - nnz_dense) / static_cast<double>(cells);
+  }
+};
+
+// Column counts of a contiguous [n, in] matrix (per-thread partial counts, then summed) and the
+// dense columns among them.
+template <typename T>
+ColumnSplit split_columns(const T* a, int64_t n, int64_t in) {
+  ColumnSplit split;
+  split.is_dense.assign(static_cast<size_t>(in), 0);
+  if (n == 0 || in == 0) return split;
+  const int threads = at::get_num_threads();
+  std::vector<std::vector<int32_t>> partial(static_cast<size_t>(threads));
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, in));
+  at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
+    std::vector<int32_t>& counts = partial[static_cast<size_t>(at::get_thread_num())];
+    if (counts.empty()) counts.assign(static_cast<size_t>(in), 0);
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* row = a + i * in;
+      for (int64_t k = 0; k < in; ++k) counts[static_cast<size_t>(k)] += (row[k] != T(0));
+    }
+  });
+  const double limit = kDenseColumnDensity * static_cast<double>(n);
+  for (int64_t k = 0; k < in; ++k) {
+    int64_t count = 0;
+    for (const auto& counts : partial)
+      if (!counts.empty()) count += counts[static_cast<size_t>(k)];
+    split.nnz += count;
+    if (n >= kMinRowsForSplit && static_cast<double>(count) > limit) {
+      split.is_dense[static_cast<size_t>(k)] = 1;
+      split.dense_cols.push_back(k);
+      split.nnz_dense += count;
+    }
+  }
+  return split;
+}
+
+// The slices t[cols] along `dim` (cols increasing, non-empty): a narrow view when they are one
+// contiguous range (the descriptor block of a featurized molecule), else an index_select copy.
+inline at::Tensor take_indices(const at::Tensor& t, int64_t dim, const std::vector<int64_t>& cols) {
+  const int64_t first = cols.front(), count = static_cast<int64_t>(cols.size());
+  if (cols.back() - first + 1 == count) return t.narrow(dim, first, count);
+  at::Tensor index = at::empty({count}, t.options().dtype(at::kLong));
+  std::copy(cols.begin(), cols.end(), index.data_ptr<int64_t>());
+  return at::index_select(t, dim, index);
+}
+
+// Software prefetch of a contiguous row (into L2): rows selected by a sparse input are a page
+// apart, which the hardware stream prefetchers do not follow across.
+template <typename T>
+inline void prefetch_row(const T* row, int64_t len) {
+  const char* p = reinterpret_cast<const char*>(row);
+  const char* end = reinterpret_cast<const char*>(row + len);
+  for (; p < end; p += 64) __builtin_prefetch(p, 0, 2);
+}
+
+// Rows per task of the scatter kernels: enough tasks for every thread, and few enough rows that
+// a task's [rows, out] block of the output stays in L2 while the selected rows of the weight stream
+// past (256 rows · 512 doubles = 1 MiB).
+inline int64_t scatter_rows_per_task(int64_t n) {
+  const int64_t threads = static_cast<int64_t>(at::get_num_threads());
+  return std::max<int64_t>(8, std::min<int64_t>(256, (n + threads - 1) / threads));
+}
+
+// The entries of CSR rows [r0, r1) regrouped by column (counting sort; within a column, rows in
+// increasing order): the active columns, the start of each one's entries in rows/vals.
+template <typename T>
+struct ColumnGroups {
+  std::vector<int64_t> active;  // columns with at least one entry, increasing
+  std::vector<int64_t> start;   // [active.size() + 1] offsets into rows / vals
+  std::vector<int64_t> rows;    // row index relative to r0
+  std::vector<T> vals;
+  std::vector<int64_t> count;   // [in] scratch
+};
+
+template <typename T>
+void group_by_column(const Csr<T>& csr, int64_t r0, int64_t r1, int64_t in, ColumnGroups<T>& groups) {
+  const int64_t begin = csr.ptr[static_cast<size_t>(r0)], end = csr.ptr[static_cast<size_t>(r1)];
+  groups.count.assign(static_cast<size_t>(in), 0);
+  for (int64_t t = begin; t < end; ++t) ++groups.count[static_cast<size_t>(csr.cols[static_cast<size_t>(t)])];
+  groups.active.clear();
+  groups.start.assign(1, 0);
+  for (int64_t c = 0; c < in; ++c) {
+    const int64_t k = groups.count[static_cast<size_t>(c)];
+    if (k == 0) continue;
+    groups.count[static_cast<size_t>(c)] = groups.start.back();  // now: next free slot of column c
+    groups.active.push_back(c);
+    groups.start.push_back(groups.start.back() + k);
+  }
+  groups.rows.resize(static_cast<size_t>(end - begin));
+  groups.vals.resize(static_cast<size_t>(end - begin));
+  for (int64_t i = r0; i < r1; ++i) {
+    for (int64_t t = csr.ptr[static_cast<size_t>(i)]; t < csr.ptr[static_cast<size_t>(i + 1)]; ++t) {
+      const int64_t slot = groups.count[static_cast<size_t>(csr.cols[static_cast<size_t>(t)])]++;
+      groups.rows[static_cast<size_t>(slot)] = i - r0;
+      groups.vals[static_cast<size_t>(slot)] = csr.vals[static_cast<size_t>(t)];
+    }
+  }
+}
+
+// y[i, :] += Σ_{(i, v) in column c} v · wt[c, :] for the grouped rows (y = the first row of the
+// group's block, row stride out). Each selected row of wt is read once, start to end (sequential
+// reads within a page), and the one kAhead columns later is prefetched meanwhile; columns are
+// visited in increasing order (a fixed summation order per element).
+template <typename T>
+void scatter_add(const ColumnGroups<T>& groups, const T* wt, int64_t out, T* y) {
+  constexpr int64_t kAhead = 2;
+  const int64_t count = static_cast<int64_t>(groups.active.size());
+  for (int64_t a = 0; a < count; ++a) {
+    if (a + kAhead < count) prefetch_row(wt + groups.active[static_cast<size_t>(a + kAhead)] * out, out);
+    const T* __restrict__ w = wt + groups.active[static_cast<size_t>(a)] * out;
+    for (int64_t t = groups.start[static_cast<size_t>(a)]; t < groups.start[static_cast<size_t>(a + 1)]; ++t) {
+      const T v = groups.vals[static_cast<size_t>(t)];
+      T* __restrict__ dst = y + groups.rows[static_cast<size_t>(t)] * out;
+      for (int64_t o = 0; o < out; ++o) dst[o] += v * w[o];
+    }
+  }
 }
 
 // Copies the column block m[:, o0 : o0 + width) of a row-major [rows, ld] matrix into a contiguous

@@ -126,16 +126,19 @@ at::Tensor sparse_linear_cuda(const at::Tensor& x_in, const at::Tensor& weight, 
   return y;
 }
 
-at::Tensor sparse_linear_weight_grad_cuda(const at::Tensor& x_in, const at::Tensor& grad_out_in) {
+void sparse_linear_weight_grad_into_cuda(const at::Tensor& x_in, const at::Tensor& grad_out_in, at::Tensor& result) {
   check_sparse_linear_weight_grad_inputs(x_in, grad_out_in);
+  check_weight_grad_out(x_in, grad_out_in, result);
   TORCH_CHECK(x_in.is_cuda(), "lipo_if.sparse_linear_weight_grad (CUDA kernel): inputs must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor g = grad_out_in.contiguous();
   const int64_t n = x.size(0), in = x.size(1), out = g.size(1);
-  if (n == 0) return at::zeros({in, out}, x.options());
-  at::Tensor result = at::empty({in, out}, x.options());
-  if (in == 0 || out == 0) return result;
+  if (in == 0 || out == 0) return;
+  if (n == 0) {
+    result.zero_();
+    return;
+  }
   TORCH_CHECK(in <= 2147483647, "lipo_if.sparse_linear_weight_grad (CUDA kernel): in must be < 2^31, got ", in);
   const int64_t out_blocks = (out + kThreads - 1) / kThreads;
   TORCH_CHECK(out_blocks <= 65535, "lipo_if.sparse_linear_weight_grad (CUDA kernel): out too large, got ", out);
@@ -146,6 +149,12 @@ at::Tensor sparse_linear_weight_grad_cuda(const at::Tensor& x_in, const at::Tens
         x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), result.data_ptr<scalar_t>(), n, in, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+at::Tensor sparse_linear_weight_grad_cuda(const at::Tensor& x, const at::Tensor& grad_out) {
+  check_sparse_linear_weight_grad_inputs(x, grad_out);
+  at::Tensor result = at::empty({x.size(1), grad_out.size(1)}, x.options());
+  sparse_linear_weight_grad_into_cuda(x, grad_out, result);
   return result;
 }
 
@@ -154,6 +163,7 @@ at::Tensor sparse_linear_weight_grad_cuda(const at::Tensor& x_in, const at::Tens
 TORCH_LIBRARY_IMPL(lipo_if, CUDA, m) {
   m.impl("sparse_linear", &sparse_linear_cuda);
   m.impl("sparse_linear_weight_grad", &sparse_linear_weight_grad_cuda);
+  m.impl("sparse_linear_weight_grad_into", &sparse_linear_weight_grad_into_cuda);
 }
 
 }  // namespace lipo_if

@@ -1,18 +1,26 @@
-"""Native Gauss–Newton Hessian-vector products of the package's MLP, without autograd.
+"""Native Hessian-vector products of the package's MLP (Gauss–Newton and exact), without autograd.
 
-For :class:`~lipo_if.model.MLPRegressor` (Linear layers, ReLU between them, one output) the
-Gauss–Newton product of :class:`~lipo_if.influence.hvp.HessianOperator` on a batch ``B`` is::
+For :class:`~lipo_if.model.MLPRegressor` (Linear layers, ReLU between them, one output) and the
+loss ``(1/|B|) Σ (f(xᵢ) − yᵢ)²`` of :class:`~lipo_if.influence.hvp.HessianOperator` on a batch
+``B``, the two curvature products are::
 
-    G_B v = (2/|B|) Jᵀ (J v) + λ v,        J = ∂f/∂θ  [|B|, p]
+    G_B v = (2/|B|) Jᵀ (J v) + λ v,                         J = ∂f/∂θ  [|B|, p]
+    H_B v = G_B v + (2/|B|) Σᵢ rᵢ ∇²fᵢ v,                    rᵢ = f(xᵢ) − yᵢ
 
-This module computes it with explicit matrix products instead of ``torch.func.jvp`` / ``vjp``
-(which rebuild an autograd graph on every call):
+This module computes them with explicit matrix products instead of ``torch.func.jvp`` / ``vjp``
+or double backward (which rebuild an autograd graph on every call):
 
 - ``J v`` by forward-mode propagation of the tangent: ``dz₁ = x V₁ᵀ + c₁`` and
   ``dz_l = (m_{l−1} ⊙ dz_{l−1}) W_lᵀ + h_{l−1} V_lᵀ + c_l`` (``V, c`` = the weight/bias parts of
   ``v``, ``h`` = post-ReLU activations, ``m`` = ReLU masks);
 - ``Jᵀ u`` by the usual backward pass: ``g_L = u``, grads ``g_lᵀ h_{l−1}`` and ``Σ g_l``,
   ``g_{l−1} = (g_l W_l) ⊙ m_{l−1}``;
+- the exact Hessian by Pearlmutter's R-operator applied to that backward pass: with the
+  first-order signals ``s_L = (2/|B|) r``, ``s_{l−1} = (s_l W_l) ⊙ m_{l−1}`` (cached per training
+  row, θ̂ being fixed) and ``dh_l = m_l ⊙ dz_l``, the R-backward is ``q_L = (2/|B|) J v``,
+  weight grads ``q_lᵀ h_{l−1} + s_lᵀ dh_{l−1}``, bias grads ``Σ q_l`` and
+  ``q_{l−1} = (q_l W_l + s_l V_l) ⊙ m_{l−1}`` — the Gauss–Newton pass plus two small products
+  per hidden layer (ReLU has no curvature, so there are no other terms);
 - the first layer (≈ 94 % of the parameters, input = fingerprint bits ≈ 3 % set + dense
   descriptors) through :func:`lipo_if.ops.sparse_linear` and
   :func:`lipo_if.ops.sparse_linear_weight_grad`, which touch only the non-zero inputs;
@@ -22,12 +30,12 @@ This module computes it with explicit matrix products instead of ``torch.func.jv
 Internal layout: the solvers run in a permuted parameter layout in which the first weight block
 is stored transposed (``[in, out]`` row-major, the layout the sparse kernels read and write).
 The permutation is orthogonal, so norms, dot products and the LiSSA/CG recursions are unchanged;
-:meth:`NativeGaussNewton.to_internal` / :meth:`~NativeGaussNewton.from_internal` convert once per
-solve. :meth:`NativeGaussNewton.matvec` offers the standard layout and the
+:meth:`NativeHessian.to_internal` / :meth:`~NativeHessian.from_internal` convert once per
+solve. :meth:`NativeHessian.matvec` offers the standard layout and the
 :class:`~lipo_if.influence.hvp.HessianOperator` signature (for spectrum estimates and checks).
 
 The autograd path (``HessianOperator.matvec``) stays the named reference and is the only one for
-the exact Hessian, for restricted parameter blocks and for other models.
+restricted parameter blocks and for other models.
 """
 from __future__ import annotations
 
@@ -46,9 +54,9 @@ HVP_BACKENDS: tuple[str, ...] = ("auto", "native", "autograd")
 
 
 def native_unsupported_reason(op: HessianOperator) -> str | None:
-    """Why :class:`NativeGaussNewton` cannot represent ``op`` (None when it can)."""
-    if op.kind != "gauss-newton":
-        return f"the native HVP implements the Gauss–Newton matrix only, not kind={op.kind!r}"
+    """Why :class:`NativeHessian` cannot represent ``op`` (None when it can)."""
+    if op.kind not in ("gauss-newton", "exact"):
+        return f"the native HVP implements kind='gauss-newton' and 'exact', not kind={op.kind!r}"
     layers = getattr(op._module, "layers", None)
     if not isinstance(layers, nn.ModuleList) or not layers or not all(isinstance(m, nn.Linear) for m in layers):
         return "the model is not the package's MLP (a `layers` ModuleList of nn.Linear with ReLU between)"
@@ -64,13 +72,14 @@ def native_unsupported_reason(op: HessianOperator) -> str | None:
     return None
 
 
-class NativeGaussNewton:
-    """Gauss–Newton operator of an :class:`~lipo_if.model.MLPRegressor` with explicit products.
+class NativeHessian:
+    """Gauss–Newton or exact curvature of an :class:`~lipo_if.model.MLPRegressor`, explicit products.
 
-    Wraps a ``HessianOperator(kind="gauss-newton")`` over all parameters: same ``n_params``,
-    ``n_train``, ``weight_decay``, ``dtype``, ``X``, ``y``, ``theta`` … (attribute access is
-    delegated to it) and the same products up to rounding. Construction runs one forward pass
-    over the training set and keeps ``[n, width]`` activations and masks of every hidden layer.
+    Wraps a ``HessianOperator`` (``kind`` "gauss-newton" or "exact") over all parameters: same
+    ``kind``, ``n_params``, ``n_train``, ``weight_decay``, ``dtype``, ``X``, ``y``, ``theta`` …
+    (attribute access is delegated to it) and the same products up to rounding. Construction runs
+    one forward pass over the training set and keeps ``[n, width]`` activations and masks of every
+    hidden layer (and, for the exact Hessian, the first-order backward signals of layers 2…L).
 
     Raises:
         ValueError: the operator is not supported (see :func:`native_unsupported_reason`).
@@ -79,7 +88,7 @@ class NativeGaussNewton:
     def __init__(self, op: HessianOperator) -> None:
         reason = native_unsupported_reason(op)
         if reason is not None:
-            raise ValueError(f"native Gauss–Newton HVP unavailable: {reason}; use hvp='autograd'")
+            raise ValueError(f"native HVP unavailable: {reason}; use hvp='autograd'")
         self.op = op
         params = op.param_dict()
         self.n_layers = len(op._module.layers)
@@ -89,7 +98,8 @@ class NativeGaussNewton:
         self._shapes = list(op.block.shapes)
         self._sizes = [math.prod(s) for s in self._shapes]
         self._w0_shape = tuple(self._shapes[0])  # (out, in)
-        self.hidden, self.masks = self._forward(op.X)
+        self.exact = op.kind == "exact"
+        self.hidden, self.masks, self.signals = self._forward(op.X, op.y)
 
     # ------------------------------------------------------------------ delegation / basics
 
@@ -100,7 +110,7 @@ class NativeGaussNewton:
         return getattr(self.op, name)
 
     def __repr__(self) -> str:
-        return f"NativeGaussNewton({self.op!r})"
+        return f"NativeHessian({self.op!r})"
 
     # ------------------------------------------------------------------ layout
 
@@ -129,9 +139,11 @@ class NativeGaussNewton:
 
     # ------------------------------------------------------------------ forward cache
 
-    def _forward(self, X: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Post-ReLU activations ``h_l`` and masks ``m_l`` (as 0/1 in ``dtype``) of the hidden layers."""
-        hidden, masks = [], []
+    def _forward(self, X: torch.Tensor, y: torch.Tensor) -> tuple[list, list, list]:
+        """Post-ReLU activations ``h_l`` and masks ``m_l`` (0/1 in ``dtype``) of the hidden layers, and
+        for the exact Hessian the unscaled first-order signals ``[r, …]`` of layers L, L−1, …, 2
+        (``r = f − y`` ``[n, 1]``, then ``(s W_l) ⊙ m_{l−1}``; empty for Gauss–Newton)."""
+        hidden, masks, signals = [], [], []
         with torch.no_grad():
             z = ops.sparse_linear(X, self._w0t.t(), self.biases[0])
             for l in range(1, self.n_layers):
@@ -140,67 +152,90 @@ class NativeGaussNewton:
                 hidden.append(h)
                 masks.append(mask)
                 z = torch.addmm(self.biases[l], h, self.weights[l].t())
-        return hidden, masks
+            if self.exact:
+                s = z - y.reshape(-1, 1)
+                for l in range(self.n_layers - 1, 0, -1):
+                    signals.append(s)
+                    if l > 1:
+                        s = (s @ self.weights[l]) * masks[l - 1]
+        return hidden, masks, signals
 
-    def _cached_chunks(self, idx: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, list, list, float]]:
-        """``(x, hidden, masks, 2/|B|-weight)`` for a minibatch ``idx`` or the whole set in chunks."""
+    def _cached_chunks(self, idx: torch.Tensor | None) -> Iterator[tuple]:
+        """``(x, hidden, masks, signals, 2/|B|-weight)`` for a minibatch ``idx`` or the whole set in chunks."""
         op = self.op
         if idx is not None:
-            yield (op.X[idx], [h[idx] for h in self.hidden], [m[idx] for m in self.masks], 2.0 / idx.numel())
+            yield (op.X[idx], [h[idx] for h in self.hidden], [m[idx] for m in self.masks],
+                   [s[idx] for s in self.signals], 2.0 / idx.numel())
             return
         n = op.n_train
         for start in range(0, n, op.chunk_size):
             sl = slice(start, min(start + op.chunk_size, n))
-            yield op.X[sl], [h[sl] for h in self.hidden], [m[sl] for m in self.masks], 2.0 / n
+            yield (op.X[sl], [h[sl] for h in self.hidden], [m[sl] for m in self.masks],
+                   [s[sl] for s in self.signals], 2.0 / n)
 
     # ------------------------------------------------------------------ products
 
-    def _product(self, vec: torch.Tensor, chunks) -> torch.Tensor:
-        """``Σ_chunks coef · Jᵀ J vec + λ vec`` in the internal layout."""
+    def _product(self, vec: torch.Tensor, chunks, weight_decay: bool = True) -> torch.Tensor:
+        """``Σ_chunks`` of the Gauss–Newton (or exact) product ``(+ λ vec)`` in the internal layout."""
         V = self._views(vec)
         out = torch.empty_like(vec)
         O = self._views(out)
         L = self.n_layers
         first = True
         with torch.no_grad():
-            for x, hidden, masks, coef in chunks:
-                # J v: forward-mode tangent through the network.
+            for x, hidden, masks, signals, coef in chunks:
+                # J v: forward-mode tangent through the network (dh = tangents of the hidden outputs).
                 dz = ops.sparse_linear(x, V[0].t(), V[1])
+                dh = []
                 for l in range(1, L):
-                    dz = torch.addmm(V[2 * l + 1], dz * masks[l - 1], self.weights[l].t())
+                    dh.append(dz * masks[l - 1])
+                    dz = torch.addmm(V[2 * l + 1], dh[-1], self.weights[l].t())
                     dz.addmm_(hidden[l - 1], V[2 * l].t())
-                g = dz * coef  # u = (2/B)·Jv as the output gradient, [B, 1]
-                # Jᵀ u: backward pass.
+                q = dz * coef  # (2/B)·Jv as the output gradient, [B, 1]
+                # Jᵀ q (Gauss–Newton), plus the R-operator terms of the exact Hessian.
                 for l in range(L - 1, 0, -1):
-                    grad_w, grad_b = g.t() @ hidden[l - 1], g.sum(0)
+                    grad_w = q.t() @ hidden[l - 1]
+                    if self.exact:
+                        s = signals[L - 1 - l] * coef
+                        grad_w.addmm_(s.t(), dh[l - 1])
                     _accumulate(O[2 * l], grad_w, first)
-                    _accumulate(O[2 * l + 1], grad_b, first)
-                    g = (g @ self.weights[l]) * masks[l - 1]
-                _accumulate(O[0], ops.sparse_linear_weight_grad(x, g), first)
-                _accumulate(O[1], g.sum(0), first)
+                    _accumulate(O[2 * l + 1], q.sum(0), first)
+                    q = q @ self.weights[l]
+                    if self.exact:
+                        q.addmm_(s, V[2 * l])
+                    q = q * masks[l - 1]
+                if first:  # the first block (≈94 % of p) is written in place, not copied
+                    ops.sparse_linear_weight_grad(x, q, out=O[0])
+                else:
+                    O[0].add_(ops.sparse_linear_weight_grad(x, q))
+                _accumulate(O[1], q.sum(0), first)
                 first = False
             if first:  # no rows at all
                 out.zero_()
-            if self.op.weight_decay:
+            if weight_decay and self.op.weight_decay:
                 out.add_(vec, alpha=self.op.weight_decay)
         return out
 
-    def matvec_internal(self, vec: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """``G_B · vec`` (λ·vec included) in the internal layout, ``[p]``.
+    def matvec_internal(
+        self, vec: torch.Tensor, idx: torch.Tensor | None = None, weight_decay: bool = True
+    ) -> torch.Tensor:
+        """``G_B · vec`` (λ·vec included unless ``weight_decay=False``) in the internal layout, ``[p]``.
 
         ``idx``: training-row indices of the minibatch (``HessianOperator.sample_indices``), or
         None for the whole training set (exact ``1/n`` weighting, in chunks of ``chunk_size``).
+        ``weight_decay=False`` leaves out the ``λ·vec`` term, for callers that fold it into their own
+        update (the LiSSA recursion adds it to its damping), saving a pass over ``p`` elements.
         """
-        return self._product(vec, self._cached_chunks(idx))
+        return self._product(vec, self._cached_chunks(idx), weight_decay)
 
     def matvec(self, vec: torch.Tensor, batch: Batch | None = None) -> torch.Tensor:
         """Same contract as :meth:`HessianOperator.matvec` (standard layout, any batch ``(X, y)``)."""
         vec_int = self.to_internal(vec)
         if batch is None:
             return self.from_internal(self.matvec_internal(vec_int))
-        X, _ = self.op._as_batch(*batch)
-        hidden, masks = self._forward(X)
-        return self.from_internal(self._product(vec_int, [(X, hidden, masks, 2.0 / X.shape[0])]))
+        X, y = self.op._as_batch(*batch)
+        hidden, masks, signals = self._forward(X, y)
+        return self.from_internal(self._product(vec_int, [(X, hidden, masks, signals, 2.0 / X.shape[0])]))
 
 
 def _accumulate(target: torch.Tensor, value: torch.Tensor, first: bool) -> None:
@@ -210,16 +245,16 @@ def _accumulate(target: torch.Tensor, value: torch.Tensor, first: bool) -> None:
         target.add_(value)
 
 
-def select_hvp(op: HessianOperator, hvp: str = "auto") -> HessianOperator | NativeGaussNewton:
-    """The operator the solvers should use: ``NativeGaussNewton(op)`` or ``op`` (autograd).
+def select_hvp(op: HessianOperator, hvp: str = "auto") -> HessianOperator | NativeHessian:
+    """The operator the solvers should use: ``NativeHessian(op)`` or ``op`` (autograd).
 
     ``hvp``: "auto" (native when :func:`native_unsupported_reason` is None), "native" (raise
     ValueError when unsupported) or "autograd" (the reference).
     """
     if hvp not in HVP_BACKENDS:
         raise ValueError(f"unknown hvp backend {hvp!r}; choose from {', '.join(HVP_BACKENDS)}")
-    if isinstance(op, NativeGaussNewton):
+    if isinstance(op, NativeHessian):
         return op if hvp != "autograd" else op.op
     if hvp == "autograd" or (hvp == "auto" and native_unsupported_reason(op) is not None):
         return op
-    return NativeGaussNewton(op)
+    return NativeHessian(op)

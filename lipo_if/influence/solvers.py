@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from lipo_if.ops import lissa_step
 
 from .hvp import DENSE_PARAM_LIMIT, HessianOperator, dense_hessian
-from .native_hvp import HVP_BACKENDS, NativeGaussNewton, select_hvp
+from .native_hvp import HVP_BACKENDS, NativeHessian, select_hvp
 from .spectrum import SpectrumEstimate, dominant_eigenvalue, estimate_spectrum
 
 log = logging.getLogger(__name__)
@@ -120,9 +120,9 @@ class SolverConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar while solving"})
     hvp: str = field(
         default="auto",
-        metadata={"help": "Hessian-vector products: auto (native explicit-matmul Gauss–Newton products of the MLP "
-                          "when hessian=gauss-newton and all parameters vary, else autograd), native, or autograd "
-                          "(the double-backward reference)", "choices": HVP_BACKENDS},
+        metadata={"help": "Hessian-vector products: auto (native explicit-matmul products of the package's MLP, "
+                          "Gauss–Newton or exact, when all parameters vary, else autograd), native, or autograd "
+                          "(jvp/vjp or double backward: the reference)", "choices": HVP_BACKENDS},
     )
 
     def __post_init__(self) -> None:
@@ -242,20 +242,24 @@ def _divergence_message(chain: int, step: int, h_norm: float, bound: float, sett
     )
 
 
-def _products(op: HessianOperator | NativeGaussNewton):
-    """``(to_layout, from_layout, matvec(vec, idx | None))`` in the operator's fastest vector layout.
+def _products(op: HessianOperator | NativeHessian):
+    """``(to_layout, from_layout, matvec(vec, idx | None), folded)`` in the operator's fastest layout.
 
     The native operator works in a permuted layout (first weight block transposed, see
     :mod:`.native_hvp`); the permutation is orthogonal, so the recursions, norms and traces are
     the same as in the standard layout. ``idx`` are training-row indices (None = full set).
+    ``folded`` is the weight decay λ that ``matvec`` leaves out for the caller to add (the native
+    product skips its ``λ·vec`` pass; LiSSA adds λ/scale to its damping instead), else 0.
     """
-    if isinstance(op, NativeGaussNewton):
-        return op.to_internal, op.from_internal, op.matvec_internal
-    return (lambda t: t), (lambda t: t), (lambda t, idx: op.matvec(t, None if idx is None else (op.X[idx], op.y[idx])))
+    if isinstance(op, NativeHessian):
+        return (op.to_internal, op.from_internal,
+                lambda t, idx: op.matvec_internal(t, idx, weight_decay=False), op.weight_decay)
+    return ((lambda t: t), (lambda t: t),
+            (lambda t, idx: op.matvec(t, None if idx is None else (op.X[idx], op.y[idx]))), 0.0)
 
 
 def _lissa_chain(
-    op: HessianOperator | NativeGaussNewton, v: torch.Tensor, settings: _Settings, config: SolverConfig,
+    op: HessianOperator | NativeHessian, v: torch.Tensor, settings: _Settings, config: SolverConfig,
     gen: torch.Generator, chain: int, bar: tqdm, trace: list[dict],
 ) -> tuple[torch.Tensor, int, bool]:
     """One LiSSA chain; returns ``(h_final / scale [p], steps, converged)`` and appends to ``trace``."""
@@ -265,12 +269,14 @@ def _lissa_chain(
     # With ‖I − (H_B + μ)/scale‖ ≤ 1 the iterate obeys ‖hⱼ‖ ≤ (j+1)‖v‖; for PSD curvature and μ > 0
     # also ‖hⱼ‖ ≤ (scale/μ)‖v‖. Growth well past that can only be divergence.
     psd_cap = scale / mu if (op.kind == "gauss-newton" and mu > 0) else math.inf
-    to_layout, from_layout, matvec = _products(op)
+    to_layout, from_layout, matvec, folded = _products(op)
+    # (G_B + λ)h/scale = G_B h/scale + (λ/scale) h: a λ the product left out joins the damping term.
+    d_step = d + folded / scale
     v = to_layout(v)
     h = v.clone()
     for step in range(1, config.depth + 1):
         hv = matvec(h, op.sample_indices(config.batch_size, gen))
-        h_new, step_t = lissa_step(h, v, hv, d, scale)
+        h_new, step_t = lissa_step(h, v, hv, d_step, scale)
         step_norm = float(step_t)
         h_norm = float(torch.linalg.vector_norm(h_new))
         trace.append({"chain": chain, "step": step, "step_norm": step_norm, "h_norm": h_norm})
@@ -312,7 +318,8 @@ def _lissa(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: So
 def _cg(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig) -> SolveResult:
     """Conjugate gradients on ``(H + μI)x = v`` with full-batch products, starting from 0."""
     mu = settings.damping
-    to_layout, from_layout, matvec = _products(op)
+    to_layout, from_layout, matvec, folded = _products(op)
+    shift = mu + folded  # (H + μI)p with a λ the product left out
     v = to_layout(v)
     x = torch.zeros_like(v)
     r = v.clone()
@@ -322,7 +329,7 @@ def _cg(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: Solve
     trace: list[dict] = []
     with tqdm(total=config.max_iter, desc="CG", disable=not config.progress, leave=False) as bar:
         for it in range(1, config.max_iter + 1):
-            ap = matvec(p, None) + mu * p
+            ap = matvec(p, None).add_(p, alpha=shift)
             curvature = float(p @ ap)
             if not curvature > 0:  # also catches NaN
                 raise NegativeCurvatureError(
@@ -368,8 +375,8 @@ def solve(
 
     Args:
         op: the curvature operator (its ``matvec`` includes the weight-decay term). With
-            ``config.hvp`` "auto" (default) a Gauss–Newton operator of the package's MLP over all
-            parameters is swapped for :class:`~lipo_if.influence.native_hvp.NativeGaussNewton`
+            ``config.hvp`` "auto" (default) an operator (Gauss–Newton or exact) of the package's MLP
+            over all parameters is swapped for :class:`~lipo_if.influence.native_hvp.NativeHessian`
             (explicit-matmul products, sparse first layer, cached activations); "autograd" keeps
             ``op.matvec``, the reference.
         v: right-hand side ``[p]``, e.g. the held-out loss gradient.
@@ -387,7 +394,7 @@ def solve(
     config = config or SolverConfig()
     v = op._check_vec(v)
     start = time.perf_counter()
-    # Native explicit-matmul Gauss–Newton products when supported (config.hvp), else autograd.
+    # Native explicit-matmul products when supported (config.hvp), else autograd.
     op = select_hvp(op, config.hvp) if method != "direct" else op
     settings = _resolve(op, config, method)
     zero_rhs = float(torch.linalg.vector_norm(v)) == 0.0
@@ -403,7 +410,7 @@ def solve(
         batch_lambda_max=settings.batch_lambda_max,
         hessian=op.kind,
         n_params=op.n_params,
-        hvp="native" if isinstance(op, NativeGaussNewton) else "autograd",
+        hvp="native" if isinstance(op, NativeHessian) else "autograd",
     )
     if check_residual and not zero_rhs:
         result.info["relative_residual"] = _residual(op, result.s, v, settings.damping)
