@@ -244,6 +244,9 @@ def test_lissa_refuses_indefinite_exact_hessian(problem):
         solve(op, v, "lissa", quiet(damping=0.0))
     with pytest.raises(LissaDivergenceError, match="raise damping above"):  # checked even with a given scale
         solve(op, v, "lissa", quiet(damping=0.0, scale=100.0))
+    # check_definite=False skips the up-front check (the recursion's own divergence guard remains)
+    result = solve(op, v, "lissa", quiet(damping=0.0, scale=100.0, depth=5, tol=0.0, check_definite=False))
+    assert result.iterations == 5 and result.info["lambda_min"] is None
 
 
 def test_lissa_never_returns_nan(problem):

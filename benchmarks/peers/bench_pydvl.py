@@ -154,10 +154,10 @@ def lipo_solve(model, X, y, v, *, kind, weight_decay, damping, scale, depth, bat
     from lipo_if.influence import HessianOperator, SolverConfig, solve
 
     op = HessianOperator(model, X, y, weight_decay, kind=kind, dtype=dtype)
-    # power_iters=1: for the exact Hessian, solve() always runs a Lanczos definiteness check
-    # (min(power_iters, 60) full-batch products); 1 keeps it to the minimum (damping/scale are fixed).
+    # check_definite=False: damping and scale are fixed, and pyDVL runs no definiteness check either
+    # (lipo_if's default would add a Lanczos λmin estimate of full-batch products for the exact Hessian).
     cfg = SolverConfig(damping=damping, scale=scale, depth=depth, batch_size=batch_size, tol=0.0, seed=seed,
-                       power_iters=1, progress=False)
+                       check_definite=False, progress=False)
     return solve(op, v, "lissa", cfg, check_residual=False)
 
 

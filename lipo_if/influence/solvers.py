@@ -117,6 +117,12 @@ class SolverConfig:
     max_params: int = field(
         default=DENSE_PARAM_LIMIT, metadata={"help": "direct solver refuses parameter blocks larger than this"}
     )
+    check_definite: bool = field(
+        default=True,
+        metadata={"help": "LiSSA on the exact Hessian: estimate λmin by Lanczos (full-set products) and refuse an "
+                          "indefinite H + μI up front; off skips that cost when damping and scale are given (the "
+                          "divergence guard of the recursion still applies)"},
+    )
     progress: bool = field(default=True, metadata={"help": "show a progress bar while solving"})
     hvp: str = field(
         default="auto",
@@ -197,7 +203,7 @@ def _resolve(op: HessianOperator, config: SolverConfig, method: str) -> _Setting
     """Turn "auto" damping/scale into numbers, estimating the spectrum only when needed."""
     needs_scale = method == "lissa"
     needs_spectrum = config.damping == AUTO or (needs_scale and config.scale == AUTO) or (
-        needs_scale and op.kind == "exact"
+        needs_scale and op.kind == "exact" and config.check_definite
     )
     spectrum = estimate_spectrum(op, iters=config.power_iters, seed=config.seed) if needs_spectrum else None
     damping = AUTO_DAMPING_FRACTION * abs(spectrum.lambda_max) if config.damping == AUTO else float(config.damping)
