@@ -334,10 +334,12 @@ def sparse_linear_weight_grad(
 
 def mlp_grad_dot(
     layers: Sequence[torch.nn.Linear], vec: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor,
-    kernel: Callable[..., torch.Tensor] = linear_grad_dot,
+    kernel: Callable[..., torch.Tensor] = linear_grad_dot, chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """``vec · ∇θ (f(xᵢ) − yᵢ)²`` for all rows at once: one forward, a manual backward, and one
-    :func:`linear_grad_dot` per layer (``kernel`` lets benchmarks swap in the reference).
+    """``vec · ∇θ (f(xᵢ) − yᵢ)²`` for all rows: per chunk of ``chunk_size`` rows one forward, a
+    manual backward, and one :func:`linear_grad_dot` per layer (``kernel`` lets benchmarks swap in
+    the reference). Chunking bounds the ``[chunk, width]`` temporaries (and keeps them in cache),
+    as :func:`lipo_if.influence.scores.grad_dot_fast` does.
 
     The first layer's forward goes through :func:`sparse_linear` (sparse fingerprint inputs)
     when ``kernel`` is :func:`linear_grad_dot`; with another ``kernel`` the whole pass is dense
@@ -348,6 +350,17 @@ def mlp_grad_dot(
     """
     if len(vec) != 2 * len(layers):
         raise ValueError(f"vec needs weight and bias per layer ({2 * len(layers)} tensors), got {len(vec)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    parts = [_mlp_grad_dot_chunk(layers, vec, X[i:i + chunk_size], y[i:i + chunk_size], kernel)
+             for i in range(0, X.shape[0], chunk_size)]
+    return torch.cat(parts) if parts else X.new_zeros(0)
+
+
+def _mlp_grad_dot_chunk(
+    layers: Sequence[torch.nn.Linear], vec: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor,
+    kernel: Callable[..., torch.Tensor],
+) -> torch.Tensor:
     with torch.no_grad():
         inputs, masks, h = [], [], X
         for i, layer in enumerate(layers):

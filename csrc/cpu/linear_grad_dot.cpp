@@ -55,6 +55,19 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return total;
 }
 
+// Σ_o (a[o] + b[o])·c[o]: the projection plus bias dotted with out_grad in one pass.
+template <typename T>
+inline T dot_sum(const T* a, const T* b, const T* c, int64_t n) {
+  T acc[kLanes] = {};
+  int64_t o = 0;
+  for (; o + kLanes <= n; o += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += (a[o + l] + b[o + l]) * c[o + l];
+  T total = 0;
+  for (; o < n; ++o) total += (a[o] + b[o]) * c[o];
+  for (int l = 0; l < kLanes; ++l) total += acc[l];
+  return total;
+}
+
 // Sparse path: act [n, in] as CSR, out_grad [n, out], wt [k, in, out] (= W^T per j), bias [k, out]
 // or nullptr, result [n, k]. For each j, tasks over (register block of output columns, chunk of
 // rows): pack the [in, kBlock] column block of Wt_j into a contiguous panel, then per row
@@ -122,9 +135,8 @@ void dense_kernel(
       for (int64_t r = r0; r < r1; ++r) {
         const T* g = g_all + (start + r) * out;
         for (int64_t j = 0; j < k; ++j) {
-          T s = dot(p + (r * k + j) * out, g, out);
-          if (bias != nullptr) s += dot(bias + j * out, g, out);
-          result[(start + r) * k + j] = s;
+          result[(start + r) * k + j] =
+              bias != nullptr ? dot_sum(p + (r * k + j) * out, bias + j * out, g, out) : dot(p + (r * k + j) * out, g, out);
         }
       }
     });
