@@ -165,8 +165,9 @@ at::Tensor linear_grad_dot_cpu(
       dense_kernel<scalar_t>(act, out_grad, w_flat, bias, res, k, out);
       return;
     }
-    const sparse::ColumnSplit split = sparse::split_columns(ap, n, in);
-    if (split.sparse_density(n, in) > sparse::kSparseMaxDensity) {
+    sparse::ColumnSplit split;
+    sparse::Csr<scalar_t> csr;
+    if (!sparse::compress(ap, n, in, split, csr)) {
       dense_kernel<scalar_t>(act, out_grad, w_flat, bias, res, k, out);
       return;
     }
@@ -175,9 +176,6 @@ at::Tensor linear_grad_dot_cpu(
           sparse::take_indices(act, 1, split.dense_cols), out_grad, sparse::take_indices(w_flat, 1, split.dense_cols),
           bias, res, k, out);
     }
-    sparse::Csr<scalar_t> csr;
-    sparse::count_csr(ap, n, in, csr, split.skip());
-    sparse::fill_csr(ap, n, in, csr, split.skip());
     // One transposed copy of the k vectors (k·in·out) so the gather reads contiguous rows.
     const at::Tensor wt = vec_weight.transpose(1, 2).contiguous();
     sparse_kernel<scalar_t>(

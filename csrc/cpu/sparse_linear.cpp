@@ -99,13 +99,27 @@ void sparse_forward(
 // that use it. (Measured: ahead of the packed gather up to a few hundred rows, behind it beyond.)
 template <typename T>
 void scatter_forward(const sparse::Csr<T>& csr, const T* wt, T* y, int64_t n, int64_t in, int64_t out) {
+  const int64_t threads = static_cast<int64_t>(at::get_num_threads());
+  if (n <= kDirectMaxRows && threads > 1) {
+    // One block of rows, split over output columns: every selected row of wt is read once in all
+    // (a part per thread) instead of once per thread.
+    sparse::ColumnGroups<T> groups;
+    sparse::group_by_column(csr, 0, n, in, groups);
+    constexpr int64_t B = sparse::kBlock<T>;
+    const int64_t cols = std::max<int64_t>(B, ((out + threads - 1) / threads + B - 1) / B * B);
+    at::parallel_for(0, (out + cols - 1) / cols, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t task = t0; task < t1; ++task)
+        sparse::scatter_add(groups, wt, out, task * cols, std::min(out, (task + 1) * cols), y);
+    });
+    return;
+  }
   const int64_t rows = sparse::scatter_rows_per_task(n);
   at::parallel_for(0, (n + rows - 1) / rows, 1, [&](int64_t t0, int64_t t1) {
     sparse::ColumnGroups<T> groups;
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t r0 = task * rows, r1 = std::min(n, r0 + rows);
       sparse::group_by_column(csr, r0, r1, in, groups);
-      sparse::scatter_add(groups, wt, out, y + r0 * out);
+      sparse::scatter_add(groups, wt, out, 0, out, y + r0 * out);
     }
   });
 }
@@ -197,16 +211,14 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight, c
       dense_gemm(x, weight.t());
       return;
     }
-    const sparse::ColumnSplit split = sparse::split_columns(xp, n, in);
-    if (split.sparse_density(n, in) > sparse::kSparseMaxDensity) {
+    sparse::ColumnSplit split;
+    sparse::Csr<scalar_t> csr;
+    if (!sparse::compress(xp, n, in, split, csr)) {
       dense_gemm(x, weight.t());
       return;
     }
     const at::Tensor wt = weight.t().contiguous();  // [in, out]; no copy for a transposed view
     if (!split.empty()) dense_gemm(sparse::take_indices(x, 1, split.dense_cols), sparse::take_indices(wt, 0, split.dense_cols));
-    sparse::Csr<scalar_t> csr;
-    sparse::count_csr(xp, n, in, csr, split.skip());
-    sparse::fill_csr(xp, n, in, csr, split.skip());
     if (n <= kDirectMaxRows) {
       if (split.empty()) fill_bias(y, bias);
       scatter_forward<scalar_t>(csr, wt.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), n, in, out);
@@ -237,8 +249,9 @@ void sparse_linear_weight_grad_into_cpu(const at::Tensor& x_in, const at::Tensor
       at::mm_out(result, x.t(), g);
       return;
     }
-    const sparse::ColumnSplit split = sparse::split_columns(xp, n, in);
-    if (split.sparse_density(n, in) > sparse::kSparseMaxDensity) {
+    sparse::ColumnSplit split;
+    sparse::Csr<scalar_t> csr;
+    if (!sparse::compress(xp, n, in, split, csr)) {
       at::mm_out(result, x.t(), g);
       return;
     }
@@ -254,9 +267,6 @@ void sparse_linear_weight_grad_into_cpu(const at::Tensor& x_in, const at::Tensor
         result.index_copy_(0, index, at::mm(xd_t, g));
       }
     }
-    sparse::Csr<scalar_t> csr;
-    sparse::count_csr(xp, n, in, csr, split.skip());
-    sparse::fill_csr(xp, n, in, csr, split.skip());
     const sparse::Csr<scalar_t> csc = sparse::csr_to_csc(csr, n, in);
     if (n <= kDirectMaxRows) {
       direct_weight_grad<scalar_t>(csc, split.skip(), g.data_ptr<scalar_t>(), result.data_ptr<scalar_t>(), in, out);
