@@ -38,7 +38,8 @@ import torch
 from . import ops_reference
 
 __all__ = [
-    "backend", "has_ops", "linear_grad_dot", "lissa_step", "load_jit", "mlp_grad_dot", "sparse_linear",
+    "backend", "first_layer_with_vectors", "has_ops", "linear_grad_dot", "lissa_step", "load_jit", "mlp_grad_dot",
+    "sparse_linear",
     "sparse_linear_weight_grad",
 ]
 
@@ -341,9 +342,10 @@ def mlp_grad_dot(
     the reference). Chunking bounds the ``[chunk, width]`` temporaries (and keeps them in cache),
     as :func:`lipo_if.influence.scores.grad_dot_fast` does.
 
-    The first layer's forward goes through :func:`sparse_linear` (sparse fingerprint inputs)
-    when ``kernel`` is :func:`linear_grad_dot`; with another ``kernel`` the whole pass is dense
-    pure PyTorch (the benchmarks' "best dense formulation").
+    With ``kernel`` = :func:`linear_grad_dot` the first layer (sparse fingerprint input) is one
+    :func:`sparse_linear` pass that yields its forward and its score term together
+    (:func:`first_layer_with_vectors`); with another ``kernel`` the whole pass is dense pure
+    PyTorch (the benchmarks' "best dense formulation").
 
     ``layers``: Linear layers of an MLP with ReLU between them and 1 output; ``vec``: one tensor
     per parameter in ``weight, bias`` order per layer; ``X`` ``[n, d]``, ``y`` ``[n]`` → ``[n]``.
@@ -352,27 +354,53 @@ def mlp_grad_dot(
         raise ValueError(f"vec needs weight and bias per layer ({2 * len(layers)} tensors), got {len(vec)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
-    parts = [_mlp_grad_dot_chunk(layers, vec, X[i:i + chunk_size], y[i:i + chunk_size], kernel)
+    fused = None
+    if kernel is linear_grad_dot:
+        fused = first_layer_with_vectors(layers[0].weight, layers[0].bias, vec[0].unsqueeze(0), vec[1].unsqueeze(0))
+    parts = [_mlp_grad_dot_chunk(layers, vec, X[i:i + chunk_size], y[i:i + chunk_size], kernel, fused)
              for i in range(0, X.shape[0], chunk_size)]
     return torch.cat(parts) if parts else X.new_zeros(0)
 
 
+def first_layer_with_vectors(
+    weight: torch.Tensor, bias: torch.Tensor, vec_weight: torch.Tensor, vec_bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([W; V_1; …; V_k]ᵀ as a transposed view, [b; c_1; …; c_k])`` for :func:`sparse_linear`.
+
+    One sparse pass over the first layer's input then gives both its forward ``x Wᵀ + b`` and the
+    projections ``x V_jᵀ + c_j`` that :func:`linear_grad_dot` would compute in a second pass
+    (``Σ_o out_grad[i, o]·(x_i V_jᵀ + c_j)[o]`` is the layer's term of the score). The weight is
+    built once as a contiguous ``[in, (k+1)·out]`` block, the layout the kernel reads without a copy.
+    ``weight`` ``[out, in]``, ``bias`` ``[out]``, ``vec_weight`` ``[k, out, in]``, ``vec_bias`` ``[k, out]``.
+    """
+    out, in_dim = weight.shape
+    stacked_t = torch.cat([weight, vec_weight.reshape(-1, in_dim)], 0).t().contiguous()
+    return stacked_t.t(), torch.cat([bias, vec_bias.reshape(-1)])
+
+
 def _mlp_grad_dot_chunk(
     layers: Sequence[torch.nn.Linear], vec: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor,
-    kernel: Callable[..., torch.Tensor],
+    kernel: Callable[..., torch.Tensor], fused: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
     with torch.no_grad():
-        inputs, masks, h = [], [], X
+        inputs, masks, h, first_proj = [], [], X, None
         for i, layer in enumerate(layers):
             inputs.append(h)
-            h = sparse_linear(h, layer.weight, layer.bias) if (i == 0 and kernel is linear_grad_dot) else layer(h)
+            if i == 0 and fused is not None:
+                both = sparse_linear(h, *fused)  # [n, 2·out]: forward | x Vᵀ + c
+                h, first_proj = both[:, :layer.out_features], both[:, layer.out_features:]
+            else:
+                h = layer(h)
             if i < len(layers) - 1:
                 masks.append(h > 0)
                 h = torch.relu(h)
         out_grad = 2.0 * (h - y.unsqueeze(1))  # ∂(f − y)²/∂f, [n, 1]
         total = X.new_zeros(X.shape[0])
         for i in range(len(layers) - 1, -1, -1):
-            total += kernel(inputs[i], out_grad, vec[2 * i].unsqueeze(0), vec[2 * i + 1].unsqueeze(0))[:, 0]
+            if i == 0 and first_proj is not None:
+                total += (out_grad * first_proj).sum(1)
+            else:
+                total += kernel(inputs[i], out_grad, vec[2 * i].unsqueeze(0), vec[2 * i + 1].unsqueeze(0))[:, 0]
             if i > 0:  # back through layer i and the ReLU after layer i−1
                 out_grad = (out_grad @ layers[i].weight) * masks[i - 1]
     return total

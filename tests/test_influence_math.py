@@ -307,6 +307,10 @@ def test_fast_and_reference_grad_dots_agree_with_brute_force(problem, params):
     gen = torch.Generator().manual_seed(2)
     vecs = torch.randn(3, op.n_params, generator=gen, dtype=torch.float64)
     Z, t = torch.randn(23, D_IN, generator=gen), torch.randn(23, generator=gen)
+    sparse_Z = Z * (torch.rand(23, D_IN, generator=gen) < 0.08)  # fingerprint-like, two dense columns
+    sparse_Z[:, :2] = Z[:, :2]
+    sparse_fast = grad_dot_fast(op, vecs, sparse_Z, t, chunk_size=40)
+    assert torch.allclose(sparse_fast, grad_dot_reference(op, vecs, sparse_Z, t), rtol=1e-10, atol=1e-12)
     fast = grad_dot_fast(op, vecs, Z, t, chunk_size=8)
     reference = grad_dot_reference(op, vecs, Z, t, chunk_size=5)
     brute = []

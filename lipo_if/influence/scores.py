@@ -100,22 +100,35 @@ def grad_dot_fast(
         vec_b = torch.stack([d[b_name] for d in block]) if b_name in op.block.names else b.new_zeros(len(block), *b.shape)
         per_layer.append((vec_w, vec_b))
     first = next(l for l, item in enumerate(per_layer) if item is not None)
-    out = [_grad_dot_chunk(params, per_layer, first, X[i:i + chunk_size].to(op.dtype), y[i:i + chunk_size].to(op.dtype))
+    # First layer: one sparse pass for its forward and its score terms together.
+    fused = None if per_layer[0] is None else ops.first_layer_with_vectors(
+        params["layers.0.weight"], params["layers.0.bias"], *per_layer[0])
+    out = [_grad_dot_chunk(params, per_layer, first, X[i:i + chunk_size].to(op.dtype), y[i:i + chunk_size].to(op.dtype),
+                           fused)
            for i in range(0, X.shape[0], chunk_size)]
     return torch.cat(out)
 
 
 def _grad_dot_chunk(
-    params: dict[str, torch.Tensor], per_layer: list, first: int, X: torch.Tensor, y: torch.Tensor
+    params: dict[str, torch.Tensor], per_layer: list, first: int, X: torch.Tensor, y: torch.Tensor,
+    fused: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Forward, manual backward of ``(f − y)²`` down to layer ``first``, and the contractions: ``[c, k]``."""
+    """Forward, manual backward of ``(f − y)²`` down to layer ``first``, and the contractions: ``[c, k]``.
+
+    ``fused``: :func:`lipo_if.ops.first_layer_with_vectors` of layer 0 (its forward and the ``k``
+    projections ``x V_jᵀ + c_j`` in one sparse pass), or None (layer 0 outside the block).
+    """
     n_layers = len(per_layer)
     acts, preacts = [], []
-    h = X
+    h, first_proj = X, None
     with torch.no_grad():
         for l in range(n_layers):
             acts.append(h)
-            if l == 0:  # sparse fingerprint input: only its non-zeros are multiplied
+            if l == 0 and fused is not None:  # sparse fingerprint input: only its non-zeros are multiplied
+                width = params["layers.0.bias"].shape[0]
+                both = ops.sparse_linear(h, *fused)  # [c, (k+1)·out]
+                z, first_proj = both[:, :width], both[:, width:].reshape(h.shape[0], -1, width)
+            elif l == 0:
                 z = ops.sparse_linear(h, params["layers.0.weight"], params["layers.0.bias"])
             else:
                 z = torch.addmm(params[f"layers.{l}.bias"], h, params[f"layers.{l}.weight"].T)
@@ -124,7 +137,10 @@ def _grad_dot_chunk(
         out_grad = 2.0 * (h - y.unsqueeze(1))  # ∂ℓ/∂z_L for ℓ = (f − y)², [c, 1]
         total = None
         for l in range(n_layers - 1, first - 1, -1):
-            if per_layer[l] is not None:
+            if l == 0 and first_proj is not None:
+                term = torch.einsum("cko,co->ck", first_proj, out_grad)
+                total = term if total is None else total + term
+            elif per_layer[l] is not None:
                 term = ops.linear_grad_dot(acts[l], out_grad, *per_layer[l])
                 total = term if total is None else total + term
             if l > first:  # back through layer l and the ReLU after layer l−1
