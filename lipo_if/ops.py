@@ -335,12 +335,12 @@ def sparse_linear_weight_grad(
 
 def mlp_grad_dot(
     layers: Sequence[torch.nn.Linear], vec: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor,
-    kernel: Callable[..., torch.Tensor] = linear_grad_dot, chunk_size: int = 1024,
+    kernel: Callable[..., torch.Tensor] = linear_grad_dot, chunk_size: int = 2048,
 ) -> torch.Tensor:
     """``vec · ∇θ (f(xᵢ) − yᵢ)²`` for all rows: per chunk of ``chunk_size`` rows one forward, a
     manual backward, and one :func:`linear_grad_dot` per layer (``kernel`` lets benchmarks swap in
-    the reference). Chunking bounds the ``[chunk, width]`` temporaries (and keeps them in cache),
-    as :func:`lipo_if.influence.scores.grad_dot_fast` does.
+    the reference). Chunking bounds the ``[chunk, width]`` temporaries, as the scoring of
+    ``lipo-if influence`` does (:func:`lipo_if.influence.scores.grad_dot_fast`, 2,048 rows by default).
 
     With ``kernel`` = :func:`linear_grad_dot` the first layer (sparse fingerprint input) is one
     :func:`sparse_linear` pass that yields its forward and its score term together
