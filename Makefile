@@ -18,7 +18,7 @@ export LIPO_IF_DATA
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench bench-peers cuda-check clean ext
+.PHONY: install test demo bench bench-pairs bench-peers cuda-check clean ext
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ demo: install
 
 bench: install
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-columns=min,median,mean,rounds
+
+# The same comparisons as medians of interleaved pairs (robust on a shared machine).
+bench-pairs: install
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/interleaved_pairs.py $(PAIRS_ARGS)
 
 # lipo_if's LiSSA vs pyDVL's LissaInfluence. pyDVL pins numpy<2, so it gets its own venv (torch first,
 # so pip keeps the CPU build); the workload is prepared with the project venv (RDKit), results in runs/peers/.
