@@ -6,7 +6,7 @@
 // with the j-th parameter-shaped vector (W_j, b_j), without forming any [out, in] gradient.
 //
 // Two algorithms, combined per call from the density of `act` (fraction of non-zero entries): the
-// columns of act are split (sparse::split_columns) into dense columns (non-zero in > 30 % of the
+// columns of act are split (sparse::compress) into dense columns (non-zero in > 30 % of the
 // rows, e.g. the descriptor block of a featurized molecule), done by the dense algorithm, and the
 // rest, done by the sparse one and added (input dense overall → dense algorithm only):
 //

@@ -7,7 +7,7 @@
 // (the second returns the weight gradient *transposed*, i.e. in the [in, out] layout the first
 // one reads its weight in; see lipo_if/ops.py).
 //
-// Algorithm. The columns of x are split (sparse::split_columns) into dense columns — non-zero in
+// Algorithm. The columns of x are split (sparse::compress) into dense columns — non-zero in
 // more than 30 % of the rows, e.g. the ≈200 standardized descriptors after the fingerprint bits —
 // whose part of the product is one BLAS GEMM, and the sparse rest, whose non-zeros are compressed
 // (CSR / CSC) and multiplied at cost nnz·out instead of n·in·out. Inputs that are dense overall

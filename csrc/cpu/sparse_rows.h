@@ -1,12 +1,14 @@
 // Shared CPU machinery of the sparse-aware kernels (sparse_linear, sparse_linear_weight_grad,
-// linear_grad_dot): compressed views of the non-zero entries of a dense row-major matrix and a
-// register-blocked "gather + axpy" micro-kernel.
+// linear_grad_dot): the one-pass compression of a dense row-major matrix into a column split
+// (mostly-non-zero columns, handled by BLAS) and the CSR of its other columns; a register-blocked
+// "gather + axpy" micro-kernel (many rows) and a column-grouped scatter (few rows).
 //
-// Fingerprint inputs have ≈3 % of their bits set, so a row of the first layer's input has a few
-// hundred non-zeros out of 2,248 columns. Every product with such a row is done over its
-// non-zeros only: y[o0:o0+B] = Σ_t vals[t] · Wt[cols[t], o0:o0+B], with Wt = Wᵀ stored [in, out]
-// so that each term reads a contiguous row segment. B is chosen so the accumulators fit in
-// vector registers (4 AVX-512 registers per accumulator set, two sets for latency hiding).
+// Fingerprint inputs have ≈3 % of their bits set, so a row of the first layer's input has ≈60
+// non-zero fingerprint columns out of 2,048 (plus ≈200 dense descriptor columns). Every product
+// with the fingerprint part is done over its non-zeros only: y[o0:o0+B] = Σ_t vals[t] ·
+// Wt[cols[t], o0:o0+B], with Wt = Wᵀ stored [in, out] so that each term reads a contiguous row
+// segment. B is chosen so the accumulators fit in vector registers (4 registers per accumulator
+// set, two sets for latency hiding; AVX-512 or AVX2+FMA, whichever the build targets).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -20,6 +22,7 @@
 #include <ATen/ops/index_select.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -103,95 +106,19 @@ constexpr int64_t kVecs = 4;
 template <typename T>
 constexpr int64_t kBlock = kVecs * Simd<T>::L;
 
-// Rows with a fraction of non-zeros above this use a dense BLAS path instead (measured on the
-// 2-core AVX-512 dev box: the gather kernel wins clearly below ≈15 %; see benchmarks/RESULTS.md).
+// Inputs whose columns left after the split have a fraction of non-zeros above this use a dense
+// BLAS path instead (measured on the 2-core AVX2 dev box: the gather kernel wins clearly below
+// ≈15 %; see benchmarks/RESULTS.md).
 constexpr double kSparseMaxDensity = 0.15;
 
-// Number of non-zero entries of a contiguous [n, in] matrix.
-template <typename T>
-int64_t count_nonzero(const T* a, int64_t n, int64_t in) {
-  if (n == 0 || in == 0) return 0;
-  return at::parallel_reduce(
-      0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, in)), int64_t{0},
-      [&](int64_t r0, int64_t r1, int64_t acc) {
-        for (int64_t e = r0 * in; e < r1 * in; ++e) acc += (a[e] != T(0));
-        return acc;
-      },
-      std::plus<int64_t>());
-}
-
 // Compressed sparse rows of a dense [n, in] matrix: row i's non-zeros are
-// cols/vals[ptr[i] .. ptr[i+1]), in increasing column order. Built in two parallel passes.
+// cols/vals[ptr[i] .. ptr[i+1]), in increasing column order (built by compress(), below).
 template <typename T>
 struct Csr {
   std::vector<int64_t> ptr;
   std::vector<int64_t> cols;
   std::vector<T> vals;
 };
-
-// Counts the non-zeros of every row into csr.ptr (prefix-summed) and returns their total; then
-// fill_csr writes cols/vals. Split so that callers can look at the density (the total) first and
-// take a dense path without paying for the fill. `skip` (optional, [in]) marks columns left out of
-// the compressed matrix (the columns a caller handles with BLAS, see ColumnSplit).
-template <typename T>
-int64_t count_csr(const T* a, int64_t n, int64_t in, Csr<T>& csr, const uint8_t* skip = nullptr) {
-  csr.ptr.assign(static_cast<size_t>(n + 1), 0);
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, in));
-  at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) {
-      const T* row = a + i * in;
-      int64_t c = 0;
-      if (skip == nullptr) {
-        for (int64_t k = 0; k < in; ++k) c += (row[k] != T(0));
-      } else {
-        for (int64_t k = 0; k < in; ++k) c += (row[k] != T(0)) & (skip[k] == 0);
-      }
-      csr.ptr[static_cast<size_t>(i + 1)] = c;
-    }
-  });
-  for (int64_t i = 0; i < n; ++i) csr.ptr[static_cast<size_t>(i + 1)] += csr.ptr[static_cast<size_t>(i)];
-  return csr.ptr[static_cast<size_t>(n)];
-}
-
-template <typename T>
-void fill_csr(const T* a, int64_t n, int64_t in, Csr<T>& csr, const uint8_t* skip = nullptr) {
-  const int64_t nnz = csr.ptr[static_cast<size_t>(n)];
-  csr.cols.resize(static_cast<size_t>(nnz));
-  csr.vals.resize(static_cast<size_t>(nnz));
-  constexpr int64_t G = Simd<T>::L;  // a group of G zeros is skipped with one vector compare
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, in));
-  at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) {
-      const T* row = a + i * in;
-      const int64_t begin = csr.ptr[static_cast<size_t>(i)], end = csr.ptr[static_cast<size_t>(i + 1)];
-      if (begin == end) continue;
-      int64_t* cols = csr.cols.data() + begin;
-      T* vals = csr.vals.data() + begin;
-      int64_t t = 0;
-      auto keep = [&](int64_t k) {
-        if (row[k] != T(0) && (skip == nullptr || skip[k] == 0)) {
-          cols[t] = k;
-          vals[t] = row[k];
-          ++t;
-        }
-      };
-      int64_t k = 0;
-      for (; k + G <= in; k += G) {
-        if (!Simd<T>::any_nonzero(row + k)) continue;  // the common case for fingerprint bits (≈3 % set)
-        for (int64_t j = 0; j < G; ++j) keep(k + j);
-      }
-      for (; k < in; ++k) keep(k);
-    }
-  });
-}
-
-template <typename T>
-Csr<T> build_csr(const T* a, int64_t n, int64_t in) {
-  Csr<T> csr;
-  count_csr(a, n, in, csr);
-  fill_csr(a, n, in, csr);
-  return csr;
-}
 
 // Compressed sparse columns of the same matrix (column c's entries: rows/vals[ptr[c] .. ptr[c+1])
 // in increasing row order), by a counting sort of the CSR entries — deterministic.
@@ -285,39 +212,6 @@ struct ColumnSplit {
   }
 };
 
-// Column counts of a contiguous [n, in] matrix (per-thread partial counts, then summed) and the
-// dense columns among them.
-template <typename T>
-ColumnSplit split_columns(const T* a, int64_t n, int64_t in) {
-  ColumnSplit split;
-  split.is_dense.assign(static_cast<size_t>(in), 0);
-  if (n == 0 || in == 0) return split;
-  const int threads = at::get_num_threads();
-  std::vector<std::vector<int32_t>> partial(static_cast<size_t>(threads));
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, in));
-  at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
-    std::vector<int32_t>& counts = partial[static_cast<size_t>(at::get_thread_num())];
-    if (counts.empty()) counts.assign(static_cast<size_t>(in), 0);
-    for (int64_t i = r0; i < r1; ++i) {
-      const T* row = a + i * in;
-      for (int64_t k = 0; k < in; ++k) counts[static_cast<size_t>(k)] += (row[k] != T(0));
-    }
-  });
-  const double limit = kDenseColumnDensity * static_cast<double>(n);
-  for (int64_t k = 0; k < in; ++k) {
-    int64_t count = 0;
-    for (const auto& counts : partial)
-      if (!counts.empty()) count += counts[static_cast<size_t>(k)];
-    split.nnz += count;
-    if (n >= kMinRowsForSplit && static_cast<double>(count) > limit) {
-      split.is_dense[static_cast<size_t>(k)] = 1;
-      split.dense_cols.push_back(k);
-      split.nnz_dense += count;
-    }
-  }
-  return split;
-}
-
 // One pass over a contiguous [n, in] matrix that yields both the column split and the CSR of its
 // sparse columns (what split_columns + count_csr + fill_csr give, reading the matrix once instead
 // of three times: at a LiSSA minibatch these passes cost as much as the products). Rows are taken
@@ -335,6 +229,7 @@ bool compress(const T* a, int64_t n, int64_t in, ColumnSplit& split, Csr<T>& csr
   csr.cols.clear();
   csr.vals.clear();
   if (n == 0 || in == 0) return true;
+  TORCH_CHECK(in <= INT32_MAX, "lipo_if: sparse kernels need fewer than 2^31 input columns, got ", in);
   struct Chunk {
     std::vector<int32_t> cols;
     std::vector<T> vals;
