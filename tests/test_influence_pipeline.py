@@ -154,6 +154,23 @@ def test_pipeline_lissa_test_heldout_and_no_overlap_exclusion(run, external, tmp
     assert len(summary["solver"]["trace"]) <= 201
 
 
+def test_pipeline_float32_precision_matches_float64(run, external, tmp_path):
+    """--precision float32: same exclusions, scores equal to the float64 ones up to float32 rounding
+    (CG to a tight tolerance on both, so the solver does not add its own differences)."""
+    common = dict(solver="cg", tol=1e-6, damping=0.1)
+    low = run_influence(run, external, quiet(precision="float32", **common), tmp_path / "f32.csv")
+    high = run_influence(run, external, quiet(**common), tmp_path / "f64.csv")
+    assert low["settings"]["precision"] == "float32" and high["settings"]["precision"] == "float64"
+    f32 = pd.read_csv(tmp_path / "f32.csv", keep_default_na=False)
+    f64 = pd.read_csv(tmp_path / "f64.csv", keep_default_na=False)
+    assert f32["excluded"].tolist() == f64["excluded"].tolist()
+    scored = f64["excluded"] == ""
+    a, b = f32.loc[scored, "score"].astype(float).to_numpy(), f64.loc[scored, "score"].astype(float).to_numpy()
+    assert np.allclose(a, b, rtol=1e-3, atol=1e-4 * np.abs(b).max())
+    with pytest.raises(ValueError, match="precision must be one of"):
+        quiet(precision="float16")
+
+
 def test_pipeline_errors(run, external, tmp_path):
     with pytest.raises(DataError, match="file not found"):
         run_influence(run, tmp_path / "missing.csv", quiet(), tmp_path / "x.csv")
