@@ -175,10 +175,16 @@ class NativeHessian:
 
     # ------------------------------------------------------------------ products
 
-    def _product(self, vec: torch.Tensor, chunks, weight_decay: bool = True) -> torch.Tensor:
-        """``Σ_chunks`` of the Gauss–Newton (or exact) product ``(+ λ vec)`` in the internal layout."""
+    def _product(
+        self, vec: torch.Tensor, chunks, weight_decay: bool = True, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``Σ_chunks`` of the Gauss–Newton (or exact) product ``(+ λ vec)`` in the internal layout,
+        written into ``out`` (a ``[p]`` buffer of vec's dtype, not aliasing vec) when given."""
         V = self._views(vec)
-        out = torch.empty_like(vec)
+        if out is None:
+            out = torch.empty_like(vec)
+        elif out.shape != vec.shape or out.dtype != vec.dtype or not out.is_contiguous() or out.data_ptr() == vec.data_ptr():
+            raise ValueError("out must be a contiguous buffer shaped and typed like vec, distinct from it")
         O = self._views(out)
         L = self.n_layers
         first = True
@@ -217,7 +223,8 @@ class NativeHessian:
         return out
 
     def matvec_internal(
-        self, vec: torch.Tensor, idx: torch.Tensor | None = None, weight_decay: bool = True
+        self, vec: torch.Tensor, idx: torch.Tensor | None = None, weight_decay: bool = True,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``G_B · vec`` (λ·vec included unless ``weight_decay=False``) in the internal layout, ``[p]``.
 
@@ -225,8 +232,10 @@ class NativeHessian:
         None for the whole training set (exact ``1/n`` weighting, in chunks of ``chunk_size``).
         ``weight_decay=False`` leaves out the ``λ·vec`` term, for callers that fold it into their own
         update (the LiSSA recursion adds it to its damping), saving a pass over ``p`` elements.
+        ``out``: a ``[p]`` buffer to write the product into (reused across LiSSA steps: a fresh
+        10 MB tensor per step costs page faults when the allocator hands memory back to the OS).
         """
-        return self._product(vec, self._cached_chunks(idx), weight_decay)
+        return self._product(vec, self._cached_chunks(idx), weight_decay, out)
 
     def matvec(self, vec: torch.Tensor, batch: Batch | None = None) -> torch.Tensor:
         """Same contract as :meth:`HessianOperator.matvec` (standard layout, any batch ``(X, y)``)."""

@@ -259,9 +259,9 @@ def _products(op: HessianOperator | NativeHessian):
     """
     if isinstance(op, NativeHessian):
         return (op.to_internal, op.from_internal,
-                lambda t, idx: op.matvec_internal(t, idx, weight_decay=False), op.weight_decay)
+                lambda t, idx, out=None: op.matvec_internal(t, idx, weight_decay=False, out=out), op.weight_decay)
     return ((lambda t: t), (lambda t: t),
-            (lambda t, idx: op.matvec(t, None if idx is None else (op.X[idx], op.y[idx]))), 0.0)
+            (lambda t, idx, out=None: op.matvec(t, None if idx is None else (op.X[idx], op.y[idx]))), 0.0)
 
 
 def _lissa_chain(
@@ -280,8 +280,9 @@ def _lissa_chain(
     d_step = d + folded / scale
     v = to_layout(v)
     h = v.clone()
+    hv = torch.empty_like(v)  # one product buffer for the whole chain (the native HVP writes into it)
     for step in range(1, config.depth + 1):
-        hv = matvec(h, op.sample_indices(config.batch_size, gen))
+        hv = matvec(h, op.sample_indices(config.batch_size, gen), out=hv)
         h_new, step_t = lissa_step(h, v, hv, d_step, scale)
         step_norm = float(step_t)
         h_norm = float(torch.linalg.vector_norm(h_new))
