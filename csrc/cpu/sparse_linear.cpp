@@ -257,14 +257,11 @@ void sparse_linear_weight_grad_into_cpu(const at::Tensor& x_in, const at::Tensor
     }
     if (!split.empty()) {  // rows `dense_cols` of the result by one GEMM
       const at::Tensor xd_t = sparse::take_indices(x, 1, split.dense_cols).t();
-      const int64_t first = split.dense_cols.front(), count = static_cast<int64_t>(split.dense_cols.size());
-      if (split.dense_cols.back() - first + 1 == count) {
-        at::Tensor rows = result.narrow(0, first, count);  // contiguous: whole rows of result
+      if (sparse::is_range(split.dense_cols)) {  // whole rows of result: a contiguous block
+        at::Tensor rows = result.narrow(0, split.dense_cols.front(), static_cast<int64_t>(split.dense_cols.size()));
         at::mm_out(rows, xd_t, g);
       } else {
-        at::Tensor index = at::empty({count}, x.options().dtype(at::kLong));
-        std::copy(split.dense_cols.begin(), split.dense_cols.end(), index.data_ptr<int64_t>());
-        result.index_copy_(0, index, at::mm(xd_t, g));
+        result.index_copy_(0, sparse::index_tensor(split.dense_cols, x.options()), at::mm(xd_t, g));
       }
     }
     const sparse::Csr<scalar_t> csc = sparse::csr_to_csc(csr, n, in);

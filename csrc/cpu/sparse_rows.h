@@ -308,14 +308,23 @@ bool compress(const T* a, int64_t n, int64_t in, ColumnSplit& split, Csr<T>& csr
   return true;
 }
 
-// The slices t[cols] along `dim` (cols increasing, non-empty): a narrow view when they are one
-// contiguous range (the descriptor block of a featurized molecule), else an index_select copy.
-inline at::Tensor take_indices(const at::Tensor& t, int64_t dim, const std::vector<int64_t>& cols) {
-  const int64_t first = cols.front(), count = static_cast<int64_t>(cols.size());
-  if (cols.back() - first + 1 == count) return t.narrow(dim, first, count);
-  at::Tensor index = at::empty({count}, t.options().dtype(at::kLong));
+// True when the increasing, non-empty `cols` are one contiguous range (the descriptor block).
+inline bool is_range(const std::vector<int64_t>& cols) {
+  return cols.back() - cols.front() + 1 == static_cast<int64_t>(cols.size());
+}
+
+// `cols` as an int64 tensor (for index_select / index_copy_).
+inline at::Tensor index_tensor(const std::vector<int64_t>& cols, const at::TensorOptions& like) {
+  at::Tensor index = at::empty({static_cast<int64_t>(cols.size())}, like.dtype(at::kLong));
   std::copy(cols.begin(), cols.end(), index.data_ptr<int64_t>());
-  return at::index_select(t, dim, index);
+  return index;
+}
+
+// The slices t[cols] along `dim` (cols increasing, non-empty): a narrow view when they are one
+// contiguous range, else an index_select copy.
+inline at::Tensor take_indices(const at::Tensor& t, int64_t dim, const std::vector<int64_t>& cols) {
+  if (is_range(cols)) return t.narrow(dim, cols.front(), static_cast<int64_t>(cols.size()));
+  return at::index_select(t, dim, index_tensor(cols, t.options()));
 }
 
 // Software prefetch of a contiguous row (into L2): rows selected by a sparse input are a page
