@@ -239,12 +239,19 @@ bool compress(const T* a, int64_t n, int64_t in, ColumnSplit& split, Csr<T>& csr
   std::vector<Chunk> chunks(static_cast<size_t>(n_chunks));
   std::vector<std::vector<int64_t>> col_counts(static_cast<size_t>(at::get_num_threads()));
   constexpr int64_t L = Simd<T>::L;
+  // Room for the expected non-zeros of a chunk (from a row sample), so that the vectors do not
+  // grow by repeated reallocation.
+  const double expected = std::min(1.0, 1.25 * sampled_density(a, n, in) + 0.01) * static_cast<double>(in);
   at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<int64_t>& counts = col_counts[static_cast<size_t>(at::get_thread_num())];
     if (counts.empty()) counts.assign(static_cast<size_t>(in), 0);
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       Chunk& out = chunks[static_cast<size_t>(chunk)];
       const int64_t r0 = chunk * kCompressRows, r1 = std::min(n, r0 + kCompressRows);
+      const size_t reserve = static_cast<size_t>(expected * static_cast<double>(r1 - r0));
+      out.cols.reserve(reserve);
+      out.vals.reserve(reserve);
+      out.row_end.reserve(static_cast<size_t>(r1 - r0));
       for (int64_t i = r0; i < r1; ++i) {
         const T* row = a + i * in;
         auto keep = [&](int64_t k) {
