@@ -28,9 +28,7 @@ or double backward (which rebuild an autograd graph on every call):
   solve) and gathered per minibatch.
 
 Internal layout: the solvers run in a permuted parameter layout in which the first weight block
-is stored transposed (``[in, out]`` row-major, the layout the sparse kernels read and write),
-its rows in an input-column order that puts the mostly-non-zero columns last (the same order as
-the cached training inputs).
+is stored transposed (``[in, out]`` row-major, the layout the sparse kernels read and write).
 The permutation is orthogonal, so norms, dot products and the LiSSA/CG recursions are unchanged;
 :meth:`NativeHessian.to_internal` / :meth:`~NativeHessian.from_internal` convert once per
 solve. :meth:`NativeHessian.matvec` offers the standard layout and the
@@ -96,18 +94,12 @@ class NativeHessian:
         self.n_layers = len(op._module.layers)
         self.weights = [params[f"layers.{l}.weight"].contiguous() for l in range(self.n_layers)]
         self.biases = [params[f"layers.{l}.bias"].contiguous() for l in range(self.n_layers)]
-        # Input columns reordered so that the mostly-non-zero ones (descriptors, frequent bits) form
-        # one contiguous block at the end: the sparse kernels then hand that block to BLAS as a
-        # view instead of gathering it on every call (see _input_order).
-        self._perm = _input_order(op.X)
-        self._X = op.X if self._perm is None else op.X[:, self._perm].contiguous()
-        w0t = self.weights[0].t()
-        self._w0t = (w0t if self._perm is None else w0t[self._perm]).contiguous()  # [in, out], permuted rows
+        self._w0t = self.weights[0].t().contiguous()  # [in, out]: read without a copy by sparse_linear
         self._shapes = list(op.block.shapes)
         self._sizes = [math.prod(s) for s in self._shapes]
         self._w0_shape = tuple(self._shapes[0])  # (out, in)
         self.exact = op.kind == "exact"
-        self.hidden, self.masks, self.signals = self._forward(self._X, op.y)
+        self.hidden, self.masks, self.signals = self._forward(op.X, op.y)
 
     # ------------------------------------------------------------------ delegation / basics
 
@@ -123,25 +115,18 @@ class NativeHessian:
     # ------------------------------------------------------------------ layout
 
     def to_internal(self, vec: torch.Tensor) -> torch.Tensor:
-        """Standard ``[p]`` vector → internal layout (first weight block transposed to ``[in, out]``,
-        its rows in the input-column order of the cached data); a new tensor."""
+        """Standard ``[p]`` vector → internal layout (first weight block transposed); a new tensor."""
         vec = self.op._check_vec(vec)
         out = vec.clone()
         out_, in_ = self._w0_shape
-        block = vec[: self._sizes[0]].view(out_, in_).t()
-        out[: self._sizes[0]].view(in_, out_).copy_(block if self._perm is None else block[self._perm])
+        out[: self._sizes[0]].view(in_, out_).copy_(vec[: self._sizes[0]].view(out_, in_).t())
         return out
 
     def from_internal(self, vec: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`to_internal`; a new tensor."""
         out = vec.clone()
         out_, in_ = self._w0_shape
-        block = vec[: self._sizes[0]].view(in_, out_)
-        target = out[: self._sizes[0]].view(out_, in_).t()
-        if self._perm is None:
-            target.copy_(block)
-        else:
-            target.index_copy_(0, self._perm, block)
+        out[: self._sizes[0]].view(out_, in_).copy_(vec[: self._sizes[0]].view(in_, out_).t())
         return out
 
     def _views(self, vec: torch.Tensor) -> list[torch.Tensor]:
@@ -179,13 +164,13 @@ class NativeHessian:
         """``(x, hidden, masks, signals, 2/|B|-weight)`` for a minibatch ``idx`` or the whole set in chunks."""
         op = self.op
         if idx is not None:
-            yield (self._X[idx], [h[idx] for h in self.hidden], [m[idx] for m in self.masks],
+            yield (op.X[idx], [h[idx] for h in self.hidden], [m[idx] for m in self.masks],
                    [s[idx] for s in self.signals], 2.0 / idx.numel())
             return
         n = op.n_train
         for start in range(0, n, op.chunk_size):
             sl = slice(start, min(start + op.chunk_size, n))
-            yield (self._X[sl], [h[sl] for h in self.hidden], [m[sl] for m in self.masks],
+            yield (op.X[sl], [h[sl] for h in self.hidden], [m[sl] for m in self.masks],
                    [s[sl] for s in self.signals], 2.0 / n)
 
     # ------------------------------------------------------------------ products
@@ -258,26 +243,8 @@ class NativeHessian:
         if batch is None:
             return self.from_internal(self.matvec_internal(vec_int))
         X, y = self.op._as_batch(*batch)
-        if self._perm is not None:
-            X = X[:, self._perm]
         hidden, masks, signals = self._forward(X, y)
         return self.from_internal(self._product(vec_int, [(X, hidden, masks, signals, 2.0 / X.shape[0])]))
-
-
-#: Columns non-zero in more than this fraction of the rows are the ones the CPU sparse kernels
-#: hand to BLAS (``kDenseColumnDensity`` in csrc/cpu/sparse_rows.h).
-DENSE_COLUMN_DENSITY = 0.3
-
-
-def _input_order(X: torch.Tensor) -> torch.Tensor | None:
-    """Column order putting X's mostly-non-zero columns last (stable), or None if they already are.
-
-    The permutation is applied to the cached training inputs and, identically, to the rows of the
-    internal first weight block, so products are unchanged; it costs one extra copy of X.
-    """
-    dense = (X != 0).sum(0).to(torch.float64) > DENSE_COLUMN_DENSITY * X.shape[0]
-    order = torch.cat([torch.nonzero(~dense).flatten(), torch.nonzero(dense).flatten()])
-    return None if torch.equal(order, torch.arange(X.shape[1])) else order
 
 
 def _accumulate(target: torch.Tensor, value: torch.Tensor, first: bool) -> None:
