@@ -295,6 +295,20 @@ def test_sparse_kernels_mixed_dense_columns(dtype, layout):
                 assert_matches(got, exact_grad_dot(act, og, vw, vb), dtype, scale=(301 * out) ** 0.5 * 4)
 
 
+@pytest.mark.parametrize("n", [5, 100, 300])
+def test_sparse_kernels_propagate_nan_like_dense(n):
+    """A NaN input counts as a non-zero (it is not skipped): the rows / gradient rows it touches
+    come out NaN exactly where the dense formula gives NaN, and nowhere else."""
+    x = make_mixed_input(n, torch.float64, "scattered", seed=2)
+    x[1, 3] = float("nan")
+    gen = torch.Generator().manual_seed(5)
+    w, g = torch.randn(37, 301, generator=gen, dtype=torch.float64), torch.randn(n, 37, generator=gen, dtype=torch.float64)
+    y, wg = ops.sparse_linear(x, w, None), ops.sparse_linear_weight_grad(x, g)
+    assert torch.equal(torch.isnan(y), torch.isnan(x @ w.T))
+    assert torch.equal(torch.isnan(wg), torch.isnan(x.T @ g))
+    assert torch.isnan(y[1]).all() and not torch.isnan(y[0]).any()
+
+
 @needs_ext
 @pytest.mark.parametrize("n", [100, 300])
 def test_sparse_kernels_with_dense_columns_deterministic_across_thread_counts(n):
