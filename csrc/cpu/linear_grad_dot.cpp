@@ -161,13 +161,14 @@ at::Tensor linear_grad_dot_cpu(
     const scalar_t* ap = act.data_ptr<scalar_t>();
     scalar_t* res = result.data_ptr<scalar_t>();
     const at::Tensor w_flat = vec_weight.view({k * out, in});
-    if (sparse::sampled_density(ap, n, in) > sparse::kClearlyDense) {
+    const double sampled = sparse::sampled_density(ap, n, in);
+    if (sampled > sparse::kClearlyDense) {
       dense_kernel<scalar_t>(act, out_grad, w_flat, bias, res, k, out);
       return;
     }
     sparse::ColumnSplit split;
     sparse::Csr<scalar_t> csr;
-    if (!sparse::compress(ap, n, in, split, csr)) {
+    if (!sparse::compress(ap, n, in, sampled, split, csr)) {
       dense_kernel<scalar_t>(act, out_grad, w_flat, bias, res, k, out);
       return;
     }

@@ -207,13 +207,14 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight, c
         at::mm_out(y, xs, wts);
       }
     };
-    if (sparse::sampled_density(xp, n, in) > sparse::kClearlyDense) {
+    const double sampled = sparse::sampled_density(xp, n, in);
+    if (sampled > sparse::kClearlyDense) {
       dense_gemm(x, weight.t());
       return;
     }
     sparse::ColumnSplit split;
     sparse::Csr<scalar_t> csr;
-    if (!sparse::compress(xp, n, in, split, csr)) {
+    if (!sparse::compress(xp, n, in, sampled, split, csr)) {
       dense_gemm(x, weight.t());
       return;
     }
@@ -245,13 +246,14 @@ void sparse_linear_weight_grad_into_cpu(const at::Tensor& x_in, const at::Tensor
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lipo_if_sparse_linear_weight_grad_cpu", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    if (sparse::sampled_density(xp, n, in) > sparse::kClearlyDense) {
+    const double sampled = sparse::sampled_density(xp, n, in);
+    if (sampled > sparse::kClearlyDense) {
       at::mm_out(result, x.t(), g);
       return;
     }
     sparse::ColumnSplit split;
     sparse::Csr<scalar_t> csr;
-    if (!sparse::compress(xp, n, in, split, csr)) {
+    if (!sparse::compress(xp, n, in, sampled, split, csr)) {
       at::mm_out(result, x.t(), g);
       return;
     }

@@ -222,7 +222,7 @@ struct ColumnSplit {
 constexpr int64_t kCompressRows = 64;
 
 template <typename T>
-bool compress(const T* a, int64_t n, int64_t in, ColumnSplit& split, Csr<T>& csr) {
+bool compress(const T* a, int64_t n, int64_t in, double sampled, ColumnSplit& split, Csr<T>& csr) {
   split = ColumnSplit();
   split.is_dense.assign(static_cast<size_t>(in), 0);
   csr.ptr.assign(static_cast<size_t>(n + 1), 0);
@@ -239,9 +239,9 @@ bool compress(const T* a, int64_t n, int64_t in, ColumnSplit& split, Csr<T>& csr
   std::vector<Chunk> chunks(static_cast<size_t>(n_chunks));
   std::vector<std::vector<int64_t>> col_counts(static_cast<size_t>(at::get_num_threads()));
   constexpr int64_t L = Simd<T>::L;
-  // Room for the expected non-zeros of a chunk (from a row sample), so that the vectors do not
-  // grow by repeated reallocation.
-  const double expected = std::min(1.0, 1.25 * sampled_density(a, n, in) + 0.01) * static_cast<double>(in);
+  // Room for the expected non-zeros of a chunk (`sampled` = the caller's sampled_density), so
+  // that the vectors do not grow by repeated reallocation.
+  const double expected = std::min(1.0, 1.25 * sampled + 0.01) * static_cast<double>(in);
   at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<int64_t>& counts = col_counts[static_cast<size_t>(at::get_thread_num())];
     if (counts.empty()) counts.assign(static_cast<size_t>(in), 0);
