@@ -8,6 +8,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include <utility>
+
 namespace lipo_if {
 
 inline void check_float_dtype(const at::Tensor& t, const char* name) {
@@ -109,6 +111,78 @@ inline void check_weight_grad_out(const at::Tensor& x, const at::Tensor& grad_ou
       "], got shape ", out.sizes());
   check_same(out, x, "sparse_linear_weight_grad_into: out", "x");
   TORCH_CHECK(out.is_contiguous(), "lipo_if.sparse_linear_weight_grad_into: out must be contiguous");
+}
+
+// A CSR matrix given as three tensors (lipo_if.ops.CsrMatrix): ptr [n_rows + 1] int64 (row i's
+// entries are cols / vals[ptr[i] .. ptr[i+1])), cols [nnz] int64 column indices, vals [nnz] of
+// `dtype_ref`'s dtype; and `rows` [B] int64, the rows an op reads. All on `dtype_ref`'s device.
+// Index *values* are checked by the kernels where they read them.
+inline void check_csr_rows_inputs(
+    const char* op, const at::Tensor& ptr, const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& rows,
+    const at::Tensor& dtype_ref, const char* ref_name) {
+  TORCH_CHECK(ptr.dim() == 1 && ptr.size(0) >= 1, "lipo_if.", op, ": ptr must be 1-D [n_rows + 1], got shape ", ptr.sizes());
+  TORCH_CHECK(cols.dim() == 1, "lipo_if.", op, ": cols must be 1-D [nnz], got shape ", cols.sizes());
+  TORCH_CHECK(
+      vals.dim() == 1 && vals.size(0) == cols.size(0), "lipo_if.", op, ": vals must be 1-D [nnz] = [", cols.size(0),
+      "] like cols, got shape ", vals.sizes());
+  TORCH_CHECK(rows.dim() == 1, "lipo_if.", op, ": rows must be 1-D [B], got shape ", rows.sizes());
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{ptr, "ptr"}, {cols, "cols"}, {rows, "rows"}}) {
+    TORCH_CHECK(t.scalar_type() == at::kLong, "lipo_if.", op, ": ", name, " must be int64, got ", t.scalar_type());
+    TORCH_CHECK(
+        t.device() == dtype_ref.device(), "lipo_if.", op, ": ", name, " is on device ", t.device(), " but ", ref_name,
+        " is on device ", dtype_ref.device(), "; all inputs must be on one device");
+  }
+  check_float_dtype(dtype_ref, ref_name);
+  check_same(vals, dtype_ref, "vals", ref_name);
+}
+
+// csr_linear: weight_t [in, out] (the transposed Linear weight), init [B, out] or None.
+inline void check_csr_linear_inputs(
+    const at::Tensor& ptr, const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& rows,
+    const at::Tensor& weight_t, const std::optional<at::Tensor>& init) {
+  TORCH_CHECK(weight_t.dim() == 2, "lipo_if.csr_linear: weight_t must be 2-D [in, out], got shape ", weight_t.sizes());
+  check_csr_rows_inputs("csr_linear", ptr, cols, vals, rows, weight_t, "weight_t");
+  if (init.has_value()) {
+    check_same(*init, weight_t, "csr_linear: init", "weight_t");
+    TORCH_CHECK(
+        init->dim() == 2 && init->size(0) == rows.size(0) && init->size(1) == weight_t.size(1),
+        "lipo_if.csr_linear: init must be [B, out] = [", rows.size(0), ", ", weight_t.size(1), "], got shape ",
+        init->sizes());
+  }
+}
+
+// csr_lissa_update_: h (updated in place, contiguous) and v [in, out]; grad_out [B, out];
+// dense_cols [nd] int64 and dense_grad [nd, out], both or neither; scale != 0.
+inline void check_csr_lissa_update_inputs(
+    const at::Tensor& h, const at::Tensor& v, const at::Tensor& ptr, const at::Tensor& cols, const at::Tensor& vals,
+    const at::Tensor& rows, const at::Tensor& grad_out, const std::optional<at::Tensor>& dense_cols,
+    const std::optional<at::Tensor>& dense_grad, double scale) {
+  const char* op = "csr_lissa_update_";
+  TORCH_CHECK(h.dim() == 2, "lipo_if.csr_lissa_update_: h must be 2-D [in, out], got shape ", h.sizes());
+  TORCH_CHECK(h.is_contiguous(), "lipo_if.csr_lissa_update_: h must be contiguous (it is updated in place)");
+  check_csr_rows_inputs(op, ptr, cols, vals, rows, h, "h");
+  check_same(v, h, "csr_lissa_update_: v", "h");
+  check_same(grad_out, h, "csr_lissa_update_: grad_out", "h");
+  TORCH_CHECK(v.sizes() == h.sizes(), "lipo_if.csr_lissa_update_: v must have the shape of h ", h.sizes(), ", got ", v.sizes());
+  TORCH_CHECK(
+      grad_out.dim() == 2 && grad_out.size(0) == rows.size(0) && grad_out.size(1) == h.size(1),
+      "lipo_if.csr_lissa_update_: grad_out must be [B, out] = [", rows.size(0), ", ", h.size(1), "], got shape ",
+      grad_out.sizes());
+  TORCH_CHECK(
+      dense_cols.has_value() == dense_grad.has_value(),
+      "lipo_if.csr_lissa_update_: dense_cols and dense_grad go together (both or neither)");
+  if (dense_cols.has_value()) {
+    TORCH_CHECK(
+        dense_cols->dim() == 1 && dense_cols->scalar_type() == at::kLong && dense_cols->device() == h.device(),
+        "lipo_if.csr_lissa_update_: dense_cols must be a 1-D int64 tensor on h's device, got ", dense_cols->scalar_type(),
+        " of shape ", dense_cols->sizes());
+    check_same(*dense_grad, h, "csr_lissa_update_: dense_grad", "h");
+    TORCH_CHECK(
+        dense_grad->dim() == 2 && dense_grad->size(0) == dense_cols->size(0) && dense_grad->size(1) == h.size(1),
+        "lipo_if.csr_lissa_update_: dense_grad must be [nd, out] = [", dense_cols->size(0), ", ", h.size(1),
+        "], got shape ", dense_grad->sizes());
+  }
+  TORCH_CHECK(scale != 0.0, "lipo_if.csr_lissa_update_: scale must be non-zero");
 }
 
 }  // namespace lipo_if

@@ -27,6 +27,17 @@ TORCH_LIBRARY(lipo_if, m) {
   // The same written into a caller's contiguous [in, out] buffer (e.g. a block of a flat parameter
   // vector), saving an allocation and a copy per call in the LiSSA loop.
   m.def("sparse_linear_weight_grad_into(Tensor x, Tensor grad_out, Tensor(a!) out) -> ()");
+  // Rows `rows` [B] of a CSR matrix X (ptr [n_rows + 1], cols [nnz] int64, vals [nnz]) times
+  // weight_t [in, out], plus init [B, out] when given -> [B, out]: the first layer's forward over
+  // training rows compressed once (lipo_if.ops.CsrMatrix), cost nnz(X[rows])·out.
+  m.def("csr_linear(Tensor ptr, Tensor cols, Tensor vals, Tensor rows, Tensor weight_t, Tensor? init) -> Tensor");
+  // LiSSA update of a first-layer block without forming its HVP block: with
+  // G = X[rows]ᵀ grad_out + (dense_grad scattered to the rows dense_cols), in place
+  //   h <- v + (1 - damping) h - G / scale   (h, v [in, out]; grad_out [B, out]; dense_grad [nd, out]),
+  // returning float64 [2] = (||h_new - h||², ||h_new||²).
+  m.def(
+      "csr_lissa_update_(Tensor(a!) h, Tensor v, Tensor ptr, Tensor cols, Tensor vals, Tensor rows, Tensor grad_out, "
+      "Tensor? dense_cols, Tensor? dense_grad, float damping, float scale) -> Tensor");
 }
 
 #ifndef TORCH_EXTENSION_NAME

@@ -11,6 +11,10 @@ Operators (registered with the PyTorch dispatcher as ``torch.ops.lipo_if.*``):
 - :func:`sparse_linear_weight_grad` — ``xᵀ G`` (the transposed weight gradient of that layer)
   over the non-zero entries of ``x``, optionally written into a caller's buffer
   (``torch.ops.lipo_if.sparse_linear_weight_grad_into``, a mutating op).
+- :func:`csr_linear` — ``X[rows] Wᵀ + init`` for a :class:`CsrMatrix` ``X`` compressed once
+  (:func:`csr_from_dense`): the first layer's forward on training minibatches without scanning them.
+- :func:`csr_lissa_update_` — the LiSSA update of the first weight block fused with that block's
+  Hessian-vector product ``X[rows]ᵀ G`` (never formed), in place, with both norms.
 
 This module is the one home of the kernels' fallback logic: the influence code
 (:mod:`lipo_if.influence`) calls these wrappers, which pick the compiled kernel or the
@@ -36,15 +40,17 @@ from typing import Callable, Sequence
 import torch
 
 from . import ops_reference
+from .ops_reference import CsrMatrix, csr_from_dense
 
 __all__ = [
-    "backend", "first_layer_with_vectors", "has_ops", "linear_grad_dot", "lissa_step", "load_jit", "mlp_grad_dot",
-    "sparse_linear",
+    "CsrMatrix", "backend", "csr_from_dense", "csr_linear", "csr_lissa_update_", "first_layer_with_vectors",
+    "has_ops", "linear_grad_dot", "lissa_step", "load_jit", "mlp_grad_dot", "sparse_linear",
     "sparse_linear_weight_grad",
 ]
 
 _OPS_NAMES = (
     "linear_grad_dot", "lissa_step", "sparse_linear", "sparse_linear_weight_grad", "sparse_linear_weight_grad_into",
+    "csr_linear", "csr_lissa_update_",
 )
 _CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
@@ -172,6 +178,23 @@ if has_ops():
     @torch.library.register_fake("lipo_if::sparse_linear_weight_grad_into")
     def _sparse_linear_weight_grad_into_fake(x: torch.Tensor, grad_out: torch.Tensor, out: torch.Tensor) -> None:
         torch._check(out.dim() == 2 and out.shape[0] == x.shape[1] and out.shape[1] == grad_out.shape[1])
+
+    @torch.library.register_fake("lipo_if::csr_linear")
+    def _csr_linear_fake(
+        ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor,
+        init: torch.Tensor | None,
+    ) -> torch.Tensor:
+        torch._check(weight_t.dim() == 2 and rows.dim() == 1)
+        return weight_t.new_empty((rows.shape[0], weight_t.shape[1]))
+
+    @torch.library.register_fake("lipo_if::csr_lissa_update_")
+    def _csr_lissa_update_fake(
+        h: torch.Tensor, v: torch.Tensor, ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
+        rows: torch.Tensor, grad_out: torch.Tensor, dense_cols: torch.Tensor | None, dense_grad: torch.Tensor | None,
+        damping: float, scale: float,
+    ) -> torch.Tensor:
+        torch._check(h.dim() == 2 and grad_out.dim() == 2)
+        return h.new_empty((2,), dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +354,107 @@ def sparse_linear_weight_grad(
     if _use_kernel(x.device):
         return torch.ops.lipo_if.sparse_linear_weight_grad(x, grad_out)
     return ops_reference.sparse_linear_weight_grad(x, grad_out)
+
+
+def _check_csr(csr: object, rows: object, ref: torch.Tensor, ref_name: str) -> None:
+    """``csr`` a :class:`CsrMatrix` and ``rows`` int64 ``[B]`` indices, on ``ref``'s device, vals of its dtype."""
+    if not isinstance(csr, CsrMatrix):
+        raise TypeError(f"csr must be a lipo_if.ops.CsrMatrix (see csr_from_dense), got {type(csr).__name__}")
+    if not isinstance(rows, torch.Tensor) or rows.dtype != torch.int64 or rows.dim() != 1:
+        raise TypeError(f"rows must be a 1-D int64 tensor [B] of row indices, got {getattr(rows, 'dtype', type(rows))} "
+                        f"of shape {tuple(getattr(rows, 'shape', ()))}")
+    for name, t in (("csr.ptr", csr.ptr), ("csr.cols", csr.cols)):
+        if t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
+    if csr.vals.dim() != 1 or csr.vals.shape != csr.cols.shape:
+        raise ValueError(f"csr.vals must be 1-D like csr.cols {tuple(csr.cols.shape)}, got {tuple(csr.vals.shape)}")
+    if ref.dim() >= 1 and csr.n_cols != ref.shape[0]:
+        raise ValueError(f"{ref_name} must have {csr.n_cols} rows (the columns of the CSR matrix), got shape {tuple(ref.shape)}")
+    _check_alike({ref_name: ref, "csr.vals": csr.vals}, ref_name)
+    for name, t in (("csr.ptr", csr.ptr), ("csr.cols", csr.cols), ("rows", rows)):
+        if t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; all inputs must share one device")
+
+
+def csr_linear(
+    csr: CsrMatrix, rows: torch.Tensor, weight_t: torch.Tensor, init: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``X[rows] @ weight_t + init`` ``[B, out]`` for a :class:`CsrMatrix` ``X``, over its non-zeros only.
+
+    The first layer's forward on a training minibatch when the training inputs were compressed once
+    (:func:`csr_from_dense`): no per-call scan of the dense rows. Row indices are checked.
+
+    Args:
+        csr: ``X`` ``[n_rows, in]`` in compressed sparse rows (vals of weight_t's dtype).
+        rows: int64 ``[B]`` row indices into ``X`` (repeats allowed).
+        weight_t: ``[in, out]``, the *transposed* Linear weight (e.g. a block of a flat vector).
+        init: ``[B, out]`` added to the product (bias, dense-column part), or None.
+    """
+    _check_tensor(weight_t, "weight_t", 2, "[in, out]")
+    _check_csr(csr, rows, weight_t, "weight_t")
+    if init is not None:
+        _check_tensor(init, "init", 2, "[B, out]")
+        if tuple(init.shape) != (rows.shape[0], weight_t.shape[1]):
+            raise ValueError(f"init must be [B, out] = [{rows.shape[0]}, {weight_t.shape[1]}], got {tuple(init.shape)}")
+        _check_alike({"weight_t": weight_t, "init": init}, "weight_t")
+    if _use_kernel(weight_t.device):
+        return torch.ops.lipo_if.csr_linear(csr.ptr, csr.cols, csr.vals, rows, weight_t, init)
+    return ops_reference.csr_linear(csr, rows, weight_t, init)
+
+
+def csr_lissa_update_(
+    h: torch.Tensor, v: torch.Tensor, csr: CsrMatrix, rows: torch.Tensor, grad_out: torch.Tensor, damping: float,
+    scale: float, dense_cols: torch.Tensor | None = None, dense_grad: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """In place: ``h ← v + (1 − damping)·h − G/scale`` with ``G = X[rows]ᵀ grad_out`` (+ dense part).
+
+    The LiSSA update (:func:`lissa_step`) of a first-layer weight block, fused with that block's
+    Hessian-vector product: ``G`` — the layer's weight gradient for output gradient ``grad_out``,
+    transposed — is never formed (one pass reading ``h``, ``v`` and writing ``h``).
+
+    Args:
+        h: ``[in, out]`` contiguous, the block of the current iterate (updated in place).
+        v: ``[in, out]`` the same block of the right-hand side.
+        csr: the sparse columns of the layer input ``X`` ``[n_rows, in]`` (:func:`csr_from_dense`).
+        rows: int64 ``[B]`` the minibatch (row indices into ``X``).
+        grad_out: ``[B, out]`` gradient with respect to the layer output (any loss weights included).
+        damping, scale: as in :func:`lissa_step` (scale ≠ 0).
+        dense_cols: int64 ``[nd]`` distinct input columns kept out of ``csr`` (descriptors), or None;
+        dense_grad: ``[nd, out]`` their rows of ``G`` (``X[rows][:, dense_cols]ᵀ grad_out``, one GEMM).
+
+    Returns:
+        float64 ``[2]`` = ``(‖h_new − h‖², ‖h_new‖²)`` (no host sync).
+    """
+    _check_tensor(h, "h", 2, "[in, out]")
+    _check_tensor(v, "v", 2, "[in, out]")
+    _check_tensor(grad_out, "grad_out", 2, "[B, out]")
+    _check_csr(csr, rows, h, "h")
+    tensors = {"h": h, "v": v, "grad_out": grad_out}
+    if v.shape != h.shape:
+        raise ValueError(f"v must have the shape of h {tuple(h.shape)}, got {tuple(v.shape)}")
+    if tuple(grad_out.shape) != (rows.shape[0], h.shape[1]):
+        raise ValueError(f"grad_out must be [B, out] = [{rows.shape[0]}, {h.shape[1]}], got {tuple(grad_out.shape)}")
+    if not h.is_contiguous():
+        raise ValueError("h must be contiguous (it is updated in place)")
+    if (dense_cols is None) != (dense_grad is None):
+        raise ValueError("dense_cols and dense_grad go together (both or neither)")
+    if dense_cols is not None:
+        if dense_cols.dtype != torch.int64 or dense_cols.dim() != 1 or dense_cols.device != h.device:
+            raise TypeError(f"dense_cols must be a 1-D int64 tensor on {h.device}, got {dense_cols.dtype} "
+                            f"of shape {tuple(dense_cols.shape)} on {dense_cols.device}")
+        _check_tensor(dense_grad, "dense_grad", 2, "[nd, out]")
+        if tuple(dense_grad.shape) != (dense_cols.shape[0], h.shape[1]):
+            raise ValueError(f"dense_grad must be [nd, out] = [{dense_cols.shape[0]}, {h.shape[1]}], "
+                             f"got {tuple(dense_grad.shape)}")
+        tensors["dense_grad"] = dense_grad
+    _check_alike(tensors, "h")
+    damping, scale = float(damping), float(scale)
+    if scale == 0.0:
+        raise ValueError("scale must be non-zero")
+    if _use_kernel(h.device):
+        return torch.ops.lipo_if.csr_lissa_update_(
+            h, v, csr.ptr, csr.cols, csr.vals, rows, grad_out, dense_cols, dense_grad, damping, scale)
+    return ops_reference.csr_lissa_update_(h, v, csr, rows, grad_out, damping, scale, dense_cols, dense_grad)
 
 
 def mlp_grad_dot(

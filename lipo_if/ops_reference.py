@@ -9,7 +9,7 @@ gradients) used by the benchmarks and tests only: it is what the fused kernel av
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch.func import functional_call, grad, vmap
@@ -53,6 +53,81 @@ def sparse_linear_weight_grad(
     if out is None:
         return x.T @ grad_out
     return torch.mm(x.T, grad_out, out=out)
+
+
+class CsrMatrix(NamedTuple):
+    """A ``[n_rows, n_cols]`` matrix in compressed sparse rows, as plain tensors (one device).
+
+    Row ``i``'s entries are ``cols[ptr[i]:ptr[i+1]]`` (int64 column indices, increasing) with values
+    ``vals[ptr[i]:ptr[i+1]]``. Built once by :func:`csr_from_dense`; read by ``csr_linear`` and
+    ``csr_lissa_update_``, which take a row subset per call.
+    """
+
+    ptr: torch.Tensor   # [n_rows + 1] int64
+    cols: torch.Tensor  # [nnz] int64
+    vals: torch.Tensor  # [nnz] float
+    n_cols: int
+
+    @property
+    def n_rows(self) -> int:
+        return self.ptr.shape[0] - 1
+
+    @property
+    def nnz(self) -> int:
+        return self.cols.shape[0]
+
+
+def csr_from_dense(
+    x: torch.Tensor, skip_cols: torch.Tensor | None = None, nonzero: torch.Tensor | None = None
+) -> CsrMatrix:
+    """The non-zeros of a dense ``[n, in]`` matrix as a :class:`CsrMatrix`, leaving out the columns
+    ``skip_cols`` (int64 indices, e.g. the dense descriptor columns handled by a GEMM instead).
+    ``nonzero``: ``x.nonzero()`` when the caller has it already (one pass over x saved)."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D [n, in], got shape {tuple(x.shape)}")
+    rows, cols = (x.nonzero() if nonzero is None else nonzero).unbind(1)  # row-major: columns increase in a row
+    if skip_cols is not None and skip_cols.numel():
+        keep = torch.ones(x.shape[1], dtype=torch.bool, device=x.device)
+        keep[skip_cols] = False
+        keep = keep[cols]
+        rows, cols = rows[keep], cols[keep]
+    ptr = torch.zeros(x.shape[0] + 1, dtype=torch.int64, device=x.device)
+    torch.cumsum(torch.bincount(rows, minlength=x.shape[0]), 0, out=ptr[1:])
+    return CsrMatrix(ptr, cols.contiguous(), x[rows, cols], x.shape[1])
+
+
+def _csr_rows_dense(csr: CsrMatrix, rows: torch.Tensor) -> torch.Tensor:
+    """``X[rows]`` ``[B, n_cols]`` as a dense tensor (entries of repeated columns add)."""
+    starts = csr.ptr[rows]
+    counts = csr.ptr[rows + 1] - starts
+    batch = torch.repeat_interleave(torch.arange(rows.shape[0], device=rows.device), counts)
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    entries = torch.repeat_interleave(starts, counts) + torch.arange(batch.shape[0], device=rows.device) - first
+    dense = csr.vals.new_zeros(rows.shape[0], csr.n_cols)
+    return dense.index_put_((batch, csr.cols[entries]), csr.vals[entries], accumulate=True)
+
+
+def csr_linear(
+    csr: CsrMatrix, rows: torch.Tensor, weight_t: torch.Tensor, init: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``X[rows] @ weight_t (+ init)`` ``[B, out]`` by densifying the B rows and one GEMM."""
+    y = _csr_rows_dense(csr, rows) @ weight_t
+    return y if init is None else y + init
+
+
+def csr_lissa_update_(
+    h: torch.Tensor, v: torch.Tensor, csr: CsrMatrix, rows: torch.Tensor, grad_out: torch.Tensor, damping: float,
+    scale: float, dense_cols: torch.Tensor | None = None, dense_grad: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``G = X[rows]ᵀ grad_out`` (+ dense_grad at rows dense_cols) formed explicitly, then the
+    :func:`lissa_step` formula written into ``h``; returns float64 ``[‖h_new − h‖², ‖h_new‖²]``."""
+    g = _csr_rows_dense(csr, rows).T @ grad_out
+    if dense_cols is not None:
+        g.index_add_(0, dense_cols, dense_grad)
+    h_new = v + (1.0 - damping) * h - g / scale
+    sums = torch.stack([((h_new - h).double() ** 2).sum(), (h_new.double() ** 2).sum()])
+    h.copy_(h_new)
+    return sums
 
 
 def mlp_grad_dot_vmap(

@@ -115,6 +115,83 @@ def test_lissa_native_and_autograd_agree(density):
     assert float(torch.linalg.vector_norm(s_lissa - s_cg) / torch.linalg.vector_norm(s_cg)) < 1e-4
 
 
+def _fused_problem(inputs: str, seed: int):
+    """Inputs for the fused LiSSA step: fingerprint bits + a descriptor block (one column range),
+    the same columns shuffled (scattered dense columns), a fully dense input (every column in
+    the GEMM part), bits only; the last two with one bit set in ≈40 % of the rows (a dense column
+    outside the descriptor range)."""
+    if inputs == "dense":
+        return make_problem(n=70, density=1.0, seed=seed)
+    model, X, y = make_problem(n=70, dense=0 if inputs == "bits-only" else 8, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    if inputs != "block":
+        X[:, 3] = (torch.rand(X.shape[0], generator=gen) < 0.4).to(X.dtype)  # a frequent bit: dense column
+    if inputs == "scattered":
+        perm = torch.randperm(X.shape[1], generator=gen)
+        X = X[:, perm]
+        with torch.no_grad():
+            model.layers[0].weight.copy_(model.layers[0].weight[:, perm])
+    return model, X, y
+
+
+@pytest.mark.parametrize("kind", ["gauss-newton", "exact"])
+@pytest.mark.parametrize("inputs", ["block", "scattered", "dense", "bits-only"])
+def test_fused_lissa_step_equals_product_then_update(kind, inputs):
+    """lissa_step_ (fused first block, CSR training input) = matvec_internal + ops.lissa_step to
+    rounding, step by step over 12 minibatches (sizes 1, 23 and the whole set), norms included."""
+    from lipo_if import ops
+
+    model, X, y = _fused_problem(inputs, seed=11)
+    native = NativeHessian(HessianOperator(model, X, y, WD, kind=kind))
+    split = native._sparse_input
+    if inputs == "block":
+        assert split.dense_range is not None and split.csr.nnz > 0
+    if inputs == "scattered":
+        assert split.dense_range is None and split.dense_cols.numel() == 9
+    if inputs == "dense":
+        assert split.dense_cols.numel() == X.shape[1] and split.csr.nnz == 0
+    if inputs == "bits-only":
+        assert split.dense_cols.tolist() == [3]
+    gen = torch.Generator().manual_seed(2)
+    v = native.to_internal(torch.randn(native.n_params, generator=gen, dtype=torch.float64))
+    h_ref, h_fused = v.clone(), v.clone()
+    damping, scale = 0.05 + WD / 20.0, 20.0
+    for step in range(12):
+        idx = torch.arange(70) if step == 5 else torch.randperm(70, generator=gen)[: (1 if step == 3 else 23)]
+        hv = native.matvec_internal(h_ref, idx, weight_decay=False)
+        h_ref, step_ref = ops.lissa_step(h_ref, v, hv, damping, scale)
+        step_norm, h_norm = native.lissa_step_(h_fused, v, idx, damping, scale)
+        torch.testing.assert_close(h_fused, h_ref, rtol=1e-12, atol=1e-13)
+        assert step_norm == pytest.approx(float(step_ref), rel=1e-10)
+        assert h_norm == pytest.approx(float(torch.linalg.vector_norm(h_ref)), rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["gauss-newton", "exact"])
+def test_lissa_solve_fused_and_unfused_agree(kind):
+    """solve() through the fused step (default) and through product + lissa_step: the same
+    solution to rounding and the same per-step trace."""
+    model, X, y = _fused_problem("scattered", seed=12)
+    op = HessianOperator(model, X, y, WD, kind=kind)
+    v = op.gradient(X[:15], y[:15])
+    cfg = SolverConfig(damping=0.3, scale=25.0, depth=60, batch_size=17, tol=0.0, progress=False, seed=4,
+                       check_definite=False)
+    fused_op, plain_op = NativeHessian(op), NativeHessian(op)
+    plain_op.fused_lissa = False
+    fused, plain = solve(fused_op, v, "lissa", cfg), solve(plain_op, v, "lissa", cfg)
+    torch.testing.assert_close(fused.s, plain.s, rtol=1e-11, atol=1e-13)
+    for a, b in zip(fused.trace, plain.trace):
+        assert a["step_norm"] == pytest.approx(b["step_norm"], rel=1e-9)
+        assert a["h_norm"] == pytest.approx(b["h_norm"], rel=1e-11)
+
+
+def test_fused_lissa_step_rejects_aliasing():
+    model, X, y = make_problem(seed=13)
+    native = NativeHessian(HessianOperator(model, X, y, WD))
+    h = torch.zeros(native.n_params, dtype=torch.float64)
+    with pytest.raises(ValueError, match="distinct"):
+        native.lissa_step_(h, h, torch.arange(5), 0.1, 2.0)
+
+
 def test_auto_selection_and_unsupported_cases():
     model, X, y = make_problem(seed=6)
     gn = HessianOperator(model, X, y, WD, kind="gauss-newton")

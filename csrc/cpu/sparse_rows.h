@@ -46,6 +46,7 @@ struct Simd<double> {
   static V zero() { return _mm512_setzero_pd(); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
   static bool any_nonzero(const double* p) { return _mm512_cmp_pd_mask(load(p), zero(), _CMP_NEQ_UQ) != 0; }
 };
 template <>
@@ -58,6 +59,7 @@ struct Simd<float> {
   static V zero() { return _mm512_setzero_ps(); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static bool any_nonzero(const float* p) { return _mm512_cmp_ps_mask(load(p), zero(), _CMP_NEQ_UQ) != 0; }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -71,6 +73,7 @@ struct Simd<double> {
   static V zero() { return _mm256_setzero_pd(); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
   static bool any_nonzero(const double* p) { return _mm256_movemask_pd(_mm256_cmp_pd(load(p), zero(), _CMP_NEQ_UQ)) != 0; }
 };
 template <>
@@ -83,6 +86,7 @@ struct Simd<float> {
   static V zero() { return _mm256_setzero_ps(); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static bool any_nonzero(const float* p) { return _mm256_movemask_ps(_mm256_cmp_ps(load(p), zero(), _CMP_NEQ_UQ)) != 0; }
 };
 #else
@@ -96,6 +100,7 @@ struct Simd {
   static V zero() { return T(0); }
   static V fmadd(V a, V b, V c) { return a * b + c; }
   static V add(V a, V b) { return a + b; }
+  static V sub(V a, V b) { return a - b; }
   static bool any_nonzero(const T* p) { return *p != T(0); }
 };
 #endif
@@ -119,6 +124,39 @@ struct Csr {
   std::vector<int64_t> cols;
   std::vector<T> vals;
 };
+
+// The rows `rows[0 .. B)` of a CSR matrix given by raw arrays (ptr [n_rows + 1], cols / vals [nnz]),
+// copied into a Csr of B rows (row b = row rows[b]; repeats allowed). Every index read is checked
+// (row in range, ptr ordered and within nnz, column in [0, in)): the arrays come from Python.
+template <typename T>
+Csr<T> gather_csr_rows(
+    const int64_t* ptr, const int64_t* cols, const T* vals, int64_t n_rows, int64_t nnz, const int64_t* rows, int64_t B,
+    int64_t in) {
+  Csr<T> out;
+  out.ptr.assign(static_cast<size_t>(B + 1), 0);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t r = rows[b];
+    TORCH_CHECK(r >= 0 && r < n_rows, "lipo_if: rows[", b, "] = ", r, " is out of range for a CSR matrix of ", n_rows, " rows");
+    const int64_t begin = ptr[r], end = ptr[r + 1];
+    TORCH_CHECK(
+        begin >= 0 && begin <= end && end <= nnz, "lipo_if: malformed CSR ptr at row ", r, " (", begin, ", ", end,
+        ") with nnz = ", nnz);
+    out.ptr[static_cast<size_t>(b + 1)] = out.ptr[static_cast<size_t>(b)] + (end - begin);
+  }
+  out.cols.resize(static_cast<size_t>(out.ptr.back()));
+  out.vals.resize(out.cols.size());
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t begin = ptr[rows[b]], len = ptr[rows[b] + 1] - begin;
+    const size_t dst = static_cast<size_t>(out.ptr[static_cast<size_t>(b)]);
+    for (int64_t t = 0; t < len; ++t) {
+      const int64_t c = cols[begin + t];
+      TORCH_CHECK(c >= 0 && c < in, "lipo_if: CSR column index ", c, " (row ", rows[b], ") is out of range [0, ", in, ")");
+      out.cols[dst + static_cast<size_t>(t)] = c;
+      out.vals[dst + static_cast<size_t>(t)] = vals[begin + t];
+    }
+  }
+  return out;
+}
 
 // Compressed sparse columns of the same matrix (column c's entries: rows/vals[ptr[c] .. ptr[c+1])
 // in increasing row order), by a counting sort of the CSR entries — deterministic.

@@ -8,6 +8,8 @@
 // owns one output column o and sums val · M[idx, o] over the list — the reads of M (Wᵀ [in, out]
 // or grad_out [n, out]) are coalesced across the threads of a block. Every output element is
 // written exactly once. Indices are int64; the current stream is used.
+// csr_linear (rows of a CSR matrix times Wᵀ) reads its row's entries directly: one thread per
+// output column, as above.
 // Accumulation type: at::acc_type<scalar_t, /*is_cuda=*/true> (float for float, double for double).
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
@@ -20,6 +22,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "csr_checks.cuh"
 
 namespace lipo_if {
 namespace {
@@ -158,12 +161,57 @@ at::Tensor sparse_linear_weight_grad_cuda(const at::Tensor& x, const at::Tensor&
   return result;
 }
 
+// grid (B, ceil(out / kThreads)): block (b, ob) computes y[b, o] = init[b, o] + Σ_t vals[t] · wt[cols[t], o]
+// over the entries of CSR row rows[b] (in stored order; reads of wt coalesced across o).
+template <typename scalar_t>
+__global__ void csr_linear_kernel(
+    const int64_t* __restrict__ ptr, const int64_t* __restrict__ cols, const scalar_t* __restrict__ vals,
+    const int64_t* __restrict__ rows, const scalar_t* __restrict__ wt, const scalar_t* __restrict__ init,
+    scalar_t* __restrict__ y, int64_t out) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  const int64_t b = blockIdx.x;
+  const int64_t o = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x;
+  if (o >= out) return;
+  const int64_t r = rows[b];
+  acc_t acc = init != nullptr ? static_cast<acc_t>(init[b * out + o]) : acc_t(0);
+  for (int64_t t = ptr[r]; t < ptr[r + 1]; ++t) acc += static_cast<acc_t>(vals[t]) * static_cast<acc_t>(wt[cols[t] * out + o]);
+  y[b * out + o] = static_cast<scalar_t>(acc);
+}
+
+at::Tensor csr_linear_cuda(
+    const at::Tensor& ptr_in, const at::Tensor& cols_in, const at::Tensor& vals_in, const at::Tensor& rows_in,
+    const at::Tensor& weight_t_in, const std::optional<at::Tensor>& init_in) {
+  check_csr_linear_inputs(ptr_in, cols_in, vals_in, rows_in, weight_t_in, init_in);
+  TORCH_CHECK(weight_t_in.is_cuda(), "lipo_if.csr_linear (CUDA kernel): inputs must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(weight_t_in.device());
+  const at::Tensor ptr = ptr_in.contiguous(), cols = cols_in.contiguous(), vals = vals_in.contiguous();
+  const at::Tensor rows = rows_in.contiguous(), wt = weight_t_in.contiguous();
+  const at::Tensor init = init_in.has_value() ? init_in->contiguous() : at::Tensor();
+  const int64_t B = rows.size(0), out = wt.size(1);
+  check_csr_indices_cuda("csr_linear", ptr, cols, rows, wt.size(0));
+  at::Tensor y = at::empty({B, out}, wt.options());
+  if (B == 0 || out == 0) return y;
+  TORCH_CHECK(B <= 2147483647, "lipo_if.csr_linear (CUDA kernel): B must be < 2^31, got ", B);
+  const int64_t out_blocks = (out + kThreads - 1) / kThreads;
+  TORCH_CHECK(out_blocks <= 65535, "lipo_if.csr_linear (CUDA kernel): out too large, got ", out);
+  const dim3 blocks(static_cast<unsigned int>(B), static_cast<unsigned int>(out_blocks));
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(wt.scalar_type(), "lipo_if_csr_linear_cuda", [&] {
+    csr_linear_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+        ptr.data_ptr<int64_t>(), cols.data_ptr<int64_t>(), vals.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(),
+        wt.data_ptr<scalar_t>(), init.defined() ? init.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lipo_if, CUDA, m) {
   m.impl("sparse_linear", &sparse_linear_cuda);
   m.impl("sparse_linear_weight_grad", &sparse_linear_weight_grad_cuda);
   m.impl("sparse_linear_weight_grad_into", &sparse_linear_weight_grad_into_cuda);
+  m.impl("csr_linear", &csr_linear_cuda);
 }
 
 }  // namespace lipo_if

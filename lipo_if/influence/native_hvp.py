@@ -40,7 +40,7 @@ restricted parameter blocks and for other models.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -72,6 +72,41 @@ def native_unsupported_reason(op: HessianOperator) -> str | None:
     return None
 
 
+#: Input columns non-zero in more than this fraction of the training rows (standardized
+#: descriptors, the most frequent fingerprint bits) form the dense block of the first layer in
+#: :meth:`NativeHessian.lissa_step_` (one GEMM); the rest is compressed once into a CSR matrix.
+#: The CPU kernels' per-call split uses the same threshold (kDenseColumnDensity).
+DENSE_COLUMN_DENSITY = 0.3
+#: When the columns left are denser than this overall, every column goes to the dense block.
+SPARSE_MAX_DENSITY = 0.15
+
+
+class SplitInput(NamedTuple):
+    """The training inputs of the first layer split once per operator: ``dense_cols`` (int64
+    ``[nd]``), their values ``x_dense`` ``[n, nd]`` (contiguous), the other columns' non-zeros
+    ``csr``, and ``dense_range`` — the same columns as a slice when they are contiguous, else None."""
+
+    dense_cols: torch.Tensor
+    x_dense: torch.Tensor
+    csr: ops.CsrMatrix
+    dense_range: slice | None
+
+
+def _split_input(X: torch.Tensor) -> SplitInput:
+    n, in_dim = X.shape
+    nonzero = X.nonzero()  # one pass over X: column counts and the CSR both come from it
+    counts = torch.bincount(nonzero[:, 1], minlength=in_dim)
+    dense = counts > DENSE_COLUMN_DENSITY * n
+    sparse_cells = n * int((~dense).sum())
+    if sparse_cells and int(counts[~dense].sum()) > SPARSE_MAX_DENSITY * sparse_cells:
+        dense[:] = True
+    dense_cols = dense.nonzero()[:, 0]
+    contiguous = dense_cols.numel() > 0 and int(dense_cols[-1] - dense_cols[0]) + 1 == dense_cols.numel()
+    dense_range = slice(int(dense_cols[0]), int(dense_cols[-1]) + 1) if contiguous else None
+    x_dense = X[:, dense_range] if dense_range is not None else X[:, dense_cols]
+    return SplitInput(dense_cols, x_dense.contiguous(), ops.csr_from_dense(X, dense_cols, nonzero), dense_range)
+
+
 class NativeHessian:
     """Gauss–Newton or exact curvature of an :class:`~lipo_if.model.MLPRegressor`, explicit products.
 
@@ -100,6 +135,11 @@ class NativeHessian:
         self._w0_shape = tuple(self._shapes[0])  # (out, in)
         self.exact = op.kind == "exact"
         self.hidden, self.masks, self.signals = self._forward(op.X, op.y)
+        self._sparse_input = _split_input(op.X)
+        self._tail_buffer: torch.Tensor | None = None
+        #: LiSSA solvers call :meth:`lissa_step_` (fused first-block update) when True; False makes
+        #: them use matvec_internal + lissa_step (kept for A/B benchmarks and tests).
+        self.fused_lissa = True
 
     # ------------------------------------------------------------------ delegation / basics
 
@@ -175,6 +215,35 @@ class NativeHessian:
 
     # ------------------------------------------------------------------ products
 
+    def _tangent_backward(
+        self, V: list[torch.Tensor], dz: torch.Tensor, hidden: list, masks: list, signals: list, coef: float,
+        O: list, first: bool,
+    ) -> torch.Tensor:
+        """From the first layer's tangent ``dz = x V₁ᵀ + c₁`` ``[B, out₁]``: the rest of ``J v``, then
+        ``Jᵀ (coef·J v)`` (plus the R-operator terms of the exact Hessian) for every parameter block
+        but the first weight, written (``first``) or added into ``O[1:]``. Returns the first layer's
+        output gradient ``q`` ``[B, out₁]``, whose weight gradient ``xᵀ q`` is the first block."""
+        L = self.n_layers
+        dh = []  # tangents of the hidden outputs
+        for l in range(1, L):
+            dh.append(dz * masks[l - 1])
+            dz = torch.addmm(V[2 * l + 1], dh[-1], self.weights[l].t())
+            dz.addmm_(hidden[l - 1], V[2 * l].t())
+        q = dz * coef  # (2/B)·Jv as the output gradient, [B, 1]
+        for l in range(L - 1, 0, -1):
+            grad_w = q.t() @ hidden[l - 1]
+            if self.exact:
+                s = signals[L - 1 - l] * coef
+                grad_w.addmm_(s.t(), dh[l - 1])
+            _accumulate(O[2 * l], grad_w, first)
+            _accumulate(O[2 * l + 1], q.sum(0), first)
+            q = q @ self.weights[l]
+            if self.exact:
+                q.addmm_(s, V[2 * l])
+            q = q * masks[l - 1]
+        _accumulate(O[1], q.sum(0), first)
+        return q
+
     def _product(
         self, vec: torch.Tensor, chunks, weight_decay: bool = True, out: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -186,41 +255,68 @@ class NativeHessian:
         elif out.shape != vec.shape or out.dtype != vec.dtype or not out.is_contiguous() or out.data_ptr() == vec.data_ptr():
             raise ValueError("out must be a contiguous buffer shaped and typed like vec, distinct from it")
         O = self._views(out)
-        L = self.n_layers
         first = True
         with torch.no_grad():
             for x, hidden, masks, signals, coef in chunks:
-                # J v: forward-mode tangent through the network (dh = tangents of the hidden outputs).
                 dz = ops.sparse_linear(x, V[0].t(), V[1])
-                dh = []
-                for l in range(1, L):
-                    dh.append(dz * masks[l - 1])
-                    dz = torch.addmm(V[2 * l + 1], dh[-1], self.weights[l].t())
-                    dz.addmm_(hidden[l - 1], V[2 * l].t())
-                q = dz * coef  # (2/B)·Jv as the output gradient, [B, 1]
-                # Jᵀ q (Gauss–Newton), plus the R-operator terms of the exact Hessian.
-                for l in range(L - 1, 0, -1):
-                    grad_w = q.t() @ hidden[l - 1]
-                    if self.exact:
-                        s = signals[L - 1 - l] * coef
-                        grad_w.addmm_(s.t(), dh[l - 1])
-                    _accumulate(O[2 * l], grad_w, first)
-                    _accumulate(O[2 * l + 1], q.sum(0), first)
-                    q = q @ self.weights[l]
-                    if self.exact:
-                        q.addmm_(s, V[2 * l])
-                    q = q * masks[l - 1]
+                q = self._tangent_backward(V, dz, hidden, masks, signals, coef, O, first)
                 if first:  # the first block (≈94 % of p) is written in place, not copied
                     ops.sparse_linear_weight_grad(x, q, out=O[0])
                 else:
                     O[0].add_(ops.sparse_linear_weight_grad(x, q))
-                _accumulate(O[1], q.sum(0), first)
                 first = False
             if first:  # no rows at all
                 out.zero_()
             if weight_decay and self.op.weight_decay:
                 out.add_(vec, alpha=self.op.weight_decay)
         return out
+
+    def lissa_step_(
+        self, h: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, damping: float, scale: float
+    ) -> tuple[float, float]:
+        """One LiSSA step on the minibatch ``idx``, in place on ``h`` (internal layout, ``[p]``)::
+
+            h ← v + (1 − damping)·h − G_B h / scale
+
+        with ``G_B`` the product of :meth:`matvec_internal` *without* the ``λ·h`` term (callers fold
+        ``λ/scale`` into ``damping``, as the LiSSA solver does). Equal to ``matvec_internal`` +
+        :func:`lipo_if.ops.lissa_step` up to rounding, but the first weight block's product is
+        never formed: :func:`lipo_if.ops.csr_lissa_update_` builds each of its rows from the
+        minibatch's output gradients and applies the update at once (one pass over ≈95 % of ``p``
+        instead of four), and the first layer's input is read from the training set compressed
+        at construction (:func:`lipo_if.ops.csr_linear`; dense columns by one GEMM).
+
+        Returns ``(‖h_new − h‖₂, ‖h_new‖₂)`` as Python floats (one host sync).
+        """
+        if h.shape != (self.n_params,) or v.shape != h.shape or not h.is_contiguous() or h.data_ptr() == v.data_ptr():
+            raise ValueError(f"h and v must be distinct [p] = [{self.n_params}] vectors, h contiguous")
+        sparse_in = self._sparse_input
+        n0 = self._sizes[0]
+        if self._tail_buffer is None or self._tail_buffer.dtype != h.dtype:
+            self._tail_buffer = torch.empty(self.n_params - n0, dtype=h.dtype)
+        tail = self._tail_buffer
+        V, Vv = self._views(h), self._views(v)
+        O = [None] + [c.view(shape) for c, shape in zip(torch.split(tail, self._sizes[1:]), self._shapes[1:])]
+        with torch.no_grad():
+            x_dense = sparse_in.x_dense[idx]
+            if sparse_in.dense_range is not None:
+                w_dense = V[0][sparse_in.dense_range]
+            else:
+                w_dense = V[0].index_select(0, sparse_in.dense_cols)
+            dz = torch.addmm(V[1], x_dense, w_dense)
+            if sparse_in.csr.nnz:
+                dz = ops.csr_linear(sparse_in.csr, idx, V[0], dz)
+            q = self._tangent_backward(
+                V, dz, [t[idx] for t in self.hidden], [m[idx] for m in self.masks], [s[idx] for s in self.signals],
+                2.0 / idx.numel(), O, True)
+            dense = (sparse_in.dense_cols, x_dense.t() @ q) if sparse_in.dense_cols.numel() else (None, None)
+            sums = ops.csr_lissa_update_(V[0], Vv[0], sparse_in.csr, idx, q, damping, scale, *dense)
+            h_tail = h[n0:]
+            tail_new, tail_step = ops.lissa_step(h_tail, v[n0:], tail, damping, scale)
+            h_tail.copy_(tail_new)
+            sums = sums + torch.stack([tail_step.double().square(), tail_new.double().square().sum()])
+            step_sq, h_sq = sums.tolist()
+        return math.sqrt(step_sq), math.sqrt(h_sq)
 
     def matvec_internal(
         self, vec: torch.Tensor, idx: torch.Tensor | None = None, weight_decay: bool = True,

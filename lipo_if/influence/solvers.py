@@ -280,12 +280,18 @@ def _lissa_chain(
     d_step = d + folded / scale
     v = to_layout(v)
     h = v.clone()
-    hv = torch.empty_like(v)  # one product buffer for the whole chain (the native HVP writes into it)
+    fused = isinstance(op, NativeHessian) and op.fused_lissa
+    hv = None  # one product buffer for the whole chain (the native HVP writes into it)
     for step in range(1, config.depth + 1):
-        hv = matvec(h, op.sample_indices(config.batch_size, gen), out=hv)
-        h_new, step_t = lissa_step(h, v, hv, d_step, scale)
-        step_norm = float(step_t)
-        h_norm = float(torch.linalg.vector_norm(h_new))
+        idx = op.sample_indices(config.batch_size, gen)
+        if fused and idx is not None:  # product and update in one (h updated in place)
+            step_norm, h_norm = op.lissa_step_(h, v, idx, d_step, scale)
+            h_new = h
+        else:
+            hv = matvec(h, idx, out=hv if hv is not None else torch.empty_like(v))
+            h_new, step_t = lissa_step(h, v, hv, d_step, scale)
+            step_norm = float(step_t)
+            h_norm = float(torch.linalg.vector_norm(h_new))
         trace.append({"chain": chain, "step": step, "step_norm": step_norm, "h_norm": h_norm})
         bound = DIVERGENCE_SLACK * min(step + 1, psd_cap) * v_norm
         if not (math.isfinite(h_norm) and math.isfinite(step_norm)) or h_norm > bound:

@@ -1,0 +1,272 @@
+"""Tests of the CSR kernels of the fused LiSSA step (lipo_if.ops.csr_linear, csr_lissa_update_)
+against float64 references built from the dense matrix, on fresh random inputs with odd sizes.
+
+Kernel-specific tests skip when ``lipo_if._C`` is not built (the wrappers then run the
+pure-PyTorch twins, which are checked against the same references); CUDA cases skip without a
+CUDA device and a CUDA build of the extension.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lipo_if import ops, ops_reference
+
+HAS_EXT = ops.has_ops()
+HAS_CUDA = torch.cuda.is_available() and ops.backend() == "cpp+cuda"
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason="lipo_if._C is not built (run `pip install -e .`)")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and the CUDA build of lipo_if._C")
+DEVICES = ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])]
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+IN = 301  # input columns: 250 sparse (two of them ≈35 % set) + 51 dense
+
+
+def make_input(n: int, seed: int = 0) -> torch.Tensor:
+    """float64 ``[n, IN]``: count-like sparse columns (≈4 % set), two frequent ones, 51 gaussian
+    columns scattered among them (so the dense columns are not one range)."""
+    gen = torch.Generator().manual_seed(seed)
+    sparse = torch.randint(1, 4, (n, 250), generator=gen).double() * (torch.rand(n, 250, generator=gen) < 0.04)
+    sparse[:, 7] = (torch.rand(n, generator=gen) < 0.35).double()
+    sparse[:, 133] = (torch.rand(n, generator=gen) < 0.35).double() * 2.5
+    x = torch.cat([sparse, torch.randn(n, 51, generator=gen, dtype=torch.float64)], 1)
+    return x[:, torch.randperm(IN, generator=gen)]
+
+
+def dense_columns(x: torch.Tensor) -> torch.Tensor:
+    return ((x != 0).double().mean(0) > 0.5).nonzero()[:, 0]
+
+
+def without(x: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+    x = x.clone()
+    if cols is not None:
+        x[:, cols] = 0
+    return x
+
+
+def to(t, dtype, device):
+    return t.to(dtype=dtype, device=device)
+
+
+# --------------------------------------------------------------------------- csr_from_dense
+
+
+def test_csr_from_dense_round_trip():
+    x = make_input(57, seed=1)
+    skip = dense_columns(x)
+    csr = ops.csr_from_dense(x, skip)
+    assert (csr.n_rows, csr.n_cols, csr.nnz) == (57, IN, int((without(x, skip) != 0).sum()))
+    assert csr.ptr[0] == 0 and bool((csr.ptr[1:] >= csr.ptr[:-1]).all())
+    for i in (0, 13, 56):  # columns increase within a row
+        cols = csr.cols[csr.ptr[i]:csr.ptr[i + 1]]
+        assert bool((cols[1:] > cols[:-1]).all())
+    rebuilt = ops_reference._csr_rows_dense(csr, torch.arange(57))
+    assert torch.equal(rebuilt, without(x, skip))
+    empty = ops.csr_from_dense(torch.zeros(0, 5))
+    assert empty.n_rows == 0 and empty.nnz == 0 and empty.ptr.tolist() == [0]
+
+
+# --------------------------------------------------------------------------- csr_linear
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [0, 1, 7, 129, 300])  # 300 > 256: the many-rows CPU kernel
+@pytest.mark.parametrize("out", [1, 37, 67])
+def test_csr_linear_matches_dense_product(device, dtype, batch, out):
+    x = make_input(311, seed=batch + out)
+    skip = dense_columns(x)
+    csr = ops.csr_from_dense(to(x, dtype, device), skip.to(device))
+    gen = torch.Generator().manual_seed(batch)
+    rows = torch.randint(0, 311, (batch,), generator=gen)  # repeats allowed
+    wt = torch.randn(IN, out, generator=gen, dtype=torch.float64)
+    init = torch.randn(batch, out, generator=gen, dtype=torch.float64)
+    want = without(x, skip)[rows] @ wt
+    for start, expected in ((None, want), (init, want + init)):
+        got = ops.csr_linear(csr, rows.to(device), to(wt, dtype, device),
+                             None if start is None else to(start, dtype, device))
+        assert got.shape == (batch, out) and got.dtype == dtype and not torch.isnan(got).any()
+        torch.testing.assert_close(got.double().cpu(), expected, **TOL[dtype])
+
+
+def test_csr_linear_reference_twin_agrees():
+    x = make_input(40, seed=3)
+    csr = ops.csr_from_dense(x)
+    rows, wt, init = torch.tensor([3, 3, 39, 0]), torch.randn(IN, 11, dtype=torch.float64), torch.randn(4, 11, dtype=torch.float64)
+    torch.testing.assert_close(ops.csr_linear(csr, rows, wt, init), ops_reference.csr_linear(csr, rows, wt, init),
+                               rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- csr_lissa_update_
+
+
+def expected_update(h, v, x_rows, q, damping, scale):
+    """float64: h_new = v + (1 − damping) h − (x_rowsᵀ q)/scale and the two sums of squares."""
+    h_new = v + (1.0 - damping) * h - (x_rows.T @ q) / scale
+    return h_new, ((h_new - h) ** 2).sum(), (h_new ** 2).sum()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [0, 1, 9, 128])
+@pytest.mark.parametrize("out", [1, 13, 70])
+@pytest.mark.parametrize("with_dense", [True, False])
+def test_csr_lissa_update_matches_formula(device, dtype, batch, out, with_dense):
+    """Every element of h (NaN-free, in place) and both sums, against the float64 formula with the
+    gradient block formed explicitly; dense columns through dense_grad or left in the CSR."""
+    x = make_input(203, seed=batch * 3 + out)
+    skip = dense_columns(x) if with_dense else None
+    csr = ops.csr_from_dense(to(x, dtype, device), None if skip is None else skip.to(device))
+    gen = torch.Generator().manual_seed(out)
+    rows = torch.randperm(203, generator=gen)[:batch]
+    h0, v = (torch.randn(IN, out, generator=gen, dtype=torch.float64) for _ in range(2))
+    q = torch.randn(batch, out, generator=gen, dtype=torch.float64)
+    damping, scale = 0.0731, 3.7
+    dense = (None, None)
+    if skip is not None:
+        dense = (skip.to(device), to(x[rows][:, skip].T @ q, dtype, device))
+    h = h0.to(dtype=dtype, device=device, copy=True)  # a copy even for float64 on CPU: updated in place
+    ptr = h.data_ptr()
+    sums = ops.csr_lissa_update_(h, to(v, dtype, device), csr, rows.to(device), to(q, dtype, device),
+                                 damping, scale, *dense)
+    want, step_sq, h_sq = expected_update(to(h0, dtype, "cpu").double(), to(v, dtype, "cpu").double(), x[rows],
+                                          to(q, dtype, "cpu").double(), damping, scale)
+    assert h.data_ptr() == ptr and not torch.isnan(h).any()
+    assert sums.dtype == torch.float64 and sums.shape == (2,)
+    torch.testing.assert_close(h.double().cpu(), want, **TOL[dtype])
+    rel = 1e-4 if dtype == torch.float32 else 1e-11
+    torch.testing.assert_close(sums.cpu(), torch.stack([step_sq, h_sq]), rtol=rel, atol=rel)
+
+
+def test_csr_lissa_update_non_contiguous_inputs_and_reference_twin():
+    x = make_input(50, seed=9)
+    skip = dense_columns(x)
+    csr = ops.csr_from_dense(x, skip)
+    rows = torch.tensor([4, 17, 33, 2, 49])
+    gen = torch.Generator().manual_seed(0)
+    h0 = torch.randn(IN, 21, generator=gen, dtype=torch.float64)
+    v = torch.randn(21, IN, generator=gen, dtype=torch.float64).t()  # non-contiguous
+    q = torch.randn(21, 5, generator=gen, dtype=torch.float64).t()
+    dense_grad = torch.randn(21, skip.numel(), generator=gen, dtype=torch.float64).t()
+    a, b = h0.clone(), h0.clone()
+    sa = ops.csr_lissa_update_(a, v, csr, rows, q, 0.2, -1.5, skip, dense_grad)
+    sb = ops_reference.csr_lissa_update_(b, v, csr, rows, q, 0.2, -1.5, skip, dense_grad)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sa, sb, rtol=1e-12, atol=1e-12)
+
+
+@needs_ext
+def test_csr_lissa_update_is_deterministic_across_thread_counts():
+    x = make_input(400, seed=5)
+    skip = dense_columns(x)
+    csr = ops.csr_from_dense(x, skip)
+    rows = torch.randperm(400)[:128]
+    q = torch.randn(128, 64, dtype=torch.float64)
+    v = torch.randn(IN, 64, dtype=torch.float64)
+    h0 = torch.randn(IN, 64, dtype=torch.float64)
+    dense_grad = x[rows][:, skip].T @ q
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            h = h0.clone()
+            results.append((h, ops.csr_lissa_update_(h, v, csr, rows, q, 0.01, 7.0, skip, dense_grad)))
+    finally:
+        torch.set_num_threads(old)
+    for h, sums in results[1:]:
+        assert torch.equal(h, results[0][0]) and torch.equal(sums, results[0][1])
+
+
+def test_csr_lissa_update_propagates_nan():
+    x = make_input(30, seed=2)
+    csr = ops.csr_from_dense(x)
+    q = torch.randn(3, 8, dtype=torch.float64)
+    q[1, 5] = float("nan")
+    h = torch.zeros(IN, 8, dtype=torch.float64)
+    sums = ops.csr_lissa_update_(h, torch.ones(IN, 8, dtype=torch.float64), csr, torch.tensor([0, 1, 2]), q, 0.1, 2.0)
+    assert torch.isnan(sums).all()
+
+
+# --------------------------------------------------------------------------- opcheck and errors
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_csr_ops(device, dtype):
+    x = make_input(40, seed=11)
+    skip = dense_columns(x).to(device)
+    csr = ops.csr_from_dense(to(x, dtype, device), skip)
+    rows = torch.tensor([5, 0, 39], device=device)
+    wt = torch.randn(IN, 9, dtype=dtype, device=device)
+    init = torch.randn(3, 9, dtype=dtype, device=device)
+    torch.library.opcheck(torch.ops.lipo_if.csr_linear.default, (csr.ptr, csr.cols, csr.vals, rows, wt, init))
+    torch.library.opcheck(torch.ops.lipo_if.csr_linear.default, (csr.ptr, csr.cols, csr.vals, rows, wt, None))
+    h, v = (torch.randn(IN, 9, dtype=dtype, device=device) for _ in range(2))
+    q, dense_grad = torch.randn(3, 9, dtype=dtype, device=device), torch.randn(skip.numel(), 9, dtype=dtype, device=device)
+    torch.library.opcheck(torch.ops.lipo_if.csr_lissa_update_.default,
+                          (h, v, csr.ptr, csr.cols, csr.vals, rows, q, skip, dense_grad, 0.1, 2.0))
+    torch.library.opcheck(torch.ops.lipo_if.csr_lissa_update_.default,
+                          (h, v, csr.ptr, csr.cols, csr.vals, rows, q, None, None, 0.1, 2.0))
+
+
+def _small():
+    x = make_input(20, seed=4)
+    skip = dense_columns(x)
+    csr = ops.csr_from_dense(x, skip)
+    return x, skip, csr, torch.tensor([1, 2, 3]), torch.randn(IN, 6, dtype=torch.float64)
+
+
+def test_wrapper_errors():
+    x, skip, csr, rows, wt = _small()
+    q = torch.randn(3, 6, dtype=torch.float64)
+    with pytest.raises(TypeError, match="csr must be a lipo_if.ops.CsrMatrix"):
+        ops.csr_linear((csr.ptr, csr.cols, csr.vals), rows, wt)
+    with pytest.raises(TypeError, match="rows must be a 1-D int64 tensor"):
+        ops.csr_linear(csr, rows.int(), wt)
+    with pytest.raises(ValueError, match=r"weight_t must have 301 rows"):
+        ops.csr_linear(csr, rows, wt[:300])
+    with pytest.raises(TypeError, match="csr.vals has dtype torch.float64 but weight_t has torch.float32"):
+        ops.csr_linear(csr, rows, wt.float())
+    with pytest.raises(ValueError, match=r"init must be \[B, out\] = \[3, 6\]"):
+        ops.csr_linear(csr, rows, wt, torch.zeros(2, 6, dtype=torch.float64))
+    h = torch.zeros(IN, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="h must be contiguous"):
+        ops.csr_lissa_update_(torch.zeros(6, IN, dtype=torch.float64).t(), h, csr, rows, q, 0.1, 1.0)
+    with pytest.raises(ValueError, match="dense_cols and dense_grad go together"):
+        ops.csr_lissa_update_(h, h, csr, rows, q, 0.1, 1.0, dense_cols=skip)
+    with pytest.raises(ValueError, match=r"grad_out must be \[B, out\] = \[3, 6\]"):
+        ops.csr_lissa_update_(h, h, csr, rows, q[:2], 0.1, 1.0)
+    with pytest.raises(ValueError, match=r"dense_grad must be \[nd, out\]"):
+        ops.csr_lissa_update_(h, h, csr, rows, q, 0.1, 1.0, skip, torch.zeros(1, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="scale must be non-zero"):
+        ops.csr_lissa_update_(h, h, csr, rows, q, 0.1, 0.0)
+
+
+@needs_ext
+def test_kernel_index_checks():
+    """Index values are checked by the kernels (raw ops included): nothing is read out of bounds."""
+    x, skip, csr, rows, wt = _small()
+    q = torch.randn(3, 6, dtype=torch.float64)
+    h = torch.zeros(IN, 6, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"rows\[1\] = 20 is out of range for a CSR matrix of 20 rows"):
+        ops.csr_linear(csr, torch.tensor([0, 20]), wt)
+    with pytest.raises(RuntimeError, match="is out of range for a CSR matrix"):
+        ops.csr_lissa_update_(h, h, csr, torch.tensor([-1, 0, 1]), q, 0.1, 1.0)
+    bad_cols = csr.cols.clone()
+    bad_cols[csr.ptr[1]] = IN  # first entry of row 1
+    with pytest.raises(RuntimeError, match=r"CSR column index 301 \(row 1\) is out of range"):
+        torch.ops.lipo_if.csr_linear(csr.ptr, bad_cols, csr.vals, rows, wt, None)
+    bad_ptr = csr.ptr.clone()
+    bad_ptr[2] = csr.nnz + 5
+    with pytest.raises(RuntimeError, match="malformed CSR ptr"):
+        torch.ops.lipo_if.csr_linear(bad_ptr, csr.cols, csr.vals, rows, wt, None)
+    with pytest.raises(RuntimeError, match="dense_cols repeats column"):
+        dup = torch.cat([skip[:1], skip[:1]])
+        torch.ops.lipo_if.csr_lissa_update_(h, h, csr.ptr, csr.cols, csr.vals, rows, q, dup,
+                                            torch.zeros(2, 6, dtype=torch.float64), 0.1, 1.0)
+    with pytest.raises(RuntimeError, match="ptr must be int64"):
+        torch.ops.lipo_if.csr_linear(csr.ptr.int(), csr.cols, csr.vals, rows, wt, None)
+    with pytest.raises(RuntimeError, match="h must be contiguous"):
+        torch.ops.lipo_if.csr_lissa_update_(torch.zeros(6, IN, dtype=torch.float64).t(), h, csr.ptr, csr.cols,
+                                            csr.vals, rows, q, None, None, 0.1, 1.0)
