@@ -10,9 +10,11 @@ Cases (float64 unless noted; the real model shape 2248 → 512 → 128 → 1 of 
 - ``dense-layer``: linear_grad_dot on a dense ReLU layer 512 → 128, n = 4,000 (float32, float64);
 - ``scoring``: s·∇ℓ(zᵢ) for all rows, ext vs the best dense formulation, n = 4,000 and 50,000;
 - ``lissa``: a LiSSA solve (batch 128, fixed depth, tol = 0, same seeded minibatches), native HVP
-  vs the autograd reference, Gauss–Newton and exact Hessian, n_train = 3,000.
+  vs the autograd reference, Gauss–Newton and exact Hessian, n_train = 3,000;
+- ``lissa-fused``: the same solve with the fused native step (``NativeHessian.lissa_step_``) vs
+  the native product followed by ``ops.lissa_step`` (the A/B of the fusion alone).
 
-Run: ``PYTHONPATH=. python benchmarks/interleaved_pairs.py [--cases dense-layer,scoring,lissa]
+Run: ``PYTHONPATH=. python benchmarks/interleaved_pairs.py [--cases dense-layer,scoring,lissa,lissa-fused]
 [--json FILE]``.
 """
 from __future__ import annotations
@@ -102,7 +104,37 @@ def lissa_cases(depth: int = 50) -> dict:
     return out
 
 
-CASES = {"dense-layer": dense_layer_cases, "scoring": scoring_cases, "lissa": lissa_cases}
+def lissa_fused_cases(depth: int = 50) -> dict:
+    """The native LiSSA step fused (NativeHessian.lissa_step_: first block updated in place, never
+    formed; training input compressed once) vs the same native HVP then ops.lissa_step."""
+    from lipo_if.influence import HessianOperator, SolverConfig, solve
+    from lipo_if.influence.native_hvp import NativeHessian
+    from lipo_if.model import ModelConfig, build_model
+
+    out = {}
+    model = build_model(ModelConfig(in_dim=2248, hidden=(512, 128)), seed=0)
+    X, y = make_data(3500)
+    for hessian, damping in (("gauss-newton", 0.01), ("exact", 10.0)):
+        op = HessianOperator(model, X[:3000], y[:3000], 1e-4, kind=hessian)
+        v = op.gradient(X[3000:], y[3000:])
+
+        def run(fused: bool, steps: int = depth):
+            native = NativeHessian(op)  # setup on both sides (the fused one also splits X)
+            native.fused_lissa = fused
+            cfg = SolverConfig(damping=damping, scale=500.0, depth=steps, tol=0.0, batch_size=128, progress=False,
+                               hvp="native", check_definite=False)
+            return solve(native, v, "lissa", cfg, check_residual=False)
+
+        torch.testing.assert_close(run(True, 4).s, run(False, 4).s, rtol=1e-10, atol=1e-13)
+        result = pairs(lambda: run(True), lambda: run(False), rounds=7)
+        result["fast_ms_per_step"] = result["fast_ms"] / depth
+        result["reference_ms_per_step"] = result["reference_ms"] / depth
+        out[f"LiSSA solve {hessian} depth {depth} batch 128 float64: fused step vs native product + lissa_step"] = result
+    return out
+
+
+CASES = {"dense-layer": dense_layer_cases, "scoring": scoring_cases, "lissa": lissa_cases,
+         "lissa-fused": lissa_fused_cases}
 
 
 def main() -> None:

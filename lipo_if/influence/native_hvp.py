@@ -107,6 +107,26 @@ def _split_input(X: torch.Tensor) -> SplitInput:
     return SplitInput(dense_cols, x_dense.contiguous(), ops.csr_from_dense(X, dense_cols, nonzero), dense_range)
 
 
+def _first_layer(
+    split: SplitInput, idx: torch.Tensor | None, weight_t: torch.Tensor, bias: torch.Tensor,
+    x_dense: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``X[idx] Wᵀ + b`` ``[B, out]`` (all rows when idx is None) from the split input: the dense
+    columns by one GEMM, the rest by :func:`lipo_if.ops.csr_linear`. ``weight_t`` ``[in, out]``;
+    ``x_dense``: ``split.x_dense[idx]`` when the caller has it."""
+    if x_dense is None:
+        x_dense = split.x_dense if idx is None else split.x_dense.index_select(0, idx)
+    if split.dense_range is not None:
+        w_dense = weight_t[split.dense_range]
+    else:
+        w_dense = weight_t.index_select(0, split.dense_cols)
+    z = torch.addmm(bias, x_dense, w_dense)
+    if split.csr.nnz:
+        rows = torch.arange(split.csr.n_rows) if idx is None else idx
+        z = ops.csr_linear(split.csr, rows, weight_t, z)
+    return z
+
+
 class NativeHessian:
     """Gauss–Newton or exact curvature of an :class:`~lipo_if.model.MLPRegressor`, explicit products.
 
@@ -134,8 +154,9 @@ class NativeHessian:
         self._sizes = [math.prod(s) for s in self._shapes]
         self._w0_shape = tuple(self._shapes[0])  # (out, in)
         self.exact = op.kind == "exact"
-        self.hidden, self.masks, self.signals = self._forward(op.X, op.y)
+        #: The training inputs split once: dense columns + CSR of the rest (forward here, LiSSA steps).
         self._sparse_input = _split_input(op.X)
+        self.hidden, self.masks, self.signals = self._forward(op.X, op.y, self._sparse_input)
         self._tail_buffer: torch.Tensor | None = None
         #: LiSSA solvers call :meth:`lissa_step_` (fused first-block update) when True; False makes
         #: them use matvec_internal + lissa_step (kept for A/B benchmarks and tests).
@@ -179,13 +200,17 @@ class NativeHessian:
 
     # ------------------------------------------------------------------ forward cache
 
-    def _forward(self, X: torch.Tensor, y: torch.Tensor) -> tuple[list, list, list]:
+    def _forward(self, X: torch.Tensor, y: torch.Tensor, split: SplitInput | None = None) -> tuple[list, list, list]:
         """Post-ReLU activations ``h_l`` and masks ``m_l`` (0/1 in ``dtype``) of the hidden layers, and
         for the exact Hessian the unscaled first-order signals ``[r, …]`` of layers L, L−1, …, 2
-        (``r = f − y`` ``[n, 1]``, then ``(s W_l) ⊙ m_{l−1}``; empty for Gauss–Newton)."""
+        (``r = f − y`` ``[n, 1]``, then ``(s W_l) ⊙ m_{l−1}``; empty for Gauss–Newton).
+        ``split``: ``X`` already split (:func:`_split_input`), read instead of scanning ``X`` again."""
         hidden, masks, signals = [], [], []
         with torch.no_grad():
-            z = ops.sparse_linear(X, self._w0t.t(), self.biases[0])
+            if split is None:
+                z = ops.sparse_linear(X, self._w0t.t(), self.biases[0])
+            else:
+                z = _first_layer(split, None, self._w0t, self.biases[0])
             for l in range(1, self.n_layers):
                 mask = (z > 0).to(z.dtype)
                 h = z * mask
@@ -292,22 +317,17 @@ class NativeHessian:
             raise ValueError(f"h and v must be distinct [p] = [{self.n_params}] vectors, h contiguous")
         sparse_in = self._sparse_input
         n0 = self._sizes[0]
+        take = lambda t: t.index_select(0, idx)  # noqa: E731 — faster than t[idx] for row gathers
         if self._tail_buffer is None or self._tail_buffer.dtype != h.dtype:
             self._tail_buffer = torch.empty(self.n_params - n0, dtype=h.dtype)
         tail = self._tail_buffer
         V, Vv = self._views(h), self._views(v)
         O = [None] + [c.view(shape) for c, shape in zip(torch.split(tail, self._sizes[1:]), self._shapes[1:])]
         with torch.no_grad():
-            x_dense = sparse_in.x_dense[idx]
-            if sparse_in.dense_range is not None:
-                w_dense = V[0][sparse_in.dense_range]
-            else:
-                w_dense = V[0].index_select(0, sparse_in.dense_cols)
-            dz = torch.addmm(V[1], x_dense, w_dense)
-            if sparse_in.csr.nnz:
-                dz = ops.csr_linear(sparse_in.csr, idx, V[0], dz)
+            x_dense = take(sparse_in.x_dense)
+            dz = _first_layer(sparse_in, idx, V[0], V[1], x_dense)
             q = self._tangent_backward(
-                V, dz, [t[idx] for t in self.hidden], [m[idx] for m in self.masks], [s[idx] for s in self.signals],
+                V, dz, [take(t) for t in self.hidden], [take(m) for m in self.masks], [take(s) for s in self.signals],
                 2.0 / idx.numel(), O, True)
             dense = (sparse_in.dense_cols, x_dense.t() @ q) if sparse_in.dense_cols.numel() else (None, None)
             sums = ops.csr_lissa_update_(V[0], Vv[0], sparse_in.csr, idx, q, damping, scale, *dense)
