@@ -27,6 +27,12 @@ or double backward (which rebuild an autograd graph on every call):
 - activations and masks of every training row computed **once** at θ̂ (θ̂ is fixed during a
   solve) and gathered per minibatch.
 
+LiSSA steps (:meth:`NativeHessian.lissa_step_`) go one step further: the training inputs are split
+once into dense columns (one GEMM per step) and a CSR matrix of the rest (minibatch rows read by
+index, no per-step scan), and the first weight block's part of ``H h`` is never formed —
+:func:`lipo_if.ops.csr_lissa_update_` builds each of its rows from the minibatch's output
+gradients and applies the LiSSA update in place, in one pass that also yields both norms.
+
 Internal layout: the solvers run in a permuted parameter layout in which the first weight block
 is stored transposed (``[in, out]`` row-major, the layout the sparse kernels read and write).
 The permutation is orthogonal, so norms, dot products and the LiSSA/CG recursions are unchanged;
