@@ -164,7 +164,7 @@ class NativeHessian:
         self._sparse_input = _split_input(op.X)
         self.hidden, self.masks, self.signals = self._forward(op.X, op.y, self._sparse_input)
         self._tail_buffer: torch.Tensor | None = None
-        self._step_views: tuple | None = None  # (h, v, views of h, views of v, tail, tail views)
+        self._step_views: tuple | None = None  # (h, v, their block views, tail, its views, tail-update args)
         #: LiSSA solvers call :meth:`lissa_step_` (fused first-block update) when True; False makes
         #: them use matvec_internal + lissa_step (kept for A/B benchmarks and tests).
         self.fused_lissa = True
@@ -263,12 +263,17 @@ class NativeHessian:
             dz.addmm_(hidden[l - 1], V[2 * l].t())
         q = dz * coef  # (2/B)·Jv as the output gradient, [B, 1]
         for l in range(L - 1, 0, -1):
-            grad_w = q.t() @ hidden[l - 1]
+            if first:  # written straight into the output blocks
+                grad_w = torch.mm(q.t(), hidden[l - 1], out=O[2 * l])
+                torch.sum(q, 0, out=O[2 * l + 1])
+            else:
+                grad_w = q.t() @ hidden[l - 1]
+                O[2 * l + 1].add_(q.sum(0))
             if self.exact:
                 s = signals[L - 1 - l] * coef
                 grad_w.addmm_(s.t(), dh[l - 1])
-            _accumulate(O[2 * l], grad_w, first)
-            _accumulate(O[2 * l + 1], q.sum(0), first)
+            if not first:
+                O[2 * l].add_(grad_w)
             q = q @ self.weights[l]
             if self.exact:
                 q.addmm_(s, V[2 * l])
@@ -333,7 +338,12 @@ class NativeHessian:
             # h is updated in place, so a LiSSA chain passes the same h and v every step: their
             # per-block views are built once per chain (≈40 small tensor ops a step otherwise).
             O = [None] + [c.view(shape) for c, shape in zip(torch.split(tail, self._sizes[1:]), self._shapes[1:])]
-            cached = self._step_views = (h, v, self._views(h), self._views(v), tail, O)
+            t = tail.numel()
+            no_rows = torch.zeros(0, dtype=torch.int64, device=h.device)
+            tail_args = (h[n0:].view(1, t), v[n0:].view(1, t),
+                         ops.CsrMatrix(torch.zeros(1, dtype=torch.int64, device=h.device), no_rows, h.new_empty(0), 1),
+                         no_rows, h.new_empty(0, t), torch.zeros(1, dtype=torch.int64, device=h.device), tail.view(1, t))
+            cached = self._step_views = (h, v, self._views(h), self._views(v), tail, O, tail_args)
         V, Vv, O = cached[2], cached[3], cached[5]
         with torch.no_grad():
             x_dense = take(sparse_in.x_dense)
@@ -345,12 +355,9 @@ class NativeHessian:
             sums = ops.csr_lissa_update_(V[0], Vv[0], sparse_in.csr, idx, q, damping, scale, *dense)
             # The other blocks (≈5 % of p, their product in `tail`): the same in-place update, as one
             # [1, p − n₀] block whose whole "gradient" row is the dense row `tail` (no CSR entries).
-            t = tail.numel()
-            no_rows = torch.zeros(0, dtype=torch.int64, device=h.device)
-            empty_csr = ops.CsrMatrix(torch.zeros(1, dtype=torch.int64, device=h.device), no_rows, h.new_empty(0), 1)
+            h_tail, v_tail, no_csr, no_rows, no_grad, row_zero, tail_row = cached[6]
             sums = sums + ops.csr_lissa_update_(
-                h[n0:].view(1, t), v[n0:].view(1, t), empty_csr, no_rows, h.new_empty(0, t), damping, scale,
-                torch.zeros(1, dtype=torch.int64, device=h.device), tail.view(1, t))
+                h_tail, v_tail, no_csr, no_rows, no_grad, damping, scale, row_zero, tail_row)
             step_sq, h_sq = sums.tolist()
         return math.sqrt(step_sq), math.sqrt(h_sq)
 
