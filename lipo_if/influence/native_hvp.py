@@ -208,7 +208,7 @@ class NativeHessian:
     # ------------------------------------------------------------------ forward cache
 
     def _forward(self, X: torch.Tensor, y: torch.Tensor, split: SplitInput | None = None) -> tuple[list, list, list]:
-        """Post-ReLU activations ``h_l`` and ReLU masks ``m_l`` (bool: 1 byte a row entry, cheap to gather) of the hidden layers, and
+        """Post-ReLU activations ``h_l`` and masks ``m_l`` (0/1 in ``dtype``) of the hidden layers, and
         for the exact Hessian the unscaled first-order signals ``[r, …]`` of layers L, L−1, …, 2
         (``r = f − y`` ``[n, 1]``, then ``(s W_l) ⊙ m_{l−1}``; empty for Gauss–Newton).
         ``split``: ``X`` already split (:func:`_split_input`), read instead of scanning ``X`` again."""
@@ -219,7 +219,7 @@ class NativeHessian:
             else:
                 z = _first_layer(split, None, self._w0t, self.biases[0])
             for l in range(1, self.n_layers):
-                mask = z > 0
+                mask = (z > 0).to(z.dtype)  # float: a bool mask costs a dtype promotion per product
                 h = z * mask
                 hidden.append(h)
                 masks.append(mask)
