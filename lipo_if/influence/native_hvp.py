@@ -100,7 +100,7 @@ class SplitInput(NamedTuple):
 
 def _split_input(X: torch.Tensor) -> SplitInput:
     n, in_dim = X.shape
-    nonzero = X.nonzero()  # one pass over X: column counts and the CSR both come from it
+    nonzero = (X != 0).nonzero()  # one pass over X (bool: faster than X.nonzero()); counts and CSR both come from it
     counts = torch.bincount(nonzero[:, 1], minlength=in_dim)
     dense = counts > DENSE_COLUMN_DENSITY * n
     sparse_cells = n * int((~dense).sum())
