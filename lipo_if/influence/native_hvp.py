@@ -185,16 +185,21 @@ class NativeHessian:
     def to_internal(self, vec: torch.Tensor) -> torch.Tensor:
         """Standard ``[p]`` vector → internal layout (first weight block transposed); a new tensor."""
         vec = self.op._check_vec(vec)
-        out = vec.clone()
         out_, in_ = self._w0_shape
-        out[: self._sizes[0]].view(in_, out_).copy_(vec[: self._sizes[0]].view(out_, in_).t())
-        return out
+        return self._permuted(vec, vec[: self._sizes[0]].view(out_, in_).t())
 
     def from_internal(self, vec: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`to_internal`; a new tensor."""
-        out = vec.clone()
         out_, in_ = self._w0_shape
-        out[: self._sizes[0]].view(out_, in_).copy_(vec[: self._sizes[0]].view(in_, out_).t())
+        return self._permuted(vec, vec[: self._sizes[0]].view(in_, out_).t())
+
+    def _permuted(self, vec: torch.Tensor, first_block: torch.Tensor) -> torch.Tensor:
+        """A new ``[p]`` vector: ``first_block`` (a transposed view) copied in, the rest of ``vec`` as is
+        (one pass over each element, not a clone and then an overwrite)."""
+        n0 = self._sizes[0]
+        out = torch.empty_like(vec, memory_format=torch.contiguous_format)
+        out[:n0].view(first_block.shape).copy_(first_block)
+        out[n0:].copy_(vec[n0:])
         return out
 
     def _views(self, vec: torch.Tensor) -> list[torch.Tensor]:

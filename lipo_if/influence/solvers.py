@@ -301,8 +301,8 @@ def _lissa_chain(
         if step % 10 == 0:
             bar.set_postfix(chain=chain, step=f"{step_norm:.2e}", h=f"{h_norm:.3e}", refresh=False)
         if step_norm <= config.tol * h_norm:
-            return from_layout(h) / scale, step, True
-    return from_layout(h) / scale, config.depth, False
+            return from_layout(h).div_(scale), step, True
+    return from_layout(h).div_(scale), config.depth, False
 
 
 def _lissa(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig) -> SolveResult:
@@ -317,7 +317,7 @@ def _lissa(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: So
             steps.append(used)
             converged.append(ok)
             bar.update(config.depth - used)  # skipped by the early stop
-    s = torch.stack(estimates).mean(0)
+    s = estimates[0] if len(estimates) == 1 else torch.stack(estimates).mean(0)
     info = {"lissa_recursion_damping": settings.damping / settings.scale, "chain_steps": steps}
     if len(estimates) > 1:
         spread = torch.stack(estimates).std(0)
