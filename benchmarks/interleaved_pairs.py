@@ -80,16 +80,24 @@ def scoring_cases() -> dict:
     return out
 
 
-def lissa_cases(depth: int = 50) -> dict:
-    from lipo_if.influence import HessianOperator, SolverConfig, solve
+def lissa_problems():
+    """``(hessian, damping, op, v)`` for both curvatures: the real model shape (random init),
+    n_train = 3,000 fingerprint-like rows, v = the gradient on 500 other rows, λ = 1e-4."""
+    from lipo_if.influence import HessianOperator
     from lipo_if.model import ModelConfig, build_model
 
-    out = {}
     model = build_model(ModelConfig(in_dim=2248, hidden=(512, 128)), seed=0)
     X, y = make_data(3500)
     for hessian, damping in (("gauss-newton", 0.01), ("exact", 10.0)):
         op = HessianOperator(model, X[:3000], y[:3000], 1e-4, kind=hessian)
-        v = op.gradient(X[3000:], y[3000:])
+        yield hessian, damping, op, op.gradient(X[3000:], y[3000:])
+
+
+def lissa_cases(depth: int = 50) -> dict:
+    from lipo_if.influence import SolverConfig, solve
+
+    out = {}
+    for hessian, damping, op, v in lissa_problems():
 
         def run(hvp: str, steps: int = depth):
             cfg = SolverConfig(damping=damping, scale=500.0, depth=steps, tol=0.0, batch_size=128, progress=False,
@@ -107,16 +115,11 @@ def lissa_cases(depth: int = 50) -> dict:
 def lissa_fused_cases(depth: int = 50) -> dict:
     """The native LiSSA step fused (NativeHessian.lissa_step_: first block updated in place, never
     formed; training input compressed once) vs the same native HVP then ops.lissa_step."""
-    from lipo_if.influence import HessianOperator, SolverConfig, solve
+    from lipo_if.influence import SolverConfig, solve
     from lipo_if.influence.native_hvp import NativeHessian
-    from lipo_if.model import ModelConfig, build_model
 
     out = {}
-    model = build_model(ModelConfig(in_dim=2248, hidden=(512, 128)), seed=0)
-    X, y = make_data(3500)
-    for hessian, damping in (("gauss-newton", 0.01), ("exact", 10.0)):
-        op = HessianOperator(model, X[:3000], y[:3000], 1e-4, kind=hessian)
-        v = op.gradient(X[3000:], y[3000:])
+    for hessian, damping, op, v in lissa_problems():
 
         def run(fused: bool, steps: int = depth):
             native = NativeHessian(op)  # setup on both sides (the fused one also splits X)

@@ -5,8 +5,19 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+from lipo_if import ops
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Marks of the kernel tests: extension-specific tests skip without lipo_if._C; CUDA ones without
+# a CUDA device and a CUDA build of it.
+HAS_EXT = ops.has_ops()
+HAS_CUDA = torch.cuda.is_available() and ops.backend() == "cpp+cuda"
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason="lipo_if._C is not built (run `pip install -e .`)")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and the CUDA build of lipo_if._C")
+DEVICES = ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])]
 FIXTURE_CSV = REPO / "data" / "fixture.csv"
 
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import DEVICES, needs_cuda, needs_ext
+
 from lipo_if import ops, ops_reference
 
-HAS_EXT = ops.has_ops()
-HAS_CUDA = torch.cuda.is_available() and ops.backend() == "cpp+cuda"
-needs_ext = pytest.mark.skipif(not HAS_EXT, reason="lipo_if._C is not built (run `pip install -e .`)")
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and the CUDA build of lipo_if._C")
-DEVICES = ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 IN = 301  # input columns: 250 sparse (two of them ≈35 % set) + 51 dense
 

@@ -14,15 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import DEVICES, HAS_EXT, needs_cuda, needs_ext
+
 from lipo_if import ops, ops_reference
 
 REPO = Path(__file__).resolve().parents[1]
-HAS_EXT = ops.has_ops()
-HAS_CUDA = torch.cuda.is_available() and ops.backend() == "cpp+cuda"
-needs_ext = pytest.mark.skipif(not HAS_EXT, reason="lipo_if._C is not built (run `pip install -e .`)")
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and the CUDA build of lipo_if._C")
-
-DEVICES = ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])]
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-11, atol=1e-11)}
 
 
