@@ -128,7 +128,7 @@ def _first_layer(
         w_dense = weight_t.index_select(0, split.dense_cols)
     z = torch.addmm(bias, x_dense, w_dense)
     if split.csr.nnz:
-        rows = torch.arange(split.csr.n_rows) if idx is None else idx
+        rows = torch.arange(split.csr.n_rows, device=weight_t.device) if idx is None else idx
         z = ops.csr_linear(split.csr, rows, weight_t, z)
     return z
 
