@@ -335,8 +335,8 @@ class NativeHessian:
         sparse_in = self._sparse_input
         n0 = self._sizes[0]
         take = lambda t: t.index_select(0, idx)  # noqa: E731 — faster than t[idx] for row gathers
-        if self._tail_buffer is None or self._tail_buffer.dtype != h.dtype:
-            self._tail_buffer = torch.empty(self.n_params - n0, dtype=h.dtype)
+        if self._tail_buffer is None or self._tail_buffer.dtype != h.dtype or self._tail_buffer.device != h.device:
+            self._tail_buffer = torch.empty(self.n_params - n0, dtype=h.dtype, device=h.device)
         tail = self._tail_buffer
         cached = self._step_views
         if cached is None or cached[0] is not h or cached[1] is not v or cached[4] is not tail:
