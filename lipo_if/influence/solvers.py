@@ -317,10 +317,11 @@ def _lissa(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: So
             steps.append(used)
             converged.append(ok)
             bar.update(config.depth - used)  # skipped by the early stop
-    s = estimates[0] if len(estimates) == 1 else torch.stack(estimates).mean(0)
+    stacked = torch.stack(estimates) if len(estimates) > 1 else None  # one copy of the chains, not two
+    s = estimates[0] if stacked is None else stacked.mean(0)
     info = {"lissa_recursion_damping": settings.damping / settings.scale, "chain_steps": steps}
-    if len(estimates) > 1:
-        spread = torch.stack(estimates).std(0)
+    if stacked is not None:
+        spread = stacked.std(0)
         info["chain_relative_spread"] = float(torch.linalg.vector_norm(spread) / torch.linalg.vector_norm(s))
     return SolveResult(s, "lissa", sum(steps), trace, all(converged), info)
 
