@@ -184,6 +184,69 @@ def test_lissa_solve_fused_and_unfused_agree(kind):
         assert a["h_norm"] == pytest.approx(b["h_norm"], rel=1e-11)
 
 
+def _problem_with_dead_units(all_dead_layer: bool):
+    """hidden (11, 7, 5) with units off on every training row: in layer 2 units 1 and 4 (unit 4
+    wakes up on inputs scaled ×40), in layer 3 unit 0 — or, with ``all_dead_layer``, every unit of
+    layer 3. Also returns an input batch on which unit 4 of layer 2 is on."""
+    model, X, y = make_problem(n=61, hidden=(11, 7, 5), seed=21)
+    layers = model.layers
+    with torch.no_grad():
+        h1 = torch.relu(layers[0](X))
+        layers[1].weight[4] = 1.0
+        layers[1].bias[4] = -(float(h1.sum(1).max()) + 1.0)  # off on the training rows, on for large inputs
+        layers[1].bias[1] = -1e3
+        if all_dead_layer:
+            layers[2].bias[:] = -1e3
+        else:
+            layers[2].bias[0] = -1e3
+        X_awake = 40.0 * X[:9]
+        assert float(layers[1](torch.relu(layers[0](X_awake)))[:, 4].max()) > 0  # the batch wakes unit 4 up
+    return model, X, y, X_awake
+
+
+@pytest.mark.parametrize("kind", ["gauss-newton", "exact"])
+@pytest.mark.parametrize("all_dead_layer", [False, True])
+def test_dead_units_dropped_products_unchanged(kind, all_dead_layer):
+    """Units off on every training row leave the products; training-row products (full set,
+    minibatch, fused step) stay equal to autograd and to the full-width products, and a batch on
+    which a dropped unit is on still gets the exact product (run at full width)."""
+    from lipo_if import ops
+
+    model, X, y, X_awake = _problem_with_dead_units(all_dead_layer)
+    op = HessianOperator(model, X, y, WD, kind=kind, chunk_size=19)
+    native, full_width = NativeHessian(op), NativeHessian(op, drop_dead_units=False)
+    live = [int((m.sum(0) != 0).sum()) for m in full_width.masks]
+    assert [m.shape[1] for m in full_width.masks] == [11, 7, 5]
+    assert [m.shape[1] for m in native.masks] == [11, *live[1:]]  # the first hidden layer is never cut
+    assert 0 < live[1] <= 5 and (live[2] == 0 if all_dead_layer else 0 < live[2] <= 4)
+    gen = torch.Generator().manual_seed(3)
+    v = torch.randn(op.n_params, generator=gen, dtype=torch.float64)
+    internal = native.to_internal(v)
+    assert torch.equal(native.from_internal(internal), v)
+    assert torch.equal(torch.sort(internal).values, torch.sort(v).values)
+    torch.testing.assert_close(native.matvec(v), op.matvec(v), rtol=1e-12, atol=1e-13)
+    idx = op.sample_indices(23, gen)
+    expected = op.matvec(v, (op.X[idx], op.y[idx]))
+    torch.testing.assert_close(native.from_internal(native.matvec_internal(internal, idx)), expected,
+                               rtol=1e-12, atol=1e-13)
+    awake = (X_awake, y[:9])
+    torch.testing.assert_close(native.matvec(v, awake), op.matvec(v, awake), rtol=1e-12, atol=1e-13)
+    # the fused LiSSA step (tail block with dropped rows and columns) equals the full-width one
+    damping, scale = 0.05, 20.0
+    w = full_width.to_internal(v)
+    h_native, h_full = internal.clone(), w.clone()
+    for _ in range(4):
+        idx = op.sample_indices(23, gen)
+        norms = native.lissa_step_(h_native, internal, idx, damping, scale)
+        assert norms == pytest.approx(full_width.lissa_step_(h_full, w, idx, damping, scale), rel=1e-12)
+        torch.testing.assert_close(native.from_internal(h_native), full_width.from_internal(h_full),
+                                   rtol=1e-12, atol=1e-13)
+    hv = native.matvec_internal(h_native, idx, weight_decay=False)
+    torch.testing.assert_close(native.from_internal(ops.lissa_step(h_native, internal, hv, damping, scale)[0]),
+                               full_width.from_internal(ops.lissa_step(h_full, w, full_width.matvec_internal(
+                                   h_full, idx, weight_decay=False), damping, scale)[0]), rtol=1e-12, atol=1e-13)
+
+
 def test_fused_lissa_step_rejects_aliasing():
     model, X, y = make_problem(seed=13)
     native = NativeHessian(HessianOperator(model, X, y, WD))

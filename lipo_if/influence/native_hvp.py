@@ -141,12 +141,15 @@ class NativeHessian:
     (attribute access is delegated to it) and the same products up to rounding. Construction runs
     one forward pass over the training set and keeps ``[n, width]`` activations and masks of every
     hidden layer (and, for the exact Hessian, the first-order backward signals of layers 2…L).
+    ``drop_dead_units``: leave the units of hidden layers 2… that are off on every training row
+    out of the products (exactly zero there; :meth:`_drop_dead_units`). False keeps every unit
+    (for A/B benchmarks and tests).
 
     Raises:
         ValueError: the operator is not supported (see :func:`native_unsupported_reason`).
     """
 
-    def __init__(self, op: HessianOperator) -> None:
+    def __init__(self, op: HessianOperator, drop_dead_units: bool = True) -> None:
         reason = native_unsupported_reason(op)
         if reason is not None:
             raise ValueError(f"native HVP unavailable: {reason}; use hvp='autograd'")
@@ -162,7 +165,15 @@ class NativeHessian:
         self.exact = op.kind == "exact"
         #: The training inputs split once: dense columns + CSR of the rest (forward here, LiSSA steps).
         self._sparse_input = _split_input(op.X)
-        self.hidden, self.masks, self.signals = self._forward(op.X, op.y, self._sparse_input)
+        hidden, masks, signals = self._forward(op.X, op.y, self._sparse_input)
+        #: Per hidden layer: its units reordered live-first (None: all live, or the first hidden
+        #: layer, whose reordering would move the big first block). See :meth:`_drop_dead_units`.
+        self._unit_orders: list[torch.Tensor | None] = [None] * len(masks)
+        self._tail_order: torch.Tensor | None = None  # internal tail position -> standard tail position
+        self._tail_inverse: torch.Tensor | None = None
+        if drop_dead_units:
+            hidden, masks, signals = self._drop_dead_units(hidden, masks, signals)
+        self.hidden, self.masks, self.signals = hidden, masks, signals
         self._tail_buffer: torch.Tensor | None = None
         self._step_views: tuple | None = None  # (h, v, their block views, tail, its views, tail-update args)
         #: LiSSA solvers call :meth:`lissa_step_` (fused first-block update) when True; False makes
@@ -183,24 +194,80 @@ class NativeHessian:
     # ------------------------------------------------------------------ layout
 
     def to_internal(self, vec: torch.Tensor) -> torch.Tensor:
-        """Standard ``[p]`` vector → internal layout (first weight block transposed); a new tensor."""
+        """Standard ``[p]`` vector → internal layout (first weight block transposed, dead hidden
+        units last); a new tensor."""
         vec = self.op._check_vec(vec)
         out_, in_ = self._w0_shape
-        return self._permuted(vec, vec[: self._sizes[0]].view(out_, in_).t())
+        return self._permuted(vec, vec[: self._sizes[0]].view(out_, in_).t(), self._tail_order)
 
     def from_internal(self, vec: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`to_internal`; a new tensor."""
         out_, in_ = self._w0_shape
-        return self._permuted(vec, vec[: self._sizes[0]].view(in_, out_).t())
+        return self._permuted(vec, vec[: self._sizes[0]].view(in_, out_).t(), self._tail_inverse)
 
-    def _permuted(self, vec: torch.Tensor, first_block: torch.Tensor) -> torch.Tensor:
-        """A new ``[p]`` vector: ``first_block`` (a transposed view) copied in, the rest of ``vec`` as is
-        (one pass over each element, not a clone and then an overwrite)."""
+    def _permuted(self, vec: torch.Tensor, first_block: torch.Tensor, tail_order: torch.Tensor | None) -> torch.Tensor:
+        """A new ``[p]`` vector: ``first_block`` (a transposed view) copied in, the rest of ``vec``
+        gathered by ``tail_order`` (as is when None) — one pass over each element."""
         n0 = self._sizes[0]
         out = torch.empty_like(vec, memory_format=torch.contiguous_format)
         out[:n0].view(first_block.shape).copy_(first_block)
-        out[n0:].copy_(vec[n0:])
+        if tail_order is None:
+            out[n0:].copy_(vec[n0:])
+        else:
+            torch.index_select(vec[n0:], 0, tail_order.to(vec.device), out=out[n0:])
         return out
+
+    # ------------------------------------------------------------------ dead hidden units
+
+    def _drop_dead_units(self, hidden: list, masks: list, signals: list) -> tuple[list, list, list]:
+        """Reorder the units of hidden layers 2…L−1 live-first and keep only the live columns of
+        their training-set caches.
+
+        A unit whose ReLU is off on every training row is decoupled from every product over
+        training rows: its tangent is masked, its activation is 0, so the rows of ``G v`` (and of
+        the exact ``H v``) of its incoming weights and bias and the columns of its outgoing
+        weights are exactly 0 (λ·v aside). Trained ReLU nets have such units (22 % of the second
+        hidden layer of the model in ``benchmarks/peers``); dropping them shrinks every hidden-layer
+        GEMM of a product by that fraction. The model is unchanged (same function); weights,
+        biases and the internal layout are permuted accordingly. Products on other batches
+        (:meth:`matvec` with ``batch``) run at full width in the permuted order.
+        The first hidden layer is not reordered (its units index the first weight block, ≈95 %
+        of ``p``, which the sparse kernels read in place).
+        """
+        for k in range(1, len(masks)):
+            live = masks[k].sum(0) != 0
+            if bool(live.all()):
+                continue
+            order = torch.cat([live.nonzero()[:, 0], (~live).nonzero()[:, 0]])
+            self._unit_orders[k] = order
+            alive = order[: int(live.sum())]
+            self.weights[k] = self.weights[k].index_select(0, order).contiguous()
+            self.biases[k] = self.biases[k].index_select(0, order).contiguous()
+            self.weights[k + 1] = self.weights[k + 1].index_select(1, order).contiguous()
+            hidden[k], masks[k] = hidden[k].index_select(1, alive), masks[k].index_select(1, alive)
+            if self.exact:  # signals[L−1−l] is the output signal of layer l (width of hidden layer l)
+                j = self.n_layers - 1 - k
+                signals[j] = signals[j].index_select(1, alive)
+        if any(order is not None for order in self._unit_orders):
+            self._tail_order = self._tail_permutation()
+            self._tail_inverse = torch.argsort(self._tail_order)
+        return hidden, masks, signals
+
+    def _tail_permutation(self) -> torch.Tensor:
+        """int64 ``[p − n₀]``: for each internal position after the first weight block, its standard
+        position (relative to the block's end), given the unit orders."""
+        pieces, start = [], 0
+        for block, (shape, size) in enumerate(zip(self._shapes[1:], self._sizes[1:]), start=1):
+            layer, is_weight = block // 2, block % 2 == 0
+            index = torch.arange(start, start + size).view(shape)
+            out_order = self._unit_orders[layer] if layer < len(self._unit_orders) else None
+            if out_order is not None:
+                index = index.index_select(0, out_order)
+            if is_weight and self._unit_orders[layer - 1] is not None:
+                index = index.index_select(1, self._unit_orders[layer - 1])
+            pieces.append(index.reshape(-1))
+            start += size
+        return torch.cat(pieces)
 
     def _views(self, vec: torch.Tensor) -> list[torch.Tensor]:
         """Per-parameter views of an internal-layout vector (first weight as ``[in, out]``)."""
@@ -259,29 +326,42 @@ class NativeHessian:
         """From the first layer's tangent ``dz = x V₁ᵀ + c₁`` ``[B, out₁]``: the rest of ``J v``, then
         ``Jᵀ (coef·J v)`` (plus the R-operator terms of the exact Hessian) for every parameter block
         but the first weight, written (``first``) or added into ``O[1:]``. Returns the first layer's
-        output gradient ``q`` ``[B, out₁]``, whose weight gradient ``xᵀ q`` is the first block."""
+        output gradient ``q`` ``[B, out₁]``, whose weight gradient ``xᵀ q`` is the first block.
+
+        Hidden layers run on the units the caches hold (``masks[k].shape[1]``: the live ones,
+        first in the permuted order; see :meth:`_drop_dead_units`); the rows and columns of the
+        dropped units are written as zeros."""
         L = self.n_layers
+        widths = [m.shape[1] for m in masks] + [1]  # units in use per layer output
         dh = []  # tangents of the hidden outputs
         for l in range(1, L):
+            a_in, a_out = widths[l - 1], widths[l]
             dh.append(dz * masks[l - 1])
-            dz = torch.addmm(V[2 * l + 1], dh[-1], self.weights[l].t())
-            dz.addmm_(hidden[l - 1], V[2 * l].t())
+            dz = torch.addmm(V[2 * l + 1][:a_out], dh[-1], self.weights[l][:a_out, :a_in].t())
+            dz.addmm_(hidden[l - 1], V[2 * l][:a_out, :a_in].t())
         q = dz * coef  # (2/B)·Jv as the output gradient, [B, 1]
         for l in range(L - 1, 0, -1):
-            if first:  # written straight into the output blocks
-                grad_w = torch.mm(q.t(), hidden[l - 1], out=O[2 * l])
-                torch.sum(q, 0, out=O[2 * l + 1])
+            a_in, a_out = widths[l - 1], widths[l]
+            used_w, used_b = O[2 * l][:a_out, :a_in], O[2 * l + 1][:a_out]
+            if first and used_w.is_contiguous():  # written straight into the output block
+                grad_w = torch.mm(q.t(), hidden[l - 1], out=used_w)
             else:
                 grad_w = q.t() @ hidden[l - 1]
-                O[2 * l + 1].add_(q.sum(0))
             if self.exact:
                 s = signals[L - 1 - l] * coef
                 grad_w.addmm_(s.t(), dh[l - 1])
-            if not first:
-                O[2 * l].add_(grad_w)
-            q = q @ self.weights[l]
+            if first:
+                if grad_w is not used_w:
+                    used_w.copy_(grad_w)
+                torch.sum(q, 0, out=used_b)
+                _zero_outside(O[2 * l], a_out, a_in)
+                O[2 * l + 1][a_out:].zero_()
+            else:
+                used_w.add_(grad_w)
+                used_b.add_(q.sum(0))
+            q = q @ self.weights[l][:a_out, :a_in]
             if self.exact:
-                q.addmm_(s, V[2 * l])
+                q.addmm_(s, V[2 * l][:a_out, :a_in])
             q = q * masks[l - 1]
         _accumulate(O[1], q.sum(0), first)
         return q
@@ -389,6 +469,12 @@ class NativeHessian:
         X, y = self.op._as_batch(*batch)
         hidden, masks, signals = self._forward(X, y)
         return self.from_internal(self._product(vec_int, [(X, hidden, masks, signals, 2.0 / X.shape[0])]))
+
+
+def _zero_outside(block: torch.Tensor, rows: int, cols: int) -> None:
+    """Zero a ``[R, C]`` block outside its leading ``[rows, cols]`` corner."""
+    block[rows:].zero_()
+    block[:rows, cols:].zero_()
 
 
 def _accumulate(target: torch.Tensor, value: torch.Tensor, first: bool) -> None:
