@@ -247,6 +247,33 @@ def test_dead_units_dropped_products_unchanged(kind, all_dead_layer):
                                    h_full, idx, weight_decay=False), damping, scale)[0]), rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("kind", ["gauss-newton", "exact"])
+@pytest.mark.parametrize("hidden", [(17, 9), (11, 7, 5), (13,)])
+def test_folded_head_equals_layer_by_layer(kind, hidden):
+    """The folded last hidden layer + output layer (default) gives the layer-by-layer products:
+    full set, minibatch, a batch of other rows, and fused LiSSA steps; one hidden layer: no fold."""
+    model, X, y = make_problem(hidden=hidden, seed=31)
+    op = HessianOperator(model, X, y, WD, kind=kind, chunk_size=19)
+    folded, plain = NativeHessian(op), NativeHessian(op, fold_head=False)
+    assert folded.fold_head == (len(hidden) >= 2) and (folded.proj is not None) == folded.fold_head
+    assert not plain.fold_head and plain.proj is None
+    gen = torch.Generator().manual_seed(8)
+    v = torch.randn(op.n_params, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(folded.matvec(v), plain.matvec(v), rtol=1e-12, atol=1e-13)
+    idx = op.sample_indices(23, gen)
+    torch.testing.assert_close(folded.matvec_internal(folded.to_internal(v), idx),
+                               plain.matvec_internal(plain.to_internal(v), idx), rtol=1e-12, atol=1e-13)
+    other = (torch.randn(7, X.shape[1], generator=gen, dtype=X.dtype), torch.randn(7, generator=gen, dtype=X.dtype))
+    torch.testing.assert_close(folded.matvec(v, other), op.matvec(v, other), rtol=1e-12, atol=1e-13)
+    hf, hp = folded.to_internal(v), plain.to_internal(v)
+    vf, vp = hf.clone(), hp.clone()
+    for _ in range(3):
+        idx = op.sample_indices(23, gen)
+        assert folded.lissa_step_(hf, vf, idx, 0.05, 20.0) == pytest.approx(plain.lissa_step_(hp, vp, idx, 0.05, 20.0),
+                                                                            rel=1e-12)
+    torch.testing.assert_close(folded.from_internal(hf), plain.from_internal(hp), rtol=1e-12, atol=1e-13)
+
+
 def test_fused_lissa_step_rejects_aliasing():
     model, X, y = make_problem(seed=13)
     native = NativeHessian(HessianOperator(model, X, y, WD))

@@ -133,6 +133,30 @@ def _first_layer(
     return z
 
 
+class RowCache(NamedTuple):
+    """Per-row quantities at θ̂ for a set of rows: ``hidden`` / ``masks`` (post-ReLU activations,
+    0/1 masks) of every hidden layer ``[n, width used]``, the exact Hessian's first-order
+    ``signals`` (None where the products do not read them) and ``proj``, the folded head's
+    ``(m_{L−2} ⊙ w_L) W_{L−2}`` ``[n, width of hidden L−3]`` (None when not folding)."""
+
+    hidden: list
+    masks: list
+    signals: list
+    proj: torch.Tensor | None
+
+    def take(self, idx: torch.Tensor) -> "RowCache":
+        """The rows ``idx`` (gathered copies)."""
+        pick = lambda t: None if t is None else t.index_select(0, idx)  # noqa: E731 — faster than t[idx]
+        return RowCache([pick(t) for t in self.hidden], [pick(t) for t in self.masks],
+                        [pick(t) for t in self.signals], pick(self.proj))
+
+    def rows(self, sl: slice) -> "RowCache":
+        """The rows ``sl`` (views)."""
+        cut = lambda t: None if t is None else t[sl]  # noqa: E731
+        return RowCache([cut(t) for t in self.hidden], [cut(t) for t in self.masks],
+                        [cut(t) for t in self.signals], cut(self.proj))
+
+
 class NativeHessian:
     """Gauss–Newton or exact curvature of an :class:`~lipo_if.model.MLPRegressor`, explicit products.
 
@@ -142,14 +166,16 @@ class NativeHessian:
     one forward pass over the training set and keeps ``[n, width]`` activations and masks of every
     hidden layer (and, for the exact Hessian, the first-order backward signals of layers 2…L).
     ``drop_dead_units``: leave the units of hidden layers 2… that are off on every training row
-    out of the products (exactly zero there; :meth:`_drop_dead_units`). False keeps every unit
-    (for A/B benchmarks and tests).
+    out of the products (exactly zero there; :meth:`_drop_dead_units`). ``fold_head``: compute
+    the last hidden layer and the one-output layer by the folded algebra of :meth:`_folded_head`
+    (half the GEMMs there). False for either runs the plain layer-by-layer products (A/B
+    benchmarks and tests).
 
     Raises:
         ValueError: the operator is not supported (see :func:`native_unsupported_reason`).
     """
 
-    def __init__(self, op: HessianOperator, drop_dead_units: bool = True) -> None:
+    def __init__(self, op: HessianOperator, drop_dead_units: bool = True, fold_head: bool = True) -> None:
         reason = native_unsupported_reason(op)
         if reason is not None:
             raise ValueError(f"native HVP unavailable: {reason}; use hvp='autograd'")
@@ -173,7 +199,12 @@ class NativeHessian:
         self._tail_inverse: torch.Tensor | None = None
         if drop_dead_units:
             hidden, masks, signals = self._drop_dead_units(hidden, masks, signals)
+        #: Fold the last hidden layer into the output layer's algebra (:meth:`_folded_head`); needs L ≥ 3.
+        self.fold_head = fold_head and self.n_layers >= 3
+        if self.fold_head and self.exact:
+            signals[1] = None  # the head's signal is r·w_L ⊙ m: the folded head forms it from r
         self.hidden, self.masks, self.signals = hidden, masks, signals
+        self.proj = self._head_projection(masks)
         self._tail_buffer: torch.Tensor | None = None
         self._step_views: tuple | None = None  # (h, v, their block views, tail, its views, tail-update args)
         #: LiSSA solvers call :meth:`lissa_step_` (fused first-block update) when True; False makes
@@ -304,24 +335,34 @@ class NativeHessian:
                         s = (s @ self.weights[l]) * masks[l - 1]
         return hidden, masks, signals
 
+    def _head_projection(self, masks: list) -> torch.Tensor | None:
+        """``(m_k ⊙ w_L) W_k`` ``[n, width of hidden k−1]`` for the head layer ``k = L − 2`` (rows of
+        ``masks``), or None when not folding. Fixed at θ̂: formed once per row set."""
+        if not self.fold_head:
+            return None
+        k = self.n_layers - 2
+        a, a_in = masks[k].shape[1], masks[k - 1].shape[1]
+        return (masks[k] * self.weights[k + 1][0, :a]) @ self.weights[k][:a, :a_in]
+
+    def _row_cache(self) -> RowCache:
+        return RowCache(self.hidden, self.masks, self.signals, self.proj)
+
     def _cached_chunks(self, idx: torch.Tensor | None) -> Iterator[tuple]:
-        """``(x, hidden, masks, signals, 2/|B|-weight)`` for a minibatch ``idx`` or the whole set in chunks."""
+        """``(x, RowCache, 2/|B|-weight)`` for a minibatch ``idx`` or the whole set in chunks."""
         op = self.op
+        cache = self._row_cache()
         if idx is not None:
-            yield (op.X[idx], [h[idx] for h in self.hidden], [m[idx] for m in self.masks],
-                   [s[idx] for s in self.signals], 2.0 / idx.numel())
+            yield op.X[idx], cache.take(idx), 2.0 / idx.numel()
             return
         n = op.n_train
         for start in range(0, n, op.chunk_size):
             sl = slice(start, min(start + op.chunk_size, n))
-            yield (op.X[sl], [h[sl] for h in self.hidden], [m[sl] for m in self.masks],
-                   [s[sl] for s in self.signals], 2.0 / n)
+            yield op.X[sl], cache.rows(sl), 2.0 / n
 
     # ------------------------------------------------------------------ products
 
     def _tangent_backward(
-        self, V: list[torch.Tensor], dz: torch.Tensor, hidden: list, masks: list, signals: list, coef: float,
-        O: list, first: bool,
+        self, V: list[torch.Tensor], dz: torch.Tensor, rows: RowCache, coef: float, O: list, first: bool,
     ) -> torch.Tensor:
         """From the first layer's tangent ``dz = x V₁ᵀ + c₁`` ``[B, out₁]``: the rest of ``J v``, then
         ``Jᵀ (coef·J v)`` (plus the R-operator terms of the exact Hessian) for every parameter block
@@ -330,17 +371,26 @@ class NativeHessian:
 
         Hidden layers run on the units the caches hold (``masks[k].shape[1]``: the live ones,
         first in the permuted order; see :meth:`_drop_dead_units`); the rows and columns of the
-        dropped units are written as zeros."""
+        dropped units are written as zeros. With ``rows.proj`` the last hidden layer and the
+        output layer are done by :meth:`_folded_head`."""
         L = self.n_layers
+        hidden, masks, signals = rows.hidden, rows.masks, rows.signals
         widths = [m.shape[1] for m in masks] + [1]  # units in use per layer output
+        top = L - 2 if rows.proj is not None else L  # layers below `top` go one by one
         dh = []  # tangents of the hidden outputs
-        for l in range(1, L):
+        for l in range(1, top):
             a_in, a_out = widths[l - 1], widths[l]
             dh.append(dz * masks[l - 1])
             dz = torch.addmm(V[2 * l + 1][:a_out], dh[-1], self.weights[l][:a_out, :a_in].t())
             dz.addmm_(hidden[l - 1], V[2 * l][:a_out, :a_in].t())
-        q = dz * coef  # (2/B)·Jv as the output gradient, [B, 1]
-        for l in range(L - 1, 0, -1):
+        if rows.proj is not None:
+            q = self._folded_head(V, dz, rows, widths, coef, O, first)
+            dh.append(None)  # (the head's input tangent is used inside the fold only)
+            below = top - 1
+        else:
+            q = dz * coef  # (2/B)·Jv as the output gradient, [B, 1]
+            below = L - 1
+        for l in range(below, 0, -1):
             a_in, a_out = widths[l - 1], widths[l]
             used_w, used_b = O[2 * l][:a_out, :a_in], O[2 * l + 1][:a_out]
             if first and used_w.is_contiguous():  # written straight into the output block
@@ -366,6 +416,63 @@ class NativeHessian:
         _accumulate(O[1], q.sum(0), first)
         return q
 
+    def _folded_head(
+        self, V: list[torch.Tensor], dz: torch.Tensor, rows: RowCache, widths: list[int], coef: float, O: list,
+        first: bool,
+    ) -> torch.Tensor:
+        """The head layer ``k = L − 2`` (``W_k`` ``[a, a_in]``, hidden ``k`` → the one output through
+        the row ``w`` of ``W_{L−1}``) and the output layer in closed form, from the tangent ``dz``
+        ``[B, a_in]`` of hidden layer ``k − 1``; writes (``first``) or adds the blocks of ``W_k``,
+        ``b_k``, ``W_{L−1}``, ``b_{L−1}`` and returns the output gradient of layer ``k − 1``.
+
+        With one output the head's output gradient is a rank-1 (exact: rank-2) pattern under its
+        ReLU mask, ``q_k = (q w + c u) ⊙ m_k`` (``q`` = coef·J v, ``c`` = coef·r, ``u`` = V's row of
+        ``W_{L−1}``), so with ``P = (m_k ⊙ w) W_k`` cached per row (:meth:`_head_projection`)::
+
+            J v          = rowsum(dh P) + (m_k ⊙ T) w + h_k u + c_L,      T = h Vₖᵀ + cₖ
+            ∂W_k         = diag(w) m_kᵀ (q ⊙ h + c ⊙ dh) + diag(u) m_kᵀ (c ⊙ h)
+            ∂b_k         = w ⊙ m_kᵀ q + u ⊙ m_kᵀ c
+            ∂w (exact)   = rowsum((m_kᵀ (q ⊙ h + c ⊙ dh)) ⊙ W_k) + b_k ⊙ m_kᵀ q + (m_k ⊙ T)ᵀ c
+            q_{k−1}      = (q ⊙ P + c ⊙ m_k (diag(u) W_k + diag(w) V_k)) ⊙ m_{k−1}
+
+        (``h``, ``dh``: hidden layer ``k − 1`` and its tangent; Gauss–Newton: ``c = 0`` and
+        ``∂w = h_kᵀ q``). The ``∂w`` line uses ``h_k = m_k ⊙ (h W_kᵀ + b_k)``. Two GEMMs of the
+        head's size for Gauss–Newton (four plain), four for the exact Hessian (six plain)."""
+        L, k = self.n_layers, self.n_layers - 2
+        a_in, a = widths[k - 1], widths[k]
+        h, h_k, m_k, m_in, P = rows.hidden[k - 1], rows.hidden[k], rows.masks[k], rows.masks[k - 1], rows.proj
+        dh = dz * m_in
+        W, Vw, Vb = self.weights[k][:a, :a_in], V[2 * k][:a, :a_in], V[2 * k + 1][:a]
+        w, u = self.weights[L - 1][0, :a], V[2 * L - 2][0, :a]
+        T = torch.addmm(Vb, h, Vw.t())  # [B, a]
+        mT = m_k * T
+        q = ((dh * P).sum(1) + mT @ w + h_k @ u + V[2 * L - 1]).mul_(coef)  # [B]: coef · J v
+        mq = m_k.t() @ q  # [a]
+        if self.exact:
+            c = rows.signals[0][:, 0] * coef  # [B]
+            Y = m_k.t() @ torch.addcmul(h * q[:, None], dh, c[:, None])  # [a, a_in]
+            grad_w_out = (Y * W).sum(1).add_(mq * self.biases[k][:a]).add_(mT.t() @ c)
+            grad_W = Y.mul_(w[:, None]).add_((m_k.t() @ (h * c[:, None])).mul_(u[:, None]))
+            grad_b = (w * mq).add_(u * (m_k.t() @ c))
+            q_in = torch.addcmul((m_k @ torch.addcmul(W * u[:, None], Vw, w[:, None])).mul_(c[:, None]), P, q[:, None])
+        else:
+            grad_w_out = h_k.t() @ q
+            grad_W = (m_k.t() @ (h * q[:, None])).mul_(w[:, None])
+            grad_b = w * mq
+            q_in = P * q[:, None]
+        for block, value, used in ((O[2 * L - 2], grad_w_out[None], (1, a)), (O[2 * L - 1], q.sum().reshape(1), (1,)),
+                                   (O[2 * k], grad_W, (a, a_in)), (O[2 * k + 1], grad_b, (a,))):
+            corner = block[: used[0]] if len(used) == 1 else block[: used[0], : used[1]]
+            if first:
+                corner.copy_(value)
+                if len(used) == 1:
+                    block[used[0]:].zero_()
+                else:
+                    _zero_outside(block, *used)
+            else:
+                corner.add_(value)
+        return q_in.mul_(m_in)
+
     def _product(
         self, vec: torch.Tensor, chunks, weight_decay: bool = True, out: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -379,9 +486,9 @@ class NativeHessian:
         O = self._views(out)
         first = True
         with torch.no_grad():
-            for x, hidden, masks, signals, coef in chunks:
+            for x, rows, coef in chunks:
                 dz = ops.sparse_linear(x, V[0].t(), V[1])
-                q = self._tangent_backward(V, dz, hidden, masks, signals, coef, O, first)
+                q = self._tangent_backward(V, dz, rows, coef, O, first)
                 if first:  # the first block (≈94 % of p) is written in place, not copied
                     ops.sparse_linear_weight_grad(x, q, out=O[0])
                 else:
@@ -433,9 +540,7 @@ class NativeHessian:
         with torch.no_grad():
             x_dense = take(sparse_in.x_dense)
             dz = _first_layer(sparse_in, idx, V[0], V[1], x_dense)
-            q = self._tangent_backward(
-                V, dz, [take(t) for t in self.hidden], [take(m) for m in self.masks], [take(s) for s in self.signals],
-                2.0 / idx.numel(), O, True)
+            q = self._tangent_backward(V, dz, self._row_cache().take(idx), 2.0 / idx.numel(), O, True)
             dense = (sparse_in.dense_cols, x_dense.t() @ q) if sparse_in.dense_cols.numel() else (None, None)
             sums = ops.csr_lissa_update_(V[0], Vv[0], sparse_in.csr, idx, q, damping, scale, *dense)
             # The other blocks (≈5 % of p, their product in `tail`): the same in-place update, as one
@@ -468,7 +573,8 @@ class NativeHessian:
             return self.from_internal(self.matvec_internal(vec_int))
         X, y = self.op._as_batch(*batch)
         hidden, masks, signals = self._forward(X, y)
-        return self.from_internal(self._product(vec_int, [(X, hidden, masks, signals, 2.0 / X.shape[0])]))
+        rows = RowCache(hidden, masks, signals, self._head_projection(masks))
+        return self.from_internal(self._product(vec_int, [(X, rows, 2.0 / X.shape[0])]))
 
 
 def _zero_outside(block: torch.Tensor, rows: int, cols: int) -> None:
