@@ -31,6 +31,10 @@ TORCH_LIBRARY(lipo_if, m) {
   // weight_t [in, out], plus init [B, out] when given -> [B, out]: the first layer's forward over
   // training rows compressed once (lipo_if.ops.CsrMatrix), cost nnz(X[rows])·out.
   m.def("csr_linear(Tensor ptr, Tensor cols, Tensor vals, Tensor rows, Tensor weight_t, Tensor? init) -> Tensor");
+  // x [n, in] -> (dense_cols [nd], ptr [n + 1], cols [nnz], vals [nnz]): the columns non-zero in more
+  // than 30 % of the rows, and the CSR of the others (lipo_if.ops.csr_split; CPU kernel only: the
+  // Python wrapper runs the pure-PyTorch twin on other devices).
+  m.def("csr_split(Tensor x) -> (Tensor, Tensor, Tensor, Tensor)");
   // LiSSA update of a first-layer block without forming its HVP block: with
   // G = X[rows]ᵀ grad_out + (dense_grad scattered to the rows dense_cols), in place
   //   h <- v + (1 - damping) h - G / scale   (h, v [in, out]; grad_out [B, out]; dense_grad [nd, out]),

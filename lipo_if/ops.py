@@ -43,14 +43,14 @@ from . import ops_reference
 from .ops_reference import CsrMatrix, csr_from_dense
 
 __all__ = [
-    "CsrMatrix", "backend", "csr_from_dense", "csr_linear", "csr_lissa_update_", "first_layer_with_vectors",
+    "CsrMatrix", "backend", "csr_from_dense", "csr_linear", "csr_lissa_update_", "csr_split", "first_layer_with_vectors",
     "has_ops", "linear_grad_dot", "lissa_step", "load_jit", "mlp_grad_dot", "sparse_linear",
     "sparse_linear_weight_grad",
 ]
 
 _OPS_NAMES = (
     "linear_grad_dot", "lissa_step", "sparse_linear", "sparse_linear_weight_grad", "sparse_linear_weight_grad_into",
-    "csr_linear", "csr_lissa_update_",
+    "csr_linear", "csr_lissa_update_", "csr_split",
 )
 _CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
@@ -186,6 +186,15 @@ if has_ops():
     ) -> torch.Tensor:
         torch._check(weight_t.dim() == 2 and rows.dim() == 1)
         return weight_t.new_empty((rows.shape[0], weight_t.shape[1]))
+
+    @torch.library.register_fake("lipo_if::csr_split")
+    def _csr_split_fake(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        torch._check(x.dim() == 2)
+        ctx = torch.library.get_ctx()
+        nd, nnz = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+        index = dict(dtype=torch.int64, device=x.device)
+        return (torch.empty(nd, **index), torch.empty(x.shape[0] + 1, **index), torch.empty(nnz, **index),
+                x.new_empty(nnz))
 
     @torch.library.register_fake("lipo_if::csr_lissa_update_")
     def _csr_lissa_update_fake(
@@ -374,6 +383,23 @@ def _check_csr(csr: object, rows: object, ref: torch.Tensor, ref_name: str) -> N
     for name, t in (("csr.ptr", csr.ptr), ("csr.cols", csr.cols), ("rows", rows)):
         if t.device != ref.device:
             raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; all inputs must share one device")
+
+
+def csr_split(x: torch.Tensor) -> tuple[torch.Tensor, CsrMatrix]:
+    """Split a layer input once for the CSR ops: ``(dense_cols, csr)``.
+
+    ``dense_cols``: int64 ``[nd]`` (increasing) — the columns non-zero in more than 30 % of the rows
+    (standardized descriptors, frequent bits; their part of a product is one GEMM; none when
+    ``n < 32``); ``csr``: the :class:`CsrMatrix` ``[n, in]`` of the other columns' non-zeros. When
+    those are denser than 15 % overall, every column is dense and ``csr`` has no entries. The same
+    policy as the CPU kernels' per-call split. ``x``: float32/float64 ``[n, in]``. CPU: one parallel
+    pass (C++ kernel); other devices, or without the extension: the pure-PyTorch twin.
+    """
+    _check_tensor(x, "x", 2, "[n, in]")
+    if x.device.type == "cpu" and _use_kernel(x.device):
+        dense_cols, ptr, cols, vals = torch.ops.lipo_if.csr_split(x)
+        return dense_cols, CsrMatrix(ptr, cols, vals, x.shape[1])
+    return ops_reference.csr_split(x)
 
 
 def csr_linear(

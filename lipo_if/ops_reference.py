@@ -96,6 +96,34 @@ def csr_from_dense(
     return CsrMatrix(ptr, cols.contiguous(), x[rows, cols], x.shape[1])
 
 
+#: Input columns non-zero in more than this fraction of the rows (standardized descriptors, the
+#: most frequent fingerprint bits) are "dense columns" of :func:`csr_split` (a GEMM's part); the
+#: CPU kernels use the same value (kDenseColumnDensity in csrc/cpu/sparse_rows.h).
+DENSE_COLUMN_DENSITY = 0.3
+#: Fewer rows than this: no dense columns (kMinRowsForSplit).
+MIN_ROWS_FOR_SPLIT = 32
+#: When the columns left are denser than this overall, every column is dense (kSparseMaxDensity).
+SPARSE_MAX_DENSITY = 0.15
+
+
+def csr_split(x: torch.Tensor) -> tuple[torch.Tensor, CsrMatrix]:
+    """``(dense_cols, csr)``: the columns of ``x`` ``[n, in]`` non-zero in more than
+    ``DENSE_COLUMN_DENSITY`` of the rows (int64, increasing; none below ``MIN_ROWS_FOR_SPLIT``
+    rows) and the :class:`CsrMatrix` of the others — or every column dense and no entries when
+    those are denser than ``SPARSE_MAX_DENSITY`` overall."""
+    n, in_dim = x.shape
+    nonzero = (x != 0).nonzero()  # one pass over x; counts and CSR both come from it
+    counts = torch.bincount(nonzero[:, 1], minlength=in_dim)
+    dense = counts > DENSE_COLUMN_DENSITY * n
+    if n < MIN_ROWS_FOR_SPLIT:
+        dense[:] = False
+    sparse_cells = n * int((~dense).sum())
+    if sparse_cells and int(counts[~dense].sum()) > SPARSE_MAX_DENSITY * sparse_cells:
+        dense[:] = True
+    dense_cols = dense.nonzero()[:, 0]
+    return dense_cols, csr_from_dense(x, dense_cols, nonzero)
+
+
 def _csr_rows_dense(csr: CsrMatrix, rows: torch.Tensor) -> torch.Tensor:
     """``X[rows]`` ``[B, n_cols]`` as a dense tensor (entries of repeated columns add)."""
     starts = csr.ptr[rows]

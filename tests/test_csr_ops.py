@@ -44,6 +44,61 @@ def to(t, dtype, device):
     return t.to(dtype=dtype, device=device)
 
 
+# --------------------------------------------------------------------------- csr_split
+
+
+def _expected_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense columns, the dense matrix of the other columns) by the documented policy, from x."""
+    n = x.shape[0]
+    counts = (x != 0).sum(0)
+    dense = (counts > 0.3 * n) & (n >= 32)
+    cells = n * int((~dense).sum())
+    if cells and int(counts[~dense].sum()) > 0.15 * cells:
+        dense[:] = True
+    cols = dense.nonzero()[:, 0]
+    return cols, without(x, cols)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", ["mixed", "few-rows", "all-dense", "all-zero", "no-rows", "transposed"])
+def test_csr_split_matches_policy(dtype, case):
+    """ops.csr_split (kernel on CPU when built) and its pure-PyTorch twin: the dense columns and the
+    CSR of the rest as the policy says — on fingerprint-like input, fewer than 32 rows (no dense
+    columns), a gaussian input (every column dense, no entries), zeros, no rows, a transposed view."""
+    x = {"mixed": lambda: make_input(203, seed=21), "few-rows": lambda: make_input(19, seed=22),
+         "all-dense": lambda: torch.randn(45, 17, generator=torch.Generator().manual_seed(3), dtype=torch.float64),
+         "all-zero": lambda: torch.zeros(40, IN, dtype=torch.float64), "no-rows": lambda: make_input(0),
+         "transposed": lambda: make_input(IN, seed=23).t()}[case]().to(dtype)
+    expected_cols, expected_rest = _expected_split(x)
+    if case == "mixed":
+        assert 51 < expected_cols.numel() < IN  # the gaussian columns and the two frequent bits
+    for split in (ops.csr_split, ops_reference.csr_split):
+        dense_cols, csr = split(x)
+        assert dense_cols.dtype == torch.int64 and torch.equal(dense_cols, expected_cols)
+        assert (csr.n_rows, csr.n_cols, csr.nnz) == (x.shape[0], x.shape[1], int((expected_rest != 0).sum()))
+        assert csr.vals.dtype == dtype and csr.cols.dtype == torch.int64 and int(csr.ptr[0]) == 0
+        assert torch.equal(ops_reference._csr_rows_dense(csr, torch.arange(x.shape[0])), expected_rest)
+        for i in range(x.shape[0]):  # columns increase within a row
+            cols = csr.cols[csr.ptr[i]:csr.ptr[i + 1]]
+            assert bool((cols[1:] > cols[:-1]).all())
+
+
+def test_csr_split_rejects_bad_input():
+    with pytest.raises(ValueError, match="x"):
+        ops.csr_split(torch.zeros(5))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ops.csr_split(torch.zeros(5, 3, dtype=torch.int64))
+
+
+@needs_ext
+def test_csr_split_kernel_checks_and_opcheck():
+    with pytest.raises(RuntimeError, match="2-D"):
+        torch.ops.lipo_if.csr_split(torch.zeros(5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        torch.ops.lipo_if.csr_split(torch.zeros(5, 3, dtype=torch.int32))
+    torch.library.opcheck(torch.ops.lipo_if.csr_split.default, (make_input(41, seed=5),))
+
+
 # --------------------------------------------------------------------------- csr_from_dense
 
 

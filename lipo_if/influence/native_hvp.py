@@ -78,15 +78,6 @@ def native_unsupported_reason(op: HessianOperator) -> str | None:
     return None
 
 
-#: Input columns non-zero in more than this fraction of the training rows (standardized
-#: descriptors, the most frequent fingerprint bits) form the dense block of the first layer in
-#: :meth:`NativeHessian.lissa_step_` (one GEMM); the rest is compressed once into a CSR matrix.
-#: The CPU kernels' per-call split uses the same threshold (kDenseColumnDensity).
-DENSE_COLUMN_DENSITY = 0.3
-#: When the columns left are denser than this overall, every column goes to the dense block.
-SPARSE_MAX_DENSITY = 0.15
-
-
 class SplitInput(NamedTuple):
     """The training inputs of the first layer split once per operator: ``dense_cols`` (int64
     ``[nd]``), their values ``x_dense`` ``[n, nd]`` (contiguous), the other columns' non-zeros
@@ -99,18 +90,13 @@ class SplitInput(NamedTuple):
 
 
 def _split_input(X: torch.Tensor) -> SplitInput:
-    n, in_dim = X.shape
-    nonzero = (X != 0).nonzero()  # one pass over X (bool: faster than X.nonzero()); counts and CSR both come from it
-    counts = torch.bincount(nonzero[:, 1], minlength=in_dim)
-    dense = counts > DENSE_COLUMN_DENSITY * n
-    sparse_cells = n * int((~dense).sum())
-    if sparse_cells and int(counts[~dense].sum()) > SPARSE_MAX_DENSITY * sparse_cells:
-        dense[:] = True
-    dense_cols = dense.nonzero()[:, 0]
+    """``X`` split by :func:`lipo_if.ops.csr_split` (dense columns + CSR of the rest), with the
+    dense columns' values copied out once."""
+    dense_cols, csr = ops.csr_split(X)
     contiguous = dense_cols.numel() > 0 and int(dense_cols[-1] - dense_cols[0]) + 1 == dense_cols.numel()
     dense_range = slice(int(dense_cols[0]), int(dense_cols[-1]) + 1) if contiguous else None
-    x_dense = X[:, dense_range] if dense_range is not None else X[:, dense_cols]
-    return SplitInput(dense_cols, x_dense.contiguous(), ops.csr_from_dense(X, dense_cols, nonzero), dense_range)
+    x_dense = X[:, dense_range] if dense_range is not None else X.index_select(1, dense_cols)
+    return SplitInput(dense_cols, x_dense.contiguous(), csr, dense_range)
 
 
 def _first_layer(
