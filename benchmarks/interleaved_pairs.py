@@ -12,10 +12,13 @@ Cases (float64 unless noted; the real model shape 2248 → 512 → 128 → 1 of 
 - ``lissa``: a LiSSA solve (batch 128, fixed depth, tol = 0, same seeded minibatches), native HVP
   vs the autograd reference, Gauss–Newton and exact Hessian, n_train = 3,000;
 - ``lissa-fused``: the same solve with the fused native step (``NativeHessian.lissa_step_``) vs
-  the native product followed by ``ops.lissa_step`` (the A/B of the fusion alone).
+  the native product followed by ``ops.lissa_step`` (the A/B of the fusion alone);
+- ``lissa-head``: on the trained model of ``benchmarks/peers`` (``--workload``, real data; its
+  LiSSA settings), the native solve as it is vs with ``drop_dead_units=False, fold_head=False``
+  (the A/B of leaving out units that are off on every training row and of the folded head).
 
-Run: ``PYTHONPATH=. python benchmarks/interleaved_pairs.py [--cases dense-layer,scoring,lissa,lissa-fused]
-[--json FILE]``.
+Run: ``PYTHONPATH=. python benchmarks/interleaved_pairs.py [--cases dense-layer,scoring,lissa,lissa-fused,lissa-head]
+[--workload runs/peers/workload.pt] [--json FILE]``.
 """
 from __future__ import annotations
 
@@ -136,15 +139,54 @@ def lissa_fused_cases(depth: int = 50) -> dict:
     return out
 
 
+WORKLOAD = Path(__file__).resolve().parents[1] / "runs" / "peers" / "workload.pt"
+
+
+def lissa_head_cases(depth: int = 100) -> dict:
+    """The native LiSSA solve as it is vs without dropping dead hidden units and without the folded
+    head, on the trained model and real training set of ``benchmarks/peers`` (float64, its
+    damping and scale, setup included on both sides)."""
+    from lipo_if.influence import HessianOperator, SolverConfig, solve
+    from lipo_if.influence.native_hvp import NativeHessian
+    from peers.bench_pydvl import load_model
+
+    if not WORKLOAD.exists():
+        raise SystemExit(f"lissa-head needs {WORKLOAD} (make bench-peers, or bench_pydvl.py --prepare FILE)")
+    workload = torch.load(WORKLOAD, weights_only=False)
+    model = load_model(workload, torch.float64)
+    X, y = workload["X_train"].double(), workload["y_train"].double()
+    wd = workload["weight_decay"]
+    out = {}
+    for hessian in ("gauss-newton", "exact"):
+        op = HessianOperator(model, X, y, wd, kind=hessian)
+        v = op.gradient(workload["X_val"].double(), workload["y_val"].double())
+
+        def run(new: bool, steps: int = depth):
+            native = NativeHessian(HessianOperator(model, X, y, wd, kind=hessian), drop_dead_units=new, fold_head=new)
+            cfg = SolverConfig(damping=0.562184432771151, scale=35.83925758916087, depth=steps, tol=0.0, batch_size=128,
+                               progress=False, check_definite=False)
+            return solve(native, v, "lissa", cfg, check_residual=False)
+
+        torch.testing.assert_close(run(True, 4).s, run(False, 4).s, rtol=1e-10, atol=1e-13)
+        result = pairs(lambda: run(True), lambda: run(False), rounds=9)
+        result["fast_ms_per_step"] = result["fast_ms"] / depth
+        result["reference_ms_per_step"] = result["reference_ms"] / depth
+        out[f"LiSSA solve {hessian} depth {depth} batch 128 float64, trained model: dead units dropped + folded head "
+            f"vs plain native"] = result
+    return out
+
+
 CASES = {"dense-layer": dense_layer_cases, "scoring": scoring_cases, "lissa": lissa_cases,
-         "lissa-fused": lissa_fused_cases}
+         "lissa-fused": lissa_fused_cases, "lissa-head": lissa_head_cases}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--workload", type=Path, default=WORKLOAD, help="workload of benchmarks/peers (lissa-head)")
     args = parser.parse_args()
+    globals()["WORKLOAD"] = args.workload
     if not ops.has_ops():
         raise SystemExit("lipo_if._C is not built: nothing to compare (pip install --no-build-isolation -e .)")
     results = {}

@@ -33,8 +33,19 @@ index, no per-step scan), and the first weight block's part of ``H h`` is never 
 :func:`lipo_if.ops.csr_lissa_update_` builds each of its rows from the minibatch's output
 gradients and applies the LiSSA update in place, in one pass that also yields both norms.
 
+Two exact simplifications for products over training rows, both set at construction:
+
+- hidden units (layers 2…L−1) that are off on every training row are left out: their rows and
+  columns of the product are exactly zero (λ·v aside), so every hidden-layer GEMM shrinks by
+  their share (22 % of the second hidden layer of the trained model in ``benchmarks/peers``);
+- the last hidden layer and the one-output layer are folded (:meth:`NativeHessian._folded_head`):
+  with one output, that layer's output gradient is a rank-1 (exact: rank-2) pattern under its
+  ReLU mask, and ``(m ⊙ w) W`` is fixed per training row — cached once, it replaces two of the
+  head's four GEMMs for Gauss–Newton (two of six for the exact Hessian).
+
 Internal layout: the solvers run in a permuted parameter layout in which the first weight block
-is stored transposed (``[in, out]`` row-major, the layout the sparse kernels read and write).
+is stored transposed (``[in, out]`` row-major, the layout the sparse kernels read and write) and
+the units of hidden layers 2… are ordered live-first.
 The permutation is orthogonal, so norms, dot products and the LiSSA/CG recursions are unchanged;
 :meth:`NativeHessian.to_internal` / :meth:`~NativeHessian.from_internal` convert once per
 solve. :meth:`NativeHessian.matvec` offers the standard layout and the
