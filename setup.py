@@ -29,7 +29,9 @@ def _extensions():
     force_cuda = os.environ.get("FORCE_CUDA") == "1"
     use_cuda = bool(cuda_sources) and (force_cuda or (torch.cuda.is_available() and CUDA_HOME is not None))
 
-    cxx_flags = ["-O3", "-g0", "-std=c++17"]
+    # -fopenmp: ATen's at::parallel_for is inlined from its headers, and without _OPENMP defined it
+    # runs every loop on one thread. At run time libgomp.so.1 is the copy torch has already loaded.
+    cxx_flags = ["-O3", "-g0", "-std=c++17", "-fopenmp"]
     if os.environ.get("LIPO_IF_NATIVE", "1") == "1" and not use_cuda:
         # The CPU kernels vectorize; -march=native lets the compiler use AVX-512 where present.
         cxx_flags.append("-march=native")
@@ -39,10 +41,12 @@ def _extensions():
         define_macros.append(("WITH_CUDA", None))
         extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
         ext = CUDAExtension(
-            "lipo_if._C", sources + cuda_sources, define_macros=define_macros, extra_compile_args=extra
+            "lipo_if._C", sources + cuda_sources, define_macros=define_macros, extra_compile_args=extra,
+            extra_link_args=["-fopenmp"],
         )
     else:
-        ext = CppExtension("lipo_if._C", sources, define_macros=define_macros, extra_compile_args=extra)
+        ext = CppExtension("lipo_if._C", sources, define_macros=define_macros, extra_compile_args=extra,
+                           extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include <string>
 #include <utility>
 
 namespace lipo_if {
@@ -137,9 +138,37 @@ inline void check_csr_rows_inputs(
 }
 
 // csr_linear: weight_t [in, out] (the transposed Linear weight), init [B, out] or None.
+// dense_x [B, nd] (values of the dense columns of the minibatch rows) with dense_cols [nd] int64
+// (distinct, in [0, in)) on ref's device: both or neither.
+inline void check_dense_x(
+    const char* op, const std::optional<at::Tensor>& dense_x, const std::optional<at::Tensor>& dense_cols,
+    int64_t B, const at::Tensor& ref, const char* ref_name) {
+  if (!dense_x.has_value()) return;
+  TORCH_CHECK(dense_cols.has_value(), "lipo_if.", op, ": dense_x needs dense_cols (the columns it holds)");
+  check_same(*dense_x, ref, (std::string(op) + ": dense_x").c_str(), ref_name);
+  TORCH_CHECK(
+      dense_x->dim() == 2 && dense_x->size(0) == B && dense_x->size(1) == dense_cols->size(0),
+      "lipo_if.", op, ": dense_x must be [B, nd] = [", B, ", ", dense_cols->size(0), "], got shape ", dense_x->sizes());
+}
+
+// dense_cols as used by the kernels: a 1-D int64 tensor on ref's device, every entry in [0, in).
+inline void check_dense_cols(const char* op, const at::Tensor& dense_cols, const at::Tensor& ref, int64_t in) {
+  TORCH_CHECK(
+      dense_cols.dim() == 1 && dense_cols.scalar_type() == at::kLong && dense_cols.device() == ref.device(),
+      "lipo_if.", op, ": dense_cols must be a 1-D int64 tensor on the inputs' device, got ", dense_cols.scalar_type(),
+      " of shape ", dense_cols.sizes(), " on ", dense_cols.device());
+  if (dense_cols.numel() > 0 && dense_cols.device().is_cpu()) {
+    const at::Tensor dc = dense_cols.contiguous();
+    const int64_t* p = dc.data_ptr<int64_t>();
+    for (int64_t k = 0; k < dc.numel(); ++k)
+      TORCH_CHECK(p[k] >= 0 && p[k] < in, "lipo_if.", op, ": dense_cols[", k, "] = ", p[k], " is out of range [0, ", in, ")");
+  }
+}
+
 inline void check_csr_linear_inputs(
     const at::Tensor& ptr, const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& rows,
-    const at::Tensor& weight_t, const std::optional<at::Tensor>& init) {
+    const at::Tensor& weight_t, const std::optional<at::Tensor>& init, const std::optional<at::Tensor>& dense_x,
+    const std::optional<at::Tensor>& dense_cols) {
   TORCH_CHECK(weight_t.dim() == 2, "lipo_if.csr_linear: weight_t must be 2-D [in, out], got shape ", weight_t.sizes());
   check_csr_rows_inputs("csr_linear", ptr, cols, vals, rows, weight_t, "weight_t");
   if (init.has_value()) {
@@ -149,6 +178,10 @@ inline void check_csr_linear_inputs(
         "lipo_if.csr_linear: init must be [B, out] = [", rows.size(0), ", ", weight_t.size(1), "], got shape ",
         init->sizes());
   }
+  TORCH_CHECK(
+      dense_x.has_value() == dense_cols.has_value(), "lipo_if.csr_linear: dense_x and dense_cols go together (both or neither)");
+  if (dense_cols.has_value()) check_dense_cols("csr_linear", *dense_cols, weight_t, weight_t.size(0));
+  check_dense_x("csr_linear", dense_x, dense_cols, rows.size(0), weight_t, "weight_t");
 }
 
 // csr_lissa_update_: h (updated in place, contiguous) and v [in, out]; grad_out [B, out];
@@ -156,7 +189,7 @@ inline void check_csr_linear_inputs(
 inline void check_csr_lissa_update_inputs(
     const at::Tensor& h, const at::Tensor& v, const at::Tensor& ptr, const at::Tensor& cols, const at::Tensor& vals,
     const at::Tensor& rows, const at::Tensor& grad_out, const std::optional<at::Tensor>& dense_cols,
-    const std::optional<at::Tensor>& dense_grad, double scale) {
+    const std::optional<at::Tensor>& dense_grad, double scale, const std::optional<at::Tensor>& dense_x) {
   const char* op = "csr_lissa_update_";
   TORCH_CHECK(h.dim() == 2, "lipo_if.csr_lissa_update_: h must be 2-D [in, out], got shape ", h.sizes());
   TORCH_CHECK(h.is_contiguous(), "lipo_if.csr_lissa_update_: h must be contiguous (it is updated in place)");
@@ -169,13 +202,19 @@ inline void check_csr_lissa_update_inputs(
       "lipo_if.csr_lissa_update_: grad_out must be [B, out] = [", rows.size(0), ", ", h.size(1), "], got shape ",
       grad_out.sizes());
   TORCH_CHECK(
-      dense_cols.has_value() == dense_grad.has_value(),
-      "lipo_if.csr_lissa_update_: dense_cols and dense_grad go together (both or neither)");
+      !(dense_grad.has_value() && dense_x.has_value()),
+      "lipo_if.csr_lissa_update_: give dense_grad or dense_x (it is computed from dense_x), not both");
+  TORCH_CHECK(
+      dense_cols.has_value() == (dense_grad.has_value() || dense_x.has_value()),
+      "lipo_if.csr_lissa_update_: dense_cols goes with dense_grad or dense_x (both or neither)");
   if (dense_cols.has_value()) {
     TORCH_CHECK(
         dense_cols->dim() == 1 && dense_cols->scalar_type() == at::kLong && dense_cols->device() == h.device(),
         "lipo_if.csr_lissa_update_: dense_cols must be a 1-D int64 tensor on h's device, got ", dense_cols->scalar_type(),
         " of shape ", dense_cols->sizes());
+  }
+  check_dense_x(op, dense_x, dense_cols, rows.size(0), h, "h");
+  if (dense_grad.has_value()) {
     check_same(*dense_grad, h, "csr_lissa_update_: dense_grad", "h");
     TORCH_CHECK(
         dense_grad->dim() == 2 && dense_grad->size(0) == dense_cols->size(0) && dense_grad->size(1) == h.size(1),

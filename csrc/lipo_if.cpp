@@ -30,7 +30,11 @@ TORCH_LIBRARY(lipo_if, m) {
   // Rows `rows` [B] of a CSR matrix X (ptr [n_rows + 1], cols [nnz] int64, vals [nnz]) times
   // weight_t [in, out], plus init [B, out] when given -> [B, out]: the first layer's forward over
   // training rows compressed once (lipo_if.ops.CsrMatrix), cost nnz(X[rows])·out.
-  m.def("csr_linear(Tensor ptr, Tensor cols, Tensor vals, Tensor rows, Tensor weight_t, Tensor? init) -> Tensor");
+  // With dense_x [B, nd] and dense_cols [nd]: plus dense_x · weight_t[dense_cols] (the dense columns'
+  // part, a GEMM; on a 2-thread CPU pool it runs beside the sparse part).
+  m.def(
+      "csr_linear(Tensor ptr, Tensor cols, Tensor vals, Tensor rows, Tensor weight_t, Tensor? init, "
+      "Tensor? dense_x=None, Tensor? dense_cols=None) -> Tensor");
   // x [n, in] -> (dense_cols [nd], ptr [n + 1], cols [nnz], vals [nnz]): the columns non-zero in more
   // than 30 % of the rows, and the CSR of the others (lipo_if.ops.csr_split; CPU kernel only: the
   // Python wrapper runs the pure-PyTorch twin on other devices).
@@ -38,10 +42,11 @@ TORCH_LIBRARY(lipo_if, m) {
   // LiSSA update of a first-layer block without forming its HVP block: with
   // G = X[rows]ᵀ grad_out + (dense_grad scattered to the rows dense_cols), in place
   //   h <- v + (1 - damping) h - G / scale   (h, v [in, out]; grad_out [B, out]; dense_grad [nd, out]),
-  // returning float64 [2] = (||h_new - h||², ||h_new||²).
+  // returning float64 [2] = (||h_new - h||², ||h_new||²). dense_x [B, nd] instead of dense_grad:
+  // dense_grad = dense_xᵀ grad_out is formed by the op (beside the other rows' update on a 2-thread CPU pool).
   m.def(
       "csr_lissa_update_(Tensor(a!) h, Tensor v, Tensor ptr, Tensor cols, Tensor vals, Tensor rows, Tensor grad_out, "
-      "Tensor? dense_cols, Tensor? dense_grad, float damping, float scale) -> Tensor");
+      "Tensor? dense_cols, Tensor? dense_grad, float damping, float scale, Tensor? dense_x=None) -> Tensor");
 }
 
 #ifndef TORCH_EXTENSION_NAME

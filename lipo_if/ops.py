@@ -111,7 +111,8 @@ def load_jit(verbose: bool = False) -> None:
     load(
         name="lipo_if_C",
         sources=sources,
-        extra_cflags=["-O3", "-g0", "-march=native"] + (["-DWITH_CUDA"] if with_cuda else []),
+        extra_cflags=["-O3", "-g0", "-march=native", "-fopenmp"] + (["-DWITH_CUDA"] if with_cuda else []),
+        extra_ldflags=["-fopenmp"],  # at::parallel_for is serial without _OPENMP (see setup.py)
         extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
         is_python_module=False,  # the library only registers operators
         verbose=verbose,
@@ -182,7 +183,7 @@ if has_ops():
     @torch.library.register_fake("lipo_if::csr_linear")
     def _csr_linear_fake(
         ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor,
-        init: torch.Tensor | None,
+        init: torch.Tensor | None, dense_x: torch.Tensor | None = None, dense_cols: torch.Tensor | None = None,
     ) -> torch.Tensor:
         torch._check(weight_t.dim() == 2 and rows.dim() == 1)
         return weight_t.new_empty((rows.shape[0], weight_t.shape[1]))
@@ -200,7 +201,7 @@ if has_ops():
     def _csr_lissa_update_fake(
         h: torch.Tensor, v: torch.Tensor, ptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
         rows: torch.Tensor, grad_out: torch.Tensor, dense_cols: torch.Tensor | None, dense_grad: torch.Tensor | None,
-        damping: float, scale: float,
+        damping: float, scale: float, dense_x: torch.Tensor | None = None,
     ) -> torch.Tensor:
         torch._check(h.dim() == 2 and grad_out.dim() == 2)
         return h.new_empty((2,), dtype=torch.float64)
@@ -402,19 +403,41 @@ def csr_split(x: torch.Tensor) -> tuple[torch.Tensor, CsrMatrix]:
     return ops_reference.csr_split(x)
 
 
+def _check_dense_x(
+    dense_x: torch.Tensor | None, dense_cols: torch.Tensor | None, rows: torch.Tensor, ref: torch.Tensor, ref_name: str,
+) -> None:
+    """``dense_x`` ``[B, nd]`` with ``dense_cols`` int64 ``[nd]`` (entries in ``[0, ref.shape[0])``), both or neither."""
+    if (dense_x is None) != (dense_cols is None):
+        raise ValueError("dense_x and dense_cols go together (both or neither)")
+    if dense_x is None:
+        return
+    if dense_cols.dtype != torch.int64 or dense_cols.dim() != 1 or dense_cols.device != ref.device:
+        raise TypeError(f"dense_cols must be a 1-D int64 tensor on {ref.device}, got {dense_cols.dtype} "
+                        f"of shape {tuple(dense_cols.shape)} on {dense_cols.device}")
+    _check_tensor(dense_x, "dense_x", 2, "[B, nd]")
+    if tuple(dense_x.shape) != (rows.shape[0], dense_cols.shape[0]):
+        raise ValueError(f"dense_x must be [B, nd] = [{rows.shape[0]}, {dense_cols.shape[0]}], got {tuple(dense_x.shape)}")
+    _check_alike({ref_name: ref, "dense_x": dense_x}, ref_name)
+
+
 def csr_linear(
-    csr: CsrMatrix, rows: torch.Tensor, weight_t: torch.Tensor, init: torch.Tensor | None = None
+    csr: CsrMatrix, rows: torch.Tensor, weight_t: torch.Tensor, init: torch.Tensor | None = None,
+    dense_x: torch.Tensor | None = None, dense_cols: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``X[rows] @ weight_t + init`` ``[B, out]`` for a :class:`CsrMatrix` ``X``, over its non-zeros only.
+    """``X[rows] @ weight_t + init (+ dense_x @ weight_t[dense_cols])`` ``[B, out]`` for a
+    :class:`CsrMatrix` ``X``, over its non-zeros only.
 
     The first layer's forward on a training minibatch when the training inputs were compressed once
-    (:func:`csr_from_dense`): no per-call scan of the dense rows. Row indices are checked.
+    (:func:`csr_split`): no per-call scan of the dense rows. Row indices are checked.
 
     Args:
         csr: ``X`` ``[n_rows, in]`` in compressed sparse rows (vals of weight_t's dtype).
         rows: int64 ``[B]`` row indices into ``X`` (repeats allowed).
         weight_t: ``[in, out]``, the *transposed* Linear weight (e.g. a block of a flat vector).
-        init: ``[B, out]`` added to the product (bias, dense-column part), or None.
+        init: ``[B, out]`` added to the product (e.g. the bias, expanded), or None.
+        dense_x, dense_cols: the minibatch's values ``[B, nd]`` of the columns ``dense_cols``
+            (int64 ``[nd]``) kept out of ``csr`` — their part is one GEMM, which the CPU kernel
+            runs beside the sparse part on a 2-thread pool; both or neither.
     """
     _check_tensor(weight_t, "weight_t", 2, "[in, out]")
     _check_csr(csr, rows, weight_t, "weight_t")
@@ -423,14 +446,16 @@ def csr_linear(
         if tuple(init.shape) != (rows.shape[0], weight_t.shape[1]):
             raise ValueError(f"init must be [B, out] = [{rows.shape[0]}, {weight_t.shape[1]}], got {tuple(init.shape)}")
         _check_alike({"weight_t": weight_t, "init": init}, "weight_t")
+    _check_dense_x(dense_x, dense_cols, rows, weight_t, "weight_t")
     if _use_kernel(weight_t.device):
-        return torch.ops.lipo_if.csr_linear(csr.ptr, csr.cols, csr.vals, rows, weight_t, init)
-    return ops_reference.csr_linear(csr, rows, weight_t, init)
+        return torch.ops.lipo_if.csr_linear(csr.ptr, csr.cols, csr.vals, rows, weight_t, init, dense_x, dense_cols)
+    return ops_reference.csr_linear(csr, rows, weight_t, init, dense_x, dense_cols)
 
 
 def csr_lissa_update_(
     h: torch.Tensor, v: torch.Tensor, csr: CsrMatrix, rows: torch.Tensor, grad_out: torch.Tensor, damping: float,
     scale: float, dense_cols: torch.Tensor | None = None, dense_grad: torch.Tensor | None = None,
+    dense_x: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """In place: ``h ← v + (1 − damping)·h − G/scale`` with ``G = X[rows]ᵀ grad_out`` (+ dense part).
 
@@ -446,7 +471,9 @@ def csr_lissa_update_(
         grad_out: ``[B, out]`` gradient with respect to the layer output (any loss weights included).
         damping, scale: as in :func:`lissa_step` (scale ≠ 0).
         dense_cols: int64 ``[nd]`` distinct input columns kept out of ``csr`` (descriptors), or None;
-        dense_grad: ``[nd, out]`` their rows of ``G`` (``X[rows][:, dense_cols]ᵀ grad_out``, one GEMM).
+        dense_grad: ``[nd, out]`` their rows of ``G`` (``X[rows][:, dense_cols]ᵀ grad_out``, one GEMM);
+        dense_x: ``[B, nd]`` = ``X[rows][:, dense_cols]`` instead of ``dense_grad``: the op forms
+            ``dense_xᵀ grad_out`` itself (on a 2-thread CPU pool beside the other rows' update).
 
     Returns:
         float64 ``[2]`` = ``(‖h_new − h‖², ‖h_new‖²)`` (no host sync).
@@ -462,9 +489,13 @@ def csr_lissa_update_(
         raise ValueError(f"grad_out must be [B, out] = [{rows.shape[0]}, {h.shape[1]}], got {tuple(grad_out.shape)}")
     if not h.is_contiguous():
         raise ValueError("h must be contiguous (it is updated in place)")
-    if (dense_cols is None) != (dense_grad is None):
+    if dense_grad is not None and dense_x is not None:
+        raise ValueError("give dense_grad or dense_x (it is computed from dense_x), not both")
+    if dense_x is not None:
+        _check_dense_x(dense_x, dense_cols, rows, h, "h")
+    elif (dense_cols is None) != (dense_grad is None):
         raise ValueError("dense_cols and dense_grad go together (both or neither)")
-    if dense_cols is not None:
+    elif dense_cols is not None:
         if dense_cols.dtype != torch.int64 or dense_cols.dim() != 1 or dense_cols.device != h.device:
             raise TypeError(f"dense_cols must be a 1-D int64 tensor on {h.device}, got {dense_cols.dtype} "
                             f"of shape {tuple(dense_cols.shape)} on {dense_cols.device}")
@@ -479,8 +510,8 @@ def csr_lissa_update_(
         raise ValueError("scale must be non-zero")
     if _use_kernel(h.device):
         return torch.ops.lipo_if.csr_lissa_update_(
-            h, v, csr.ptr, csr.cols, csr.vals, rows, grad_out, dense_cols, dense_grad, damping, scale)
-    return ops_reference.csr_lissa_update_(h, v, csr, rows, grad_out, damping, scale, dense_cols, dense_grad)
+            h, v, csr.ptr, csr.cols, csr.vals, rows, grad_out, dense_cols, dense_grad, damping, scale, dense_x)
+    return ops_reference.csr_lissa_update_(h, v, csr, rows, grad_out, damping, scale, dense_cols, dense_grad, dense_x)
 
 
 def mlp_grad_dot(

@@ -136,19 +136,27 @@ def _csr_rows_dense(csr: CsrMatrix, rows: torch.Tensor) -> torch.Tensor:
 
 
 def csr_linear(
-    csr: CsrMatrix, rows: torch.Tensor, weight_t: torch.Tensor, init: torch.Tensor | None = None
+    csr: CsrMatrix, rows: torch.Tensor, weight_t: torch.Tensor, init: torch.Tensor | None = None,
+    dense_x: torch.Tensor | None = None, dense_cols: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``X[rows] @ weight_t (+ init)`` ``[B, out]`` by densifying the B rows and one GEMM."""
+    """``X[rows] @ weight_t (+ init) (+ dense_x @ weight_t[dense_cols])`` ``[B, out]`` by densifying
+    the B rows and one GEMM."""
     y = _csr_rows_dense(csr, rows) @ weight_t
+    if dense_x is not None:
+        y = y + dense_x @ weight_t[dense_cols]
     return y if init is None else y + init
 
 
 def csr_lissa_update_(
     h: torch.Tensor, v: torch.Tensor, csr: CsrMatrix, rows: torch.Tensor, grad_out: torch.Tensor, damping: float,
     scale: float, dense_cols: torch.Tensor | None = None, dense_grad: torch.Tensor | None = None,
+    dense_x: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``G = X[rows]ᵀ grad_out`` (+ dense_grad at rows dense_cols) formed explicitly, then the
-    :func:`lissa_step` formula written into ``h``; returns float64 ``[‖h_new − h‖², ‖h_new‖²]``."""
+    """``G = X[rows]ᵀ grad_out`` (+ dense_grad — or ``dense_xᵀ grad_out`` — at rows dense_cols)
+    formed explicitly, then the :func:`lissa_step` formula written into ``h``; returns float64
+    ``[‖h_new − h‖², ‖h_new‖²]``."""
+    if dense_x is not None:
+        dense_grad = dense_x.T @ grad_out
     g = _csr_rows_dense(csr, rows).T @ grad_out
     if dense_cols is not None:
         g.index_add_(0, dense_cols, dense_grad)

@@ -140,6 +140,38 @@ def test_csr_linear_matches_dense_product(device, dtype, batch, out):
         torch.testing.assert_close(got.double().cpu(), expected, **TOL[dtype])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [0, 1, 128])
+@pytest.mark.parametrize("dense", ["scattered", "range", "none"])
+def test_csr_linear_with_dense_part(device, dtype, batch, dense):
+    """csr_linear's dense_x / dense_cols part (a GEMM beside the sparse part): with the dense
+    columns out of the CSR, the whole product x[rows] @ wt (+ init); scattered dense columns (index
+    copy), a contiguous range (view) and none."""
+    x = make_input(203, seed=batch + 2)
+    if dense == "range":  # move the dense columns to the end: one contiguous range
+        order = torch.cat([torch.tensor([c for c in range(IN) if c not in set(dense_columns(x).tolist())]),
+                           dense_columns(x)])
+        x = x[:, order]
+    skip = dense_columns(x) if dense != "none" else torch.zeros(0, dtype=torch.int64)
+    if dense == "range":
+        assert int(skip[-1] - skip[0]) + 1 == skip.numel()
+    csr = ops.csr_from_dense(to(x, dtype, device), skip.to(device))
+    gen = torch.Generator().manual_seed(batch)
+    rows = torch.randint(0, 203, (batch,), generator=gen)
+    wt = torch.randn(IN, 37, generator=gen, dtype=torch.float64)
+    init = torch.randn(batch, 37, generator=gen, dtype=torch.float64)
+    dense_x = x[rows][:, skip]
+    for start, expected in ((None, x[rows] @ wt), (init, x[rows] @ wt + init)):
+        args = (csr, rows.to(device), to(wt, dtype, device), None if start is None else to(start, dtype, device),
+                to(dense_x, dtype, device), skip.to(device))
+        got = ops.csr_linear(*args)
+        torch.testing.assert_close(got.double().cpu(), expected, **TOL[dtype])
+        if device == "cpu":
+            twin = ops_reference.csr_linear(*args)
+            torch.testing.assert_close(got, twin, **TOL[dtype])
+
+
 def test_csr_linear_reference_twin_agrees():
     x = make_input(40, seed=3)
     csr = ops.csr_from_dense(x)
@@ -189,6 +221,39 @@ def test_csr_lissa_update_matches_formula(device, dtype, batch, out, with_dense)
     torch.testing.assert_close(sums.cpu(), torch.stack([step_sq, h_sq]), rtol=rel, atol=rel)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [0, 1, 128])
+def test_csr_lissa_update_dense_x_equals_formula(device, dtype, batch):
+    """dense_x instead of dense_grad: the op forms dense_xᵀ grad_out itself (beside the update of the
+    other rows on a 2-thread CPU pool); every element and both sums against the float64 formula,
+    and the same h as with dense_grad given."""
+    x = make_input(203, seed=batch + 40)
+    skip = dense_columns(x)
+    csr = ops.csr_from_dense(to(x, dtype, device), skip.to(device))
+    gen = torch.Generator().manual_seed(batch + 1)
+    rows = torch.randperm(203, generator=gen)[:batch]
+    h0, v = (torch.randn(IN, 70, generator=gen, dtype=torch.float64) for _ in range(2))
+    q = torch.randn(batch, 70, generator=gen, dtype=torch.float64)
+    dense_x = x[rows][:, skip]
+    h, h_grad = (h0.to(dtype=dtype, device=device, copy=True) for _ in range(2))
+    args = (to(v, dtype, device), csr, rows.to(device), to(q, dtype, device), 0.0731, 3.7, skip.to(device))
+    sums = ops.csr_lissa_update_(h, *args, dense_x=to(dense_x, dtype, device))
+    sums_grad = ops.csr_lissa_update_(h_grad, *args, to(dense_x.T @ q, dtype, device))
+    want, step_sq, h_sq = expected_update(to(h0, dtype, "cpu").double(), to(v, dtype, "cpu").double(), x[rows],
+                                          to(q, dtype, "cpu").double(), 0.0731, 3.7)
+    torch.testing.assert_close(h.double().cpu(), want, **TOL[dtype])
+    torch.testing.assert_close(h, h_grad, **TOL[dtype])
+    rel = 1e-4 if dtype == torch.float32 else 1e-11
+    torch.testing.assert_close(sums.cpu(), torch.stack([step_sq, h_sq]), rtol=rel, atol=rel)
+    torch.testing.assert_close(sums, sums_grad, rtol=rel, atol=rel)
+    if device == "cpu":
+        h_twin = h0.to(dtype=dtype, copy=True)
+        twin = ops_reference.csr_lissa_update_(h_twin, *args, None, to(dense_x, dtype, device))
+        torch.testing.assert_close(h_twin, h, **TOL[dtype])
+        torch.testing.assert_close(twin, sums, rtol=rel, atol=rel)
+
+
 def test_csr_lissa_update_non_contiguous_inputs_and_reference_twin():
     x = make_input(50, seed=9)
     skip = dense_columns(x)
@@ -227,6 +292,20 @@ def test_csr_lissa_update_is_deterministic_across_thread_counts():
         torch.set_num_threads(old)
     for h, sums in results[1:]:
         assert torch.equal(h, results[0][0]) and torch.equal(sums, results[0][1])
+    # dense_x: the dense rows come from a BLAS product (its rounding may follow the thread count);
+    # the other rows are still bit-identical
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            h = h0.clone()
+            sums = ops.csr_lissa_update_(h, v, csr, rows, q, 0.01, 7.0, skip, dense_x=x[rows][:, skip])
+            other = torch.ones(IN, dtype=torch.bool)
+            other[skip] = False
+            assert torch.equal(h[other], results[0][0][other])
+            torch.testing.assert_close(h, results[0][0], rtol=1e-13, atol=1e-13)
+            torch.testing.assert_close(sums, results[0][1], rtol=1e-13, atol=0)
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_csr_lissa_update_propagates_nan():
@@ -260,6 +339,10 @@ def test_opcheck_csr_ops(device, dtype):
                           (h, v, csr.ptr, csr.cols, csr.vals, rows, q, skip, dense_grad, 0.1, 2.0))
     torch.library.opcheck(torch.ops.lipo_if.csr_lissa_update_.default,
                           (h, v, csr.ptr, csr.cols, csr.vals, rows, q, None, None, 0.1, 2.0))
+    dense_x = to(x[rows.cpu()][:, skip.cpu()], dtype, device)
+    torch.library.opcheck(torch.ops.lipo_if.csr_lissa_update_.default,
+                          (h, v, csr.ptr, csr.cols, csr.vals, rows, q, skip, None, 0.1, 2.0, dense_x))
+    torch.library.opcheck(torch.ops.lipo_if.csr_linear.default, (csr.ptr, csr.cols, csr.vals, rows, wt, init, dense_x, skip))
 
 
 def _small():
@@ -293,6 +376,19 @@ def test_wrapper_errors():
         ops.csr_lissa_update_(h, h, csr, rows, q, 0.1, 1.0, skip, torch.zeros(1, 6, dtype=torch.float64))
     with pytest.raises(ValueError, match="scale must be non-zero"):
         ops.csr_lissa_update_(h, h, csr, rows, q, 0.1, 0.0)
+    dense_x = x[rows][:, skip]
+    with pytest.raises(ValueError, match="dense_grad or dense_x"):
+        ops.csr_lissa_update_(h, h, csr, rows, q, 0.1, 1.0, skip, dense_x.T @ q, dense_x)
+    with pytest.raises(ValueError, match="dense_x and dense_cols go together"):
+        ops.csr_lissa_update_(h, h, csr, rows, q, 0.1, 1.0, dense_x=dense_x)
+    with pytest.raises(ValueError, match=r"dense_x must be \[B, nd\]"):
+        ops.csr_lissa_update_(h, h, csr, rows, q, 0.1, 1.0, skip, dense_x=dense_x[:2])
+    with pytest.raises(ValueError, match="dense_x and dense_cols go together"):
+        ops.csr_linear(csr, rows, wt, None, dense_x)
+    with pytest.raises(ValueError, match=r"dense_x must be \[B, nd\]"):
+        ops.csr_linear(csr, rows, wt, None, dense_x[:, 1:], skip)
+    with pytest.raises(TypeError, match="dense_x has dtype torch.float32"):
+        ops.csr_linear(csr, rows, wt, None, dense_x.float(), skip)
 
 
 @needs_ext
@@ -313,6 +409,15 @@ def test_kernel_index_checks():
     bad_ptr[2] = csr.nnz + 5
     with pytest.raises(RuntimeError, match="malformed CSR ptr"):
         torch.ops.lipo_if.csr_linear(bad_ptr, csr.cols, csr.vals, rows, wt, None)
+    dense_x = x[rows][:, skip]
+    with pytest.raises(RuntimeError, match=r"dense_cols\[0\] = 301 is out of range"):
+        torch.ops.lipo_if.csr_linear(csr.ptr, csr.cols, csr.vals, rows, wt, None, dense_x[:, :1], torch.tensor([IN]))
+    with pytest.raises(RuntimeError, match="dense_grad or dense_x"):
+        torch.ops.lipo_if.csr_lissa_update_(h, h, csr.ptr, csr.cols, csr.vals, rows, q, skip, dense_x.T @ q, 0.1, 1.0,
+                                            dense_x)
+    with pytest.raises(RuntimeError, match=r"dense_x must be \[B, nd\]"):
+        torch.ops.lipo_if.csr_lissa_update_(h, h, csr.ptr, csr.cols, csr.vals, rows, q, skip, None, 0.1, 1.0,
+                                            dense_x[:, 1:])
     with pytest.raises(RuntimeError, match="dense_cols repeats column"):
         dup = torch.cat([skip[:1], skip[:1]])
         torch.ops.lipo_if.csr_lissa_update_(h, h, csr.ptr, csr.cols, csr.vals, rows, q, dup,

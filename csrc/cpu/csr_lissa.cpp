@@ -15,13 +15,18 @@
 // The gradient term is applied as (-1/scale)·G (a multiplication instead of lissa_step's division:
 // equal to rounding).
 //
+// dense_x (the minibatch's dense columns, [B, nd]) instead of dense_grad: dense_grad = dense_xᵀ grad_out
+// is formed here, beside the update of the other rows (sparse::run_side_by_side).
+//
 // Determinism: rows of h are cut into fixed chunks of kRowsPerChunk; each chunk's sums go to their
-// own slots, added in chunk order; within a column the minibatch's entries are summed in row
-// order. The result does not depend on the thread count.
+// own slots (its rows without a dense_grad row first, then those with one), added in chunk order;
+// within a column the minibatch's entries are summed in row order. The result does not depend on
+// the thread count (with dense_x, up to the BLAS product's own rounding).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -99,14 +104,14 @@ at::Tensor csr_lissa_update_cpu(
     at::Tensor& h, const at::Tensor& v_in, const at::Tensor& ptr_in, const at::Tensor& cols_in,
     const at::Tensor& vals_in, const at::Tensor& rows_in, const at::Tensor& grad_out_in,
     const std::optional<at::Tensor>& dense_cols_in, const std::optional<at::Tensor>& dense_grad_in, double damping,
-    double scale) {
+    double scale, const std::optional<at::Tensor>& dense_x) {
   check_csr_lissa_update_inputs(
-      h, v_in, ptr_in, cols_in, vals_in, rows_in, grad_out_in, dense_cols_in, dense_grad_in, scale);
+      h, v_in, ptr_in, cols_in, vals_in, rows_in, grad_out_in, dense_cols_in, dense_grad_in, scale, dense_x);
   TORCH_CHECK(h.device().is_cpu(), "lipo_if.csr_lissa_update_ (CPU kernel): inputs must be on CPU");
   const at::Tensor v = v_in.contiguous(), ptr = ptr_in.contiguous(), cols = cols_in.contiguous();
   const at::Tensor vals = vals_in.contiguous(), rows = rows_in.contiguous(), q = grad_out_in.contiguous();
   const at::Tensor dense_cols = dense_cols_in.has_value() ? dense_cols_in->contiguous() : at::Tensor();
-  const at::Tensor dense_grad = dense_grad_in.has_value() ? dense_grad_in->contiguous() : at::Tensor();
+  at::Tensor dense_grad = dense_grad_in.has_value() ? dense_grad_in->contiguous() : at::Tensor();
   const int64_t in = h.size(0), out = h.size(1), B = rows.size(0);
   at::Tensor sums = at::empty({2}, h.options().dtype(at::kDouble));
   double* result = sums.data_ptr<double>();
@@ -131,28 +136,42 @@ at::Tensor csr_lissa_update_cpu(
     scalar_t* hp = h.data_ptr<scalar_t>();
     const scalar_t* vp = v.data_ptr<scalar_t>();
     const scalar_t* qp = q.data_ptr<scalar_t>();
-    const scalar_t* dg = dense_grad.defined() ? dense_grad.data_ptr<scalar_t>() : nullptr;
     const auto keep = static_cast<scalar_t>(1.0 - damping);
     const auto neg_inv_scale = static_cast<scalar_t>(-1.0 / scale);
     std::vector<scalar_t> coef(groups.vals.size());
     for (size_t t = 0; t < coef.size(); ++t) coef[t] = groups.vals[t] * neg_inv_scale;
     const int64_t n_chunks = (in + kRowsPerChunk - 1) / kRowsPerChunk;
     std::vector<double> partial(static_cast<size_t>(2 * n_chunks), 0.0);
-    at::parallel_for(0, n_chunks, 16, [&](int64_t c0, int64_t c1) {
+    // Rows of one kind (dense: with a dense_grad row, or not) of chunks [c0, c1), sums added to the
+    // chunks' slots: the other rows first, then the dense ones — the same order on every path.
+    auto update_rows = [&](bool dense_rows, const scalar_t* dg, int64_t c0, int64_t c1) {
       for (int64_t chunk = c0; chunk < c1; ++chunk) {
         double step_sq = 0.0, h_sq = 0.0;
         for (int64_t c = chunk * kRowsPerChunk; c < std::min(in, (chunk + 1) * kRowsPerChunk); ++c) {
-          const int64_t group = group_of[static_cast<size_t>(c)], slot = dense_slot[static_cast<size_t>(c)];
+          const int64_t slot = dense_slot[static_cast<size_t>(c)];
+          if ((slot >= 0) != dense_rows) continue;
+          const int64_t group = group_of[static_cast<size_t>(c)];
           const int64_t begin = group >= 0 ? groups.start[static_cast<size_t>(group)] : 0;
           const int64_t count = group >= 0 ? groups.start[static_cast<size_t>(group + 1)] - begin : 0;
           update_row<scalar_t>(
               hp + c * out, vp + c * out, groups.rows.data() + begin, coef.data() + begin, count,
               slot >= 0 ? dg + slot * out : nullptr, neg_inv_scale, qp, out, keep, step_sq, h_sq);
         }
-        partial[static_cast<size_t>(2 * chunk)] = step_sq;
-        partial[static_cast<size_t>(2 * chunk + 1)] = h_sq;
+        partial[static_cast<size_t>(2 * chunk)] += step_sq;
+        partial[static_cast<size_t>(2 * chunk + 1)] += h_sq;
       }
-    });
+    };
+    // The rows without a dense_grad row need nothing else: they stream while dense_grad = dense_xᵀ
+    // grad_out is formed (side by side on a 2-thread pool), then the dense rows follow.
+    sparse::run_side_by_side(
+        [&] { at::parallel_for(0, n_chunks, 16, [&](int64_t c0, int64_t c1) { update_rows(false, nullptr, c0, c1); }); },
+        [&] {
+          if (dense_x.has_value()) dense_grad = at::mm(dense_x->t(), q);
+        });
+    if (dense_cols.defined() && dense_cols.numel() > 0) {
+      const scalar_t* dg = dense_grad.contiguous().data_ptr<scalar_t>();
+      at::parallel_for(0, n_chunks, 16, [&](int64_t c0, int64_t c1) { update_rows(true, dg, c0, c1); });
+    }
     for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {  // fixed order -> deterministic
       result[0] += partial[static_cast<size_t>(2 * chunk)];
       result[1] += partial[static_cast<size_t>(2 * chunk + 1)];

@@ -287,24 +287,34 @@ at::Tensor sparse_linear_weight_grad_cpu(const at::Tensor& x, const at::Tensor& 
 // that a LiSSA step neither scans nor compresses its minibatch. Same kernels as sparse_linear.
 at::Tensor csr_linear_cpu(
     const at::Tensor& ptr_in, const at::Tensor& cols_in, const at::Tensor& vals_in, const at::Tensor& rows_in,
-    const at::Tensor& weight_t_in, const std::optional<at::Tensor>& init) {
-  check_csr_linear_inputs(ptr_in, cols_in, vals_in, rows_in, weight_t_in, init);
+    const at::Tensor& weight_t_in, const std::optional<at::Tensor>& init, const std::optional<at::Tensor>& dense_x,
+    const std::optional<at::Tensor>& dense_cols) {
+  check_csr_linear_inputs(ptr_in, cols_in, vals_in, rows_in, weight_t_in, init, dense_x, dense_cols);
   TORCH_CHECK(weight_t_in.device().is_cpu(), "lipo_if.csr_linear (CPU kernel): inputs must be on CPU");
   const at::Tensor ptr = ptr_in.contiguous(), cols = cols_in.contiguous(), vals = vals_in.contiguous();
   const at::Tensor rows = rows_in.contiguous(), wt = weight_t_in.contiguous();
   const int64_t B = rows.size(0), in = wt.size(0), out = wt.size(1);
   at::Tensor y = init.has_value() ? init->contiguous().clone() : at::zeros({B, out}, wt.options());
   if (B == 0 || out == 0) return y;
-  AT_DISPATCH_FLOATING_TYPES(wt.scalar_type(), "lipo_if_csr_linear_cpu", [&] {
-    const sparse::Csr<scalar_t> batch = sparse::gather_csr_rows<scalar_t>(
-        ptr.data_ptr<int64_t>(), cols.data_ptr<int64_t>(), vals.data_ptr<scalar_t>(), ptr.size(0) - 1, cols.size(0),
-        rows.data_ptr<int64_t>(), B, in);
-    if (B <= kDirectMaxRows) {
-      scatter_forward<scalar_t>(batch, wt.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), B, in, out);
-    } else {
-      sparse_forward<scalar_t>(batch, wt.data_ptr<scalar_t>(), nullptr, true, y.data_ptr<scalar_t>(), B, in, out);
-    }
-  });
+  at::Tensor dense_part;  // dense_x · weight_t[dense_cols], formed beside the sparse part
+  const bool with_dense = dense_x.has_value() && dense_cols->numel() > 0;
+  auto sparse_part = [&] {
+    AT_DISPATCH_FLOATING_TYPES(wt.scalar_type(), "lipo_if_csr_linear_cpu", [&] {
+      const sparse::Csr<scalar_t> batch = sparse::gather_csr_rows<scalar_t>(
+          ptr.data_ptr<int64_t>(), cols.data_ptr<int64_t>(), vals.data_ptr<scalar_t>(), ptr.size(0) - 1, cols.size(0),
+          rows.data_ptr<int64_t>(), B, in);
+      if (B <= kDirectMaxRows) {
+        scatter_forward<scalar_t>(batch, wt.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), B, in, out);
+      } else {
+        sparse_forward<scalar_t>(batch, wt.data_ptr<scalar_t>(), nullptr, true, y.data_ptr<scalar_t>(), B, in, out);
+      }
+    });
+  };
+  auto gemm = [&] {
+    if (with_dense) dense_part = at::mm(dense_x->contiguous(), sparse::rows_of(wt, *dense_cols));
+  };
+  sparse::run_side_by_side(sparse_part, gemm);
+  if (with_dense) y.add_(dense_part);
   return y;
 }
 

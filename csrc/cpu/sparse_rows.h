@@ -372,6 +372,37 @@ inline at::Tensor take_indices(const at::Tensor& t, int64_t dim, const std::vect
   return at::index_select(t, dim, index_tensor(cols, t.options()));
 }
 
+// The rows `index` (1-D int64, CPU, entries in range) of a [in, out] matrix: a narrow view when they
+// are one increasing contiguous range, else an index_select copy.
+inline at::Tensor rows_of(const at::Tensor& m, const at::Tensor& index) {
+  const at::Tensor idx = index.contiguous();
+  const int64_t k = idx.numel();
+  const int64_t* p = idx.data_ptr<int64_t>();
+  if (k > 0 && p[k - 1] - p[0] + 1 == k) {
+    bool range = true;
+    for (int64_t i = 1; i < k && range; ++i) range = p[i] == p[i - 1] + 1;
+    if (range) return m.narrow(0, p[0], k);
+  }
+  return at::index_select(m, 0, idx);
+}
+
+// Runs `streaming` (a memory-bound kernel) and `gemm` (a BLAS product) side by side, one per
+// thread, when the pool has exactly two threads; otherwise one after the other, each with every
+// thread. Why: on the 2-core dev box the streaming kernels of the LiSSA step (csr_linear, the
+// fused update) are as fast on one core as on two — memory bandwidth bounds them — while the
+// small dense-column GEMMs next to them are compute-bound: side by side, the GEMM is hidden. Inside
+// the parallel region nested at::parallel_for calls run inline and MKL runs sequentially.
+inline void run_side_by_side(const std::function<void()>& streaming, const std::function<void()>& gemm) {
+  if (at::get_num_threads() == 2 && !at::in_parallel_region()) {
+    at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) (task == 0 ? streaming : gemm)();
+    });
+  } else {
+    streaming();
+    gemm();
+  }
+}
+
 // Software prefetch of a contiguous row (into L2): rows selected by a sparse input are a page
 // apart, which the hardware stream prefetchers do not follow across.
 template <typename T>

@@ -13,6 +13,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -97,9 +98,9 @@ at::Tensor csr_lissa_update_cuda(
     at::Tensor& h, const at::Tensor& v_in, const at::Tensor& ptr_in, const at::Tensor& cols_in,
     const at::Tensor& vals_in, const at::Tensor& rows_in, const at::Tensor& grad_out_in,
     const std::optional<at::Tensor>& dense_cols_in, const std::optional<at::Tensor>& dense_grad_in, double damping,
-    double scale) {
+    double scale, const std::optional<at::Tensor>& dense_x) {
   check_csr_lissa_update_inputs(
-      h, v_in, ptr_in, cols_in, vals_in, rows_in, grad_out_in, dense_cols_in, dense_grad_in, scale);
+      h, v_in, ptr_in, cols_in, vals_in, rows_in, grad_out_in, dense_cols_in, dense_grad_in, scale, dense_x);
   TORCH_CHECK(h.is_cuda(), "lipo_if.csr_lissa_update_ (CUDA kernel): inputs must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(h.device());
   const at::Tensor v = v_in.contiguous(), ptr = ptr_in.contiguous(), cols = cols_in.contiguous();
@@ -116,7 +117,7 @@ at::Tensor csr_lissa_update_cuda(
     const at::Tensor ok = at::stack({sorted.select(0, 0).ge(0), sorted.select(0, nd - 1).lt(in),
                                      nd > 1 ? sorted.slice(0, 1).gt(sorted.slice(0, 0, nd - 1)).all() : sorted.select(0, 0).ge(0)}).all();
     TORCH_CHECK(ok.item<bool>(), "lipo_if.csr_lissa_update_: dense_cols must be distinct columns in [0, ", in, ")");
-    g.index_add_(0, dense_cols, dense_grad_in->contiguous());
+    g.index_add_(0, dense_cols, dense_x.has_value() ? at::mm(dense_x->t(), q) : dense_grad_in->contiguous());
   }
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t numel = in * out;

@@ -180,8 +180,9 @@ __global__ void csr_linear_kernel(
 
 at::Tensor csr_linear_cuda(
     const at::Tensor& ptr_in, const at::Tensor& cols_in, const at::Tensor& vals_in, const at::Tensor& rows_in,
-    const at::Tensor& weight_t_in, const std::optional<at::Tensor>& init_in) {
-  check_csr_linear_inputs(ptr_in, cols_in, vals_in, rows_in, weight_t_in, init_in);
+    const at::Tensor& weight_t_in, const std::optional<at::Tensor>& init_in, const std::optional<at::Tensor>& dense_x,
+    const std::optional<at::Tensor>& dense_cols) {
+  check_csr_linear_inputs(ptr_in, cols_in, vals_in, rows_in, weight_t_in, init_in, dense_x, dense_cols);
   TORCH_CHECK(weight_t_in.is_cuda(), "lipo_if.csr_linear (CUDA kernel): inputs must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(weight_t_in.device());
   const at::Tensor ptr = ptr_in.contiguous(), cols = cols_in.contiguous(), vals = vals_in.contiguous();
@@ -202,6 +203,13 @@ at::Tensor csr_linear_cuda(
         wt.data_ptr<scalar_t>(), init.defined() ? init.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  if (dense_x.has_value() && dense_cols->numel() > 0) {  // the dense columns' part: one GEMM after the kernel
+    const at::Tensor dc = dense_cols->contiguous();
+    TORCH_CHECK(
+        dc.ge(0).logical_and(dc.lt(wt.size(0))).all().item<bool>(),
+        "lipo_if.csr_linear: dense_cols must be in [0, ", wt.size(0), ")");
+    y.addmm_(dense_x->contiguous(), wt.index_select(0, dc));
+  }
   return y;
 }
 

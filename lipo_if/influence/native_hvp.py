@@ -119,15 +119,12 @@ def _first_layer(
     ``x_dense``: ``split.x_dense[idx]`` when the caller has it."""
     if x_dense is None:
         x_dense = split.x_dense if idx is None else split.x_dense.index_select(0, idx)
-    if split.dense_range is not None:
-        w_dense = weight_t[split.dense_range]
-    else:
-        w_dense = weight_t.index_select(0, split.dense_cols)
-    z = torch.addmm(bias, x_dense, w_dense)
-    if split.csr.nnz:
-        rows = torch.arange(split.csr.n_rows, device=weight_t.device) if idx is None else idx
-        z = ops.csr_linear(split.csr, rows, weight_t, z)
-    return z
+    rows = torch.arange(split.csr.n_rows, device=weight_t.device) if idx is None else idx
+    if split.csr.nnz:  # dense columns' GEMM inside the op (beside the sparse part on a 2-thread CPU pool)
+        z = ops.csr_linear(split.csr, rows, weight_t, None, x_dense, split.dense_cols)
+        return z.add_(bias)
+    w_dense = weight_t[split.dense_range] if split.dense_range is not None else weight_t.index_select(0, split.dense_cols)
+    return torch.addmm(bias, x_dense, w_dense)
 
 
 class RowCache(NamedTuple):
@@ -538,7 +535,9 @@ class NativeHessian:
             x_dense = take(sparse_in.x_dense)
             dz = _first_layer(sparse_in, idx, V[0], V[1], x_dense)
             q = self._tangent_backward(V, dz, self._row_cache().take(idx), 2.0 / idx.numel(), O, True)
-            dense = (sparse_in.dense_cols, x_dense.t() @ q) if sparse_in.dense_cols.numel() else (None, None)
+            # The dense columns' rows of G (x_denseᵀ q, a GEMM) are formed by the op itself, beside the
+            # other rows' update on a 2-thread CPU pool.
+            dense = (sparse_in.dense_cols, None, x_dense) if sparse_in.dense_cols.numel() else (None, None, None)
             sums = ops.csr_lissa_update_(V[0], Vv[0], sparse_in.csr, idx, q, damping, scale, *dense)
             # The other blocks (≈5 % of p, their product in `tail`): the same in-place update, as one
             # [1, p − n₀] block whose whole "gradient" row is the dense row `tail` (no CSR entries).
