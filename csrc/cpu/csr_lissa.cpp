@@ -163,11 +163,13 @@ at::Tensor csr_lissa_update_cpu(
     };
     // The rows without a dense_grad row need nothing else: they stream while dense_grad = dense_xᵀ
     // grad_out is formed (side by side on a 2-thread pool), then the dense rows follow.
+    at::Tensor formed;  // dense_xᵀ grad_out, written by the GEMM side only
     sparse::run_side_by_side(
         [&] { at::parallel_for(0, n_chunks, 16, [&](int64_t c0, int64_t c1) { update_rows(false, nullptr, c0, c1); }); },
         [&] {
-          if (dense_x.has_value()) dense_grad = at::mm(dense_x->t(), q);
+          if (dense_x.has_value()) formed = at::mm(dense_x->t(), q);
         });
+    if (dense_x.has_value()) dense_grad = formed;
     if (dense_cols.defined() && dense_cols.numel() > 0) {
       const scalar_t* dg = dense_grad.contiguous().data_ptr<scalar_t>();
       at::parallel_for(0, n_chunks, 16, [&](int64_t c0, int64_t c1) { update_rows(true, dg, c0, c1); });

@@ -296,8 +296,8 @@ at::Tensor csr_linear_cpu(
   const int64_t B = rows.size(0), in = wt.size(0), out = wt.size(1);
   at::Tensor y = init.has_value() ? init->contiguous().clone() : at::zeros({B, out}, wt.options());
   if (B == 0 || out == 0) return y;
-  at::Tensor dense_part;  // dense_x · weight_t[dense_cols], formed beside the sparse part
   const bool with_dense = dense_x.has_value() && dense_cols->numel() > 0;
+  at::Tensor dense_part;  // dense_x · weight_t[dense_cols], formed beside the sparse part
   auto sparse_part = [&] {
     AT_DISPATCH_FLOATING_TYPES(wt.scalar_type(), "lipo_if_csr_linear_cpu", [&] {
       const sparse::Csr<scalar_t> batch = sparse::gather_csr_rows<scalar_t>(

@@ -389,9 +389,11 @@ inline at::Tensor rows_of(const at::Tensor& m, const at::Tensor& index) {
 // Runs `streaming` (a memory-bound kernel) and `gemm` (a BLAS product) side by side, one per
 // thread, when the pool has exactly two threads; otherwise one after the other, each with every
 // thread. Why: on the 2-core dev box the streaming kernels of the LiSSA step (csr_linear, the
-// fused update) are as fast on one core as on two — memory bandwidth bounds them — while the
-// small dense-column GEMMs next to them are compute-bound: side by side, the GEMM is hidden. Inside
-// the parallel region nested at::parallel_for calls run inline and MKL runs sequentially.
+// fused update) are as fast on one core as on two — memory bandwidth bounds them — while the small
+// dense-column GEMMs next to them are compute-bound: side by side, the GEMM is mostly hidden.
+// Inside the parallel region nested at::parallel_for calls run inline and MKL runs sequentially.
+// (Cutting the GEMM into chunks that either side takes when free was slower at every chunk size
+// tried, 8–64 rows: the small GEMMs lose more than the balance wins.)
 inline void run_side_by_side(const std::function<void()>& streaming, const std::function<void()>& gemm) {
   if (at::get_num_threads() == 2 && !at::in_parallel_region()) {
     at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
