@@ -118,7 +118,8 @@ LISSA_DEPTH = 100
 def test_first_block_lissa_update(benchmark, impl, dtype):
     """The LiSSA update of the first weight block [2248, 512] on a minibatch of 128 fingerprint-like
     rows, given the layer's output gradient q: fused (ops.csr_lissa_update_ on the training rows
-    compressed once, dense columns' rows by one GEMM; the block of H·h never formed; both norms)
+    compressed once, dense columns' rows by one GEMM inside the op — beside the other rows' update
+    on a 2-thread pool; the block of H·h never formed; both norms)
     vs the previous native path (ops.sparse_linear_weight_grad into a buffer, ops.lissa_step, the
     norm of h_new) vs the pure-PyTorch twin (dense GEMM). Checked against float64 first."""
     from lipo_if.influence.native_hvp import _split_input
@@ -136,7 +137,7 @@ def test_first_block_lissa_update(benchmark, impl, dtype):
 
     def fused(h):
         return ops.csr_lissa_update_(h, v, split.csr, rows, q, damping, scale, split.dense_cols,
-                                     split.x_dense.index_select(0, rows).t() @ q)
+                                     dense_x=split.x_dense.index_select(0, rows))
 
     def product_then_step(h):
         ops.sparse_linear_weight_grad(X.index_select(0, rows), q, out=hvp_block)
