@@ -36,8 +36,8 @@ TORCH_LIBRARY(lipo_if, m) {
       "csr_linear(Tensor ptr, Tensor cols, Tensor vals, Tensor rows, Tensor weight_t, Tensor? init, "
       "Tensor? dense_x=None, Tensor? dense_cols=None) -> Tensor");
   // x [n, in] -> (dense_cols [nd], ptr [n + 1], cols [nnz], vals [nnz]): the columns non-zero in more
-  // than 30 % of the rows, and the CSR of the others (lipo_if.ops.csr_split; CPU kernel only: the
-  // Python wrapper runs the pure-PyTorch twin on other devices).
+  // than 30 % of the rows, and the CSR of the others (lipo_if.ops.csr_split; policy in
+  // csrc/split_policy.h).
   m.def("csr_split(Tensor x) -> (Tensor, Tensor, Tensor, Tensor)");
   // LiSSA update of a first-layer block without forming its HVP block: with
   // G = X[rows]ᵀ grad_out + (dense_grad scattered to the rows dense_cols), in place

@@ -394,10 +394,11 @@ def csr_split(x: torch.Tensor) -> tuple[torch.Tensor, CsrMatrix]:
     ``n < 32``); ``csr``: the :class:`CsrMatrix` ``[n, in]`` of the other columns' non-zeros. When
     those are denser than 15 % overall, every column is dense and ``csr`` has no entries. The same
     policy as the CPU kernels' per-call split. ``x``: float32/float64 ``[n, in]``. CPU: one parallel
-    pass (C++ kernel); other devices, or without the extension: the pure-PyTorch twin.
+    pass (C++ kernel); CUDA: the same policy with ATen's device primitives; without the extension:
+    the pure-PyTorch twin.
     """
     _check_tensor(x, "x", 2, "[n, in]")
-    if x.device.type == "cpu" and _use_kernel(x.device):
+    if _use_kernel(x.device):
         dense_cols, ptr, cols, vals = torch.ops.lipo_if.csr_split(x)
         return dense_cols, CsrMatrix(ptr, cols, vals, x.shape[1])
     return ops_reference.csr_split(x)

@@ -98,7 +98,7 @@ def csr_from_dense(
 
 #: Input columns non-zero in more than this fraction of the rows (standardized descriptors, the
 #: most frequent fingerprint bits) are "dense columns" of :func:`csr_split` (a GEMM's part); the
-#: CPU kernels use the same value (kDenseColumnDensity in csrc/cpu/sparse_rows.h).
+#: kernels use the same value (kDenseColumnDensity in csrc/split_policy.h).
 DENSE_COLUMN_DENSITY = 0.3
 #: Fewer rows than this: no dense columns (kMinRowsForSplit).
 MIN_ROWS_FOR_SPLIT = 32

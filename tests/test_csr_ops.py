@@ -59,12 +59,14 @@ def _expected_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return cols, without(x, cols)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", ["mixed", "few-rows", "all-dense", "all-zero", "no-rows", "transposed"])
-def test_csr_split_matches_policy(dtype, case):
-    """ops.csr_split (kernel on CPU when built) and its pure-PyTorch twin: the dense columns and the
-    CSR of the rest as the policy says — on fingerprint-like input, fewer than 32 rows (no dense
-    columns), a gaussian input (every column dense, no entries), zeros, no rows, a transposed view."""
+def test_csr_split_matches_policy(device, dtype, case):
+    """ops.csr_split (the CPU / CUDA kernel when built) and its pure-PyTorch twin: the dense columns
+    and the CSR of the rest as the policy says — on fingerprint-like input, fewer than 32 rows (no
+    dense columns), a gaussian input (every column dense, no entries), zeros, no rows, a transposed
+    view."""
     x = {"mixed": lambda: make_input(203, seed=21), "few-rows": lambda: make_input(19, seed=22),
          "all-dense": lambda: torch.randn(45, 17, generator=torch.Generator().manual_seed(3), dtype=torch.float64),
          "all-zero": lambda: torch.zeros(40, IN, dtype=torch.float64), "no-rows": lambda: make_input(0),
@@ -73,7 +75,9 @@ def test_csr_split_matches_policy(dtype, case):
     if case == "mixed":
         assert 51 < expected_cols.numel() < IN  # the gaussian columns and the two frequent bits
     for split in (ops.csr_split, ops_reference.csr_split):
-        dense_cols, csr = split(x)
+        dense_cols, csr = split(x.to(device))
+        assert dense_cols.device == csr.cols.device == csr.vals.device == torch.device(device)
+        dense_cols, csr = dense_cols.cpu(), ops.CsrMatrix(csr.ptr.cpu(), csr.cols.cpu(), csr.vals.cpu(), csr.n_cols)
         assert dense_cols.dtype == torch.int64 and torch.equal(dense_cols, expected_cols)
         assert (csr.n_rows, csr.n_cols, csr.nnz) == (x.shape[0], x.shape[1], int((expected_rest != 0).sum()))
         assert csr.vals.dtype == dtype and csr.cols.dtype == torch.int64 and int(csr.ptr[0]) == 0
@@ -91,12 +95,13 @@ def test_csr_split_rejects_bad_input():
 
 
 @needs_ext
-def test_csr_split_kernel_checks_and_opcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_csr_split_kernel_checks_and_opcheck(device):
     with pytest.raises(RuntimeError, match="2-D"):
-        torch.ops.lipo_if.csr_split(torch.zeros(5, dtype=torch.float64))
+        torch.ops.lipo_if.csr_split(torch.zeros(5, dtype=torch.float64, device=device))
     with pytest.raises(RuntimeError, match="float32 or float64"):
-        torch.ops.lipo_if.csr_split(torch.zeros(5, 3, dtype=torch.int32))
-    torch.library.opcheck(torch.ops.lipo_if.csr_split.default, (make_input(41, seed=5),))
+        torch.ops.lipo_if.csr_split(torch.zeros(5, 3, dtype=torch.int32, device=device))
+    torch.library.opcheck(torch.ops.lipo_if.csr_split.default, (make_input(41, seed=5).to(device),))
 
 
 # --------------------------------------------------------------------------- csr_from_dense

@@ -27,6 +27,8 @@
 #include <functional>
 #include <vector>
 
+#include "../split_policy.h"
+
 namespace lipo_if {
 namespace sparse {
 
@@ -110,11 +112,6 @@ struct Simd {
 constexpr int64_t kVecs = 4;
 template <typename T>
 constexpr int64_t kBlock = kVecs * Simd<T>::L;
-
-// Inputs whose columns left after the split have a fraction of non-zeros above this use a dense
-// BLAS path instead (measured on the 2-core AVX2 dev box: the gather kernel wins clearly below
-// ≈15 %; see benchmarks/RESULTS.md).
-constexpr double kSparseMaxDensity = 0.15;
 
 // Compressed sparse rows of a dense [n, in] matrix: row i's non-zeros are
 // cols/vals[ptr[i] .. ptr[i+1]), in increasing column order (built by compress(), below).
@@ -228,13 +225,6 @@ double sampled_density(const T* a, int64_t n, int64_t in) {
 // Inputs whose sampled density exceeds this go straight to the dense path.
 constexpr double kClearlyDense = 0.4;
 
-// Columns non-zero in more than this fraction of the rows are "dense columns": their part of
-// the product goes to a BLAS GEMM and only the remaining columns to the sparse kernels. The
-// featurized molecules are ≈2,048 fingerprint columns (≈3 % set) followed by ≈200 standardized
-// descriptor columns (all set): without the split the descriptors are ≈75 % of the non-zeros
-// a gather kernel would walk. Splitting needs enough rows for the GEMM to pay off.
-constexpr double kDenseColumnDensity = 0.3;
-constexpr int64_t kMinRowsForSplit = 32;
 
 struct ColumnSplit {
   std::vector<int64_t> dense_cols;  // increasing column indices handled by BLAS
