@@ -207,12 +207,7 @@ inline void check_csr_lissa_update_inputs(
   TORCH_CHECK(
       dense_cols.has_value() == (dense_grad.has_value() || dense_x.has_value()),
       "lipo_if.csr_lissa_update_: dense_cols goes with dense_grad or dense_x (both or neither)");
-  if (dense_cols.has_value()) {
-    TORCH_CHECK(
-        dense_cols->dim() == 1 && dense_cols->scalar_type() == at::kLong && dense_cols->device() == h.device(),
-        "lipo_if.csr_lissa_update_: dense_cols must be a 1-D int64 tensor on h's device, got ", dense_cols->scalar_type(),
-        " of shape ", dense_cols->sizes());
-  }
+  if (dense_cols.has_value()) check_dense_cols(op, *dense_cols, h, h.size(0));
   check_dense_x(op, dense_x, dense_cols, rows.size(0), h, "h");
   if (dense_grad.has_value()) {
     check_same(*dense_grad, h, "csr_lissa_update_: dense_grad", "h");

@@ -127,8 +127,7 @@ at::Tensor csr_lissa_update_cpu(
     for (size_t a = 0; a < groups.active.size(); ++a) group_of[static_cast<size_t>(groups.active[a])] = static_cast<int64_t>(a);
     if (dense_cols.defined()) {
       const int64_t* dc = dense_cols.data_ptr<int64_t>();
-      for (int64_t k = 0; k < dense_cols.size(0); ++k) {
-        TORCH_CHECK(dc[k] >= 0 && dc[k] < in, "lipo_if.csr_lissa_update_: dense_cols[", k, "] = ", dc[k], " is out of range [0, ", in, ")");
+      for (int64_t k = 0; k < dense_cols.size(0); ++k) {  // in range: check_dense_cols
         TORCH_CHECK(dense_slot[static_cast<size_t>(dc[k])] < 0, "lipo_if.csr_lissa_update_: dense_cols repeats column ", dc[k]);
         dense_slot[static_cast<size_t>(dc[k])] = k;
       }

@@ -343,9 +343,12 @@ bool compress(const T* a, int64_t n, int64_t in, double sampled, ColumnSplit& sp
   return true;
 }
 
-// True when the increasing, non-empty `cols` are one contiguous range (the descriptor block).
+// True when the non-empty `cols` are one increasing contiguous range (the descriptor block).
 inline bool is_range(const std::vector<int64_t>& cols) {
-  return cols.back() - cols.front() + 1 == static_cast<int64_t>(cols.size());
+  if (cols.empty()) return false;
+  for (size_t i = 1; i < cols.size(); ++i)
+    if (cols[i] != cols[i - 1] + 1) return false;
+  return true;
 }
 
 // `cols` as an int64 tensor (for index_select / index_copy_).
@@ -355,25 +358,18 @@ inline at::Tensor index_tensor(const std::vector<int64_t>& cols, const at::Tenso
   return index;
 }
 
-// The slices t[cols] along `dim` (cols increasing, non-empty): a narrow view when they are one
-// contiguous range, else an index_select copy.
+// The slices t[cols] along `dim` (cols non-empty, in range): a narrow view when they are one
+// increasing contiguous range, else an index_select copy.
 inline at::Tensor take_indices(const at::Tensor& t, int64_t dim, const std::vector<int64_t>& cols) {
   if (is_range(cols)) return t.narrow(dim, cols.front(), static_cast<int64_t>(cols.size()));
   return at::index_select(t, dim, index_tensor(cols, t.options()));
 }
 
-// The rows `index` (1-D int64, CPU, entries in range) of a [in, out] matrix: a narrow view when they
-// are one increasing contiguous range, else an index_select copy.
+// The rows `index` (1-D int64 on CPU, entries in range, any order) of a matrix: take_indices.
 inline at::Tensor rows_of(const at::Tensor& m, const at::Tensor& index) {
   const at::Tensor idx = index.contiguous();
-  const int64_t k = idx.numel();
   const int64_t* p = idx.data_ptr<int64_t>();
-  if (k > 0 && p[k - 1] - p[0] + 1 == k) {
-    bool range = true;
-    for (int64_t i = 1; i < k && range; ++i) range = p[i] == p[i - 1] + 1;
-    if (range) return m.narrow(0, p[0], k);
-  }
-  return at::index_select(m, 0, idx);
+  return take_indices(m, 0, std::vector<int64_t>(p, p + idx.numel()));
 }
 
 // Runs `streaming` (a memory-bound kernel) and `gemm` (a BLAS product) side by side, one per
