@@ -107,7 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _write_history(out: Path, run) -> None:
-    from .data import atomic_write_text
+    from .io import atomic_write_text
 
     history = getattr(run, "_history", None)
     if history:
@@ -124,7 +124,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .data import atomic_write_text, read_molecule_csv
+    from .data import read_molecule_csv
+    from .io import atomic_write_text
     from .train import load_run
 
     run = load_run(args.run)
@@ -143,12 +144,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_influence(args: argparse.Namespace) -> int:
-    from .influence import InfluenceConfig, run_influence
+    from .influence import Influence, InfluenceConfig, write_scores
+    from .pool import Pool
     from .train import load_run
 
     config = dataclass_from_args(InfluenceConfig, args, progress=not args.quiet)
+    pool = Pool.read(args.external, config.smiles_col, config.label_col)  # a bad file fails before the solve
     run = load_run(args.run, data_path=args.data)
-    summary = run_influence(run, args.external, config, args.out)
+    inf = Influence(run, config=config).fit()
+    summary = write_scores(inf, inf.scores(pool), args.out, source=str(args.external))
     counts = summary.get("counts", {})
     print(f"influence of {counts.get('scored', '?')} of {counts.get('rows', '?')} external rows on the {config.heldout} loss "
           f"written to {args.out}")
@@ -282,13 +286,12 @@ def _add_featurizer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .data import read_molecule_csv
+    from .pool import Pool
     from .train import FinetuneConfig, finetune_run, load_run
 
     config = dataclass_from_args(FinetuneConfig, args)
     run = load_run(args.run, data_path=args.data)
-    table = read_molecule_csv(args.extra)
-    new = finetune_run(run, table["smiles_input"].tolist(), table["label"].tolist(), config, progress=not args.quiet)
+    new = finetune_run(run, Pool.read(args.extra), config, progress=not args.quiet)
     out = new.save(args.out)
     _write_history(out, new)
     m = new.metrics

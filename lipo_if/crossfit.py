@@ -22,12 +22,20 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
+
+from .influence import InfluenceConfig
+from .io import atomic_write_text, jsonable
+from .pool import Pool
+from .runcache import fitted_influence, trained_run
+from .select import eligible, normalize_scores
+from .train import Run
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +55,6 @@ def fold_splits(split, folds: int, seed: int) -> list:
             for f in range(folds)]
 
 
-def _fold_run(dataset, data_path: str, run_dir: Path, split, train_config, featurizer_config, progress: bool):
-    """Train the fold model, or reuse ``run_dir`` when it holds one with the same split and settings."""
-    from .train import load_run, train_run
-
-    if (run_dir / "model.pt").exists():
-        previous = load_run(run_dir, data_path=data_path)
-        if (previous.split.train == split.train and previous.split.val == split.val and asdict(previous.config) == asdict(train_config)
-                and (featurizer_config is None or previous.featurizer.config == featurizer_config)):
-            previous._dataset = dataset
-            return previous
-    run = train_run(dataset, data_path, train_config, featurizer_config, split=split, progress=progress)
-    run.save(run_dir)
-    return run
-
-
 def standardize(scores: pd.Series) -> pd.Series:
     """``(s − mean)/std`` (std with ddof=0; a constant column gives zeros)."""
     std = float(scores.std(ddof=0))
@@ -71,10 +64,6 @@ def standardize(scores: pd.Series) -> pd.Series:
 def combine(base: pd.DataFrame, fold_tables: list[pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
     """The cross-fitted table: ``base`` (the seed's own validation-influence table: rows, residuals,
     exclusions) with ``score`` replaced by the mean of the folds' z-scores, plus ``z_fold_<f>``."""
-    from scipy.stats import spearmanr
-
-    from .select import eligible, normalize_scores
-
     out = normalize_scores(base)
     common = set(eligible(out)["row"])
     for table in fold_tables:
@@ -97,29 +86,24 @@ def combine(base: pd.DataFrame, fold_tables: list[pd.DataFrame]) -> tuple[pd.Dat
     return out, info
 
 
-def crossfit_scores(dataset, data_path: str, base, base_table: pd.DataFrame, external_path: str, out_dir: Path, folds: int,
-                    influence_config, featurizer_config=None, progress: bool = False) -> tuple[pd.DataFrame, dict]:
-    """Train the K fold models of ``base``'s seed, score the external file on each fold, combine.
+def crossfit_scores(dataset, data_path: str, base: Run, base_table: pd.DataFrame, pool: Pool, out_dir: Path, folds: int,
+                    influence_config: InfluenceConfig, featurizer_config=None, progress: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Train the K fold models of ``base``'s seed, score the pool on each fold, combine.
 
     ``influence_config`` is the :class:`~lipo_if.influence.InfluenceConfig` of the validation solve
     (each fold model's "validation" part is its held-out fold). Writes ``out_dir/fold_<f>/`` (model),
-    ``out_dir/fold_<f>.csv`` (scores), ``out_dir/influence_crossfit.csv`` and ``crossfit.json``;
-    reuses finished folds.
+    ``out_dir/fold_<f>_influence/`` (the solve), ``out_dir/influence_crossfit.csv`` and
+    ``crossfit.json``; reuses finished folds and solves.
     """
-    from .data import atomic_write_text
-    from .experiment import _influence
-    from .select import load_scores
-
     out_dir = Path(out_dir)
-    tables, summaries = [], []
+    tables, val_rmse = [], []
     for f, split in enumerate(fold_splits(base.split, folds, base.config.seed)):
-        run = _fold_run(dataset, data_path, out_dir / f"fold_{f}", split, base.config, featurizer_config, progress)
-        summaries.append(_influence(run, external_path, influence_config, out_dir / f"fold_{f}.csv"))
-        tables.append(load_scores(out_dir / f"fold_{f}.csv"))
+        run = trained_run(dataset, data_path, out_dir / f"fold_{f}", base.config, featurizer_config, split=split, progress=progress)
+        tables.append(fitted_influence(run, influence_config, out_dir / f"fold_{f}_influence").scores(pool))
+        val_rmse.append(run.metrics.get("val_rmse"))
         log.info("cross-fitting fold %d/%d: val RMSE %.3f", f + 1, folds, run.metrics.get("val_rmse", float("nan")))
     table, info = combine(base_table, tables)
-    info["fold_val_rmse"] = [json.loads((out_dir / f"fold_{f}" / "metrics.json").read_text()).get("val_rmse")
-                             for f in range(folds) if (out_dir / f"fold_{f}" / "metrics.json").exists()]
+    info["fold_val_rmse"] = val_rmse
     atomic_write_text(out_dir / "influence_crossfit.csv", table.to_csv(index=False, float_format="%.10g"))
-    atomic_write_text(out_dir / "crossfit.json", json.dumps(info, indent=1))
+    atomic_write_text(out_dir / "crossfit.json", json.dumps(jsonable(info), indent=1))
     return table, info

@@ -22,10 +22,12 @@ import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from .io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -132,18 +134,33 @@ def read_molecule_csv(
     label_col: str | None = None,
     require_label: bool = True,
 ) -> pd.DataFrame:
-    """Read a CSV of molecules, one output row per input row.
-
-    Returns a DataFrame with columns ``row`` (0-based data row), ``smiles_input`` (as given),
-    ``smiles`` (isomeric canonical SMILES, ``""`` if invalid), ``key`` (stereo-insensitive
-    canonical SMILES, ``""`` if invalid), ``label`` (float; NaN only when ``require_label`` is
-    False and the file has no label column) and ``error`` (``""`` or why the row is unusable).
+    """Read a CSV of molecules, one output row per input row (see :func:`molecule_table`).
 
     Raises :class:`DataError` for a missing or empty file, a missing column, or a label that is
     empty, NaN, infinite or not a number (a bad label is never silently dropped).
     """
     path = Path(path)
-    frame = _read_table(path)
+    return molecule_table(_read_table(path), path, smiles_col, label_col, require_label)
+
+
+def molecule_table(
+    frame: pd.DataFrame,
+    path: Path,
+    smiles_col: str | None = None,
+    label_col: str | None = None,
+    require_label: bool = True,
+) -> pd.DataFrame:
+    """Parse a table of strings (a CSV's cells) into molecules, one output row per input row.
+
+    Returns a DataFrame with columns ``row`` (0-based data row), ``smiles_input`` (as given),
+    ``smiles`` (isomeric canonical SMILES, ``""`` if invalid), ``key`` (stereo-insensitive
+    canonical SMILES, ``""`` if invalid), ``label`` (float; NaN only when ``require_label`` is
+    False and the table has no label column) and ``error`` (``""`` or why the row is unusable).
+    ``path`` names the source in error messages.
+    """
+    if len(frame) == 0:
+        raise DataError(f"{path}: no data rows")
+    frame = frame.rename(columns=lambda c: str(c).strip())
     smiles_name = _pick_column(list(frame.columns), smiles_col, SMILES_COLUMNS, "SMILES", path)
     label_name: str | None
     try:
@@ -471,45 +488,3 @@ def make_split(
     if not train or (fr[1] > 0 and not val) or (fr[2] > 0 and not test):
         raise DataError(f"{dataset.source}: {len(dataset)} molecules are too few for a {method} split {list(fr)}")
     return Split(train, val, test, method=method, seed=seed, fractions=fr, data_fingerprint=dataset.fingerprint())
-
-
-# --------------------------------------------------------------------------- atomic output
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` made strict-JSON safe: non-finite floats → None, numpy scalars → Python, keys → str."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
-    """Write ``value`` as indented strict JSON (see :func:`jsonable`), atomically."""
-    atomic_write_text(path, json.dumps(jsonable(value), indent=1))

@@ -24,7 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import DataError, atomic_write_bytes, default_cache_dir
+from .data import DataError, default_cache_dir
+from .io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

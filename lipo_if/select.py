@@ -25,22 +25,88 @@ whose residual is a robust outlier: ``|r − median(r)| / (1.4826·MAD(r)) > gua
 rows (the median absorbs a systematic offset between the external labels and the model).
 
 ``guard="greedy"`` replaces the ranking by greedy group selection that re-scores every candidate
-after each addition against a second-order model of the validation loss (see
-:mod:`lipo_if.group`): it stops when no candidate is predicted to help any more, so it may choose
+after each addition against a second-order model of the validation loss (see "The greedy
+guard" below): it stops when no candidate is predicted to help any more, so it may choose
 fewer than k rows, and it leaves out a wildly wrong label because that molecule's second-order
 self-term grows with the square of its residual while its first-order score grows only linearly.
 ``guard="residual+greedy"`` applies the residual filter first, then the greedy selection. Both
-need a :class:`lipo_if.group.GroupModel` (``select(..., group=...)``).
+need a :class:`GroupModel` (``select(..., group=...)``), which
+:meth:`lipo_if.influence.Influence.group_model` builds.
+
+The greedy guard
+----------------
+
+Why. The first-order score of molecule ``j`` is ``score_j = v·d_j`` with ``v = ∇θ L_val(θ̂)`` and
+``d_j = −(1/n)(H + μI)⁻¹ ∇θ ℓ(z_j)`` the Newton step that adding ``z_j`` (weight 1/n) induces. It is
+linear in ``d_j`` and hence in the molecule's residual ``r_j = f(x_j) − y_j`` (``∇ℓ = 2 r_j J_j``), so
+
+- a molecule whose label overshoots in the direction that would correct the validation errors
+  gets a score ∝ r_j: the *wronger* the label, the *more helpful* it looks;
+- the score of a group is the sum of its members' scores: k molecules that all correct the same
+  validation error are credited k times, though the error can only be corrected once (the group
+  overshoots; on the real data the top-50 group's first-order prediction overstated its actual
+  gain ≈ 1.7×, see benchmarks/RESULTS.md).
+
+Both failures are second order in the parameter change. Expanding the validation loss to second
+order around θ̂ (Gauss–Newton curvature ``G = (2/m) J_valᵀ J_val``, the linearized-network
+validation MSE is exactly this quadratic)::
+
+    L_val(θ̂ + Δ) ≈ L_val(θ̂) + v·Δ + ½ Δᵀ G Δ,         Δ_S = Σ_{j∈S} d_j
+
+gives the group objective (the second-order group influence of Basu, You & Feizi, ICML 2020,
+restricted to the held-out curvature; the added points' own curvature is dropped)::
+
+    Q(S) = Σ_{j∈S} score_j + ½ Σ_{i,j∈S} M_ij,           M_ij = d_iᵀ G d_j = (2/m) (J_val d_i)·(J_val d_j)
+
+``J_val d_j`` is the change of the validation predictions that molecule j causes, so ``M_ij > 0``
+when i and j move the validation predictions the same way (redundant: together they overshoot)
+and ``M_jj = (2/m)‖J_val d_j‖² ∝ r_j²`` grows quadratically with a wrong label while the score
+grows only linearly: for a fixed direction ``J_val d_j / r_j``, ``score_j + ½ M_jj = a·r_j + b·r_j²``
+with ``b > 0``, so past ``|r_j| = |a|/b`` the molecule is predicted harmful, and the wronger the
+label the more negative its first-order score *and* the more positive its second-order marginal:
+a wildly wrong label is left out however helpful first order makes it look.
+
+The greedy selection (:func:`greedy_select`) adds, one at a time, the molecule with the most
+negative *marginal* change of Q,
+
+    Δ_j(S) = Q(S ∪ {j}) − Q(S) = score_j + Σ_{i∈S} M_ij + ½ M_jj
+           = ∇L_val(θ̂ + Δ_S)·d_j + ½ d_jᵀ G d_j      (the held-out gradient after the Newton update),
+
+i.e. it re-scores every candidate against the held-out gradient updated by the step the
+molecules chosen so far induce, and stops when no candidate is predicted to help (``Δ_j ≥ 0``)
+or k are chosen. Greedy is the standard heuristic for this (non-submodular) quadratic subset
+problem; each step costs O(N) with the N × N matrix M precomputed.
+
+Computing M exactly, for the whole network. ``d_j`` needs ``(H + μI)⁻¹`` applied to every
+candidate's gradient — N conjugate-gradient solves of the ≈ 1 M-parameter network. With the
+Gauss–Newton curvature ``H = (2/n) JᵀJ + λI`` (J: the training Jacobian ``∂f/∂θ``, ``[n, p]``) the
+Woodbury identity moves everything into function space: with ``c = λ + μ``::
+
+    J_val (H + μI)⁻¹ J_candᵀ = (1/c) [K_vc − K_vT (K_TT + (c n/2) I)⁻¹ K_Tc]
+
+where ``K_XY = J_X J_Yᵀ`` is the empirical neural tangent kernel. For an MLP it is a sum over
+Linear layers of ``(δ_X δ_Yᵀ) ∘ (a_X a_Yᵀ + 1)`` (a: the layer's input, δ: ``∂f/∂(layer output)``),
+so it costs one forward/backward pass per molecule and Gram products — no per-sample parameter
+gradients, no iterative solve, one ``n × n`` Cholesky factorization (n ≈ 3,300 here: seconds).
+``J_val d_j = −(2 r_j/n) · [that matrix]_{:, j}`` is then the change of the validation predictions
+molecule j causes, ``M = (2/m) AᵀA`` with ``A = [J_val d_j]_j``, and the first-order scores
+follow too, ``score_j = (2/m) e_valᵀ A_{:, j}`` (``e_val``: validation residuals) — the same numbers
+the influence solvers compute on the same damped Gauss–Newton system; their agreement
+is recorded in ``info`` as a check. The damping μ is the influence solve's, so ``d_j`` describes
+the retraining the scores describe. (The exact, indefinite Hessian has no such form; the guard
+always uses Gauss–Newton curvature.)
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from .data import DataError
 
 STRATEGIES: tuple[str, ...] = ("top_k", "threshold", "top_fraction", "random", "all", "none")
 GUARDS: tuple[str, ...] = ("none", "residual", "greedy", "residual+greedy")
@@ -81,9 +147,8 @@ class SelectionConfig:
 
 
 def load_scores(path: str | os.PathLike) -> pd.DataFrame:
-    """Read an influence-scores CSV; ``excluded`` comes back as strings ("" = eligible)."""
-    from .data import DataError
-
+    """Read an influence-scores CSV written by ``lipo-if influence``; ``excluded`` comes back as
+    strings ("" = eligible)."""
     try:
         table = pd.read_csv(path, keep_default_na=False, na_values={"score": [""], "residual": [""], "prediction": [""]})
     except FileNotFoundError:
@@ -159,6 +224,82 @@ def uses_greedy(guard: str) -> bool:
     return "greedy" in guard
 
 
+# --------------------------------------------------------------------------- the greedy guard
+
+
+@dataclass
+class GroupModel:
+    """What the greedy guard needs, for the eligible external rows.
+
+    Attributes:
+        rows: external ``row`` ids ``[N]`` (the order of the other arrays).
+        scores: first-order scores ``[N]`` (held-out MSE units; negative = helpful), from the table.
+        interactions: ``M`` ``[N, N]``, symmetric PSD: ``M_ij = d_iᵀ G d_j`` (see the module docstring).
+        info: block, damping, sizes and diagnostics (JSON-serializable).
+    """
+
+    rows: np.ndarray
+    scores: np.ndarray
+    interactions: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rows = np.asarray(self.rows, dtype=int)
+        self.scores = np.asarray(self.scores, dtype=float)
+        self.interactions = np.asarray(self.interactions, dtype=float)
+        n = len(self.rows)
+        if self.scores.shape != (n,) or self.interactions.shape != (n, n):
+            raise ValueError(f"GroupModel: rows [{n}], scores {self.scores.shape}, interactions {self.interactions.shape} disagree")
+
+    def position(self) -> dict[int, int]:
+        return {int(r): i for i, r in enumerate(self.rows)}
+
+    def objective(self, rows: Sequence[int]) -> float:
+        """Q(S) = Σ scores + ½ Σ_{i,j∈S} M_ij: the second-order predicted change of validation MSE."""
+        pos = self.position()
+        idx = np.array([pos[int(r)] for r in rows], dtype=int)
+        if idx.size == 0:
+            return 0.0
+        return float(self.scores[idx].sum() + 0.5 * self.interactions[np.ix_(idx, idx)].sum())
+
+    def with_scores(self, table: pd.DataFrame) -> "GroupModel":
+        """A copy whose first-order scores are taken from ``table`` (same rows, e.g. after a re-solve)."""
+        score_of = table.set_index("row")["score"]
+        return GroupModel(self.rows, score_of.loc[self.rows].to_numpy(dtype=float), self.interactions, dict(self.info))
+
+
+def greedy_select(group: GroupModel, pool_rows: Sequence[int], k: int | None, threshold: float = 0.0) -> list[int]:
+    """Greedy minimization of Q over ``pool_rows`` (a subset of ``group.rows``): external rows in the order added.
+
+    Adds the row of smallest marginal ``score_j + Σ_{i∈S} M_ij + ½ M_jj`` while that marginal is
+    ``< threshold`` (0: "predicted to lower the validation loss") and fewer than ``k`` rows are
+    chosen (``k=None``: no cap). Ties go to the smaller row id.
+    """
+    pos = group.position()
+    pool_rows = sorted(int(r) for r in pool_rows)
+    missing = [r for r in pool_rows if r not in pos]
+    if missing:
+        raise ValueError(f"rows {missing[:5]} are not in the group model (it covers the eligible rows it was built for)")
+    idx = np.array([pos[r] for r in pool_rows], dtype=int)
+    if idx.size == 0 or (k is not None and k <= 0):
+        return []
+    scores = group.scores[idx]
+    M = group.interactions[np.ix_(idx, idx)]
+    marginal = scores + 0.5 * np.diag(M)
+    available = np.ones(idx.size, dtype=bool)
+    chosen: list[int] = []
+    cap = idx.size if k is None else min(int(k), idx.size)
+    while len(chosen) < cap:
+        masked = np.where(available, marginal, np.inf)
+        j = int(np.argmin(masked))  # argmin returns the first minimum: the smallest row id
+        if not masked[j] < threshold:
+            break
+        chosen.append(pool_rows[j])
+        available[j] = False
+        marginal = marginal + M[j]
+    return chosen
+
+
 # --------------------------------------------------------------------------- strategies
 
 
@@ -202,7 +343,7 @@ def select(table: pd.DataFrame, config: SelectionConfig | None = None, group=Non
     The guard applies to the score-based strategies only (``top_k``, ``threshold``,
     ``top_fraction``); the controls (``random``, ``all``, ``none``) draw from every eligible row,
     since they stand for "what if we ignored the scores". The greedy guards need ``group``, a
-    :class:`lipo_if.group.GroupModel` built for this table (:func:`lipo_if.group.group_model`).
+    :class:`GroupModel` built for this table (:meth:`lipo_if.influence.Influence.group_model`).
     """
     config = config or SelectionConfig()
     if config.strategy == "none":
@@ -212,10 +353,8 @@ def select(table: pd.DataFrame, config: SelectionConfig | None = None, group=Non
         return _rows(pool) if config.strategy == "all" else random_k(pool, config.k, config.seed)
     pool = guarded_pool(table, config.guard, config.guard_z)
     if uses_greedy(config.guard):
-        from .group import greedy_select
-
         if group is None:
-            raise ValueError(f"guard {config.guard!r} needs a GroupModel: build one with lipo_if.group.group_model(run, scores, ...)")
+            raise ValueError(f"guard {config.guard!r} needs a GroupModel: build one with Influence.group_model(table, molecules)")
         group = group.with_scores(table)
         rows = _rows(pool)
         if config.strategy == "top_k":
@@ -232,7 +371,5 @@ def select(table: pd.DataFrame, config: SelectionConfig | None = None, group=Non
 
 def sweep(table: pd.DataFrame, ks: Sequence[float], config: SelectionConfig | None = None, group=None) -> dict[float, list[int]]:
     """``{k: select(table, config with that k)}`` for each k (strategy ``top_k`` or ``random``)."""
-    from dataclasses import replace
-
     config = config or SelectionConfig()
     return {k: select(table, replace(config, k=k), group) for k in ks}

@@ -9,6 +9,8 @@ A *run directory* holds everything a later step needs to reproduce the model's v
 """
 from __future__ import annotations
 
+import copy
+import io
 import json
 import logging
 import math
@@ -22,9 +24,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import DataError, MoleculeDataset, Split, atomic_write_bytes, atomic_write_text, load_dataset, make_split
+from .data import DataError, MoleculeDataset, Split, canonicalize, load_dataset, make_split
+from .io import atomic_write_bytes, atomic_write_text
 from .featurize import Featurizer, FeaturizerConfig
 from .model import MLPRegressor, ModelConfig, build_model, objective
+from .pool import Molecules, Pool
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +215,11 @@ class Run:
         """Stereo-insensitive canonical SMILES of the molecules in ``part`` (train/val/test)."""
         return [self.dataset.keys[i] for i in self.split.part(part)]
 
+    def split_keys(self) -> dict[str, set[str]]:
+        """Stereo-insensitive keys of the validation, test and training molecules (the order in which
+        an overlap is reported)."""
+        return {"validation": set(self.keys("val")), "test": set(self.keys("test")), "training": set(self.keys("train"))}
+
     def labels(self, part: str) -> np.ndarray:
         return self.dataset.labels[self.split.part(part)]
 
@@ -229,8 +238,6 @@ class Run:
 
     def predict(self, smiles: Sequence[str]) -> np.ndarray:
         """Predicted logD7.4 for each SMILES (canonicalized first; invalid SMILES raise DataError)."""
-        from .data import canonicalize
-
         canonical = []
         for s in smiles:
             parsed = canonicalize(s)
@@ -261,8 +268,6 @@ class Run:
             "split": self.split.to_dict(),
             "data_path": str(self.data_path),
         }
-        import io
-
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(run_dir / "model.pt", buffer.getvalue())
@@ -377,65 +382,64 @@ class FinetuneConfig:
                 raise ValueError(message)
 
 
-def filter_extra(run: Run, smiles: Sequence[str], labels: Sequence[float]) -> tuple[list[int], list[dict]]:
-    """Which extra molecules may join the training set: ``(kept positions, dropped records)``.
+def filter_extra(run: Run, pool: Pool, rows: Sequence[int] | None = None) -> tuple[list[int], list[dict]]:
+    """Which extra molecules may join the training set: ``(kept row ids, dropped records)``.
 
-    The leakage guard: a molecule whose stereo-insensitive key matches a validation or test
-    molecule is never added (it would leak the evaluation labels), nor one already in training,
-    an invalid SMILES, or a repeat of an earlier extra molecule. Each dropped record is
-    ``{"position", "smiles", "reason"}``.
+    ``rows``: the pool's ``row`` ids to consider, in order (default: all). The leakage guard: a
+    molecule whose stereo-insensitive key matches a validation or test molecule is never added (it
+    would leak the evaluation labels), nor one already in training, an invalid SMILES, or a repeat
+    of an earlier extra molecule. Each dropped record is ``{"position", "smiles", "reason"}``
+    (``position`` within ``rows``).
     """
-    from .data import canonicalize
-
-    split_keys = {"validation": set(run.keys("val")), "test": set(run.keys("test")), "training": set(run.keys("train"))}
+    split_keys = run.split_keys()
+    table = pool.table.set_index("row", drop=False)
+    rows = [int(r) for r in (table["row"] if rows is None else rows)]
     kept, dropped, seen = [], [], set()
-    for position, (smi, label) in enumerate(zip(smiles, labels)):
-        parsed = canonicalize(smi)
-        reason = ""
-        if parsed is None:
-            reason = "invalid SMILES"
-        elif not math.isfinite(float(label)):
+    for position, row in enumerate(rows):
+        entry = table.loc[row]
+        key = entry["key"]
+        if entry["error"]:
+            reason = entry["error"]
+        elif not math.isfinite(float(entry["label"])):
             reason = "label is not a finite number"
         else:
-            reason = next((f"duplicate of a {name} molecule" for name, keys in split_keys.items() if parsed[1] in keys), "")
-            if not reason and parsed[1] in seen:
+            reason = next((f"duplicate of a {name} molecule" for name, keys in split_keys.items() if key in keys), "")
+            if not reason and key in seen:
                 reason = "repeated extra molecule"
         if reason:
-            dropped.append({"position": position, "smiles": smi, "reason": reason})
+            dropped.append({"position": position, "smiles": entry["smiles_input"], "reason": reason})
         else:
-            seen.add(parsed[1])  # type: ignore[index]
-            kept.append(position)
+            seen.add(key)
+            kept.append(row)
     return kept, dropped
 
 
 def finetune_run(
     run: Run,
-    smiles: Sequence[str],
-    labels: Sequence[float],
+    extra: Molecules,
     config: FinetuneConfig | None = None,
     progress: bool = True,
     desc: str = "finetune",
+    rows: Sequence[int] | None = None,
 ) -> Run:
-    """Retrain ``run`` on its training split plus the extra molecules; a new :class:`Run`.
+    """Retrain ``run`` on its training split plus extra molecules; a new :class:`Run`.
 
-    ``smiles``/``labels``: the extra molecules (logD units). Those rejected by
-    :func:`filter_extra` are left out and listed in ``metrics["extra_dropped"]``. The new run keeps
-    the split and featurizer; its ``metrics`` has the keys of :func:`train_run` plus
-    ``n_added``, ``mode`` and ``base_*`` (the starting run's metrics). ``run`` is not modified.
+    ``extra``: the candidate molecules (a :class:`~lipo_if.pool.Pool`, a CSV path, a DataFrame or
+    ``(smiles, labels)``, logD units); ``rows``: which of its ``row`` ids to add, in order (default:
+    all). Those rejected by :func:`filter_extra` are left out and listed in
+    ``metrics["extra_dropped"]``. The new run keeps the split and featurizer; its ``metrics`` has
+    the keys of :func:`train_run` plus ``n_added``, ``mode`` and ``base_*`` (the starting run's
+    metrics). ``run`` is not modified.
     """
-    import copy
-
     config = config or FinetuneConfig()
     seed = run.config.seed if config.seed < 0 else config.seed
-    kept, dropped = filter_extra(run, list(smiles), list(labels))
+    pool = Pool.coerce(extra)
+    kept, dropped = filter_extra(run, pool, rows)
+    n_given = len(pool) if rows is None else len(rows)
     x_train, y_train = run.tensors("train")
     x_val, y_val = run.tensors("val")
     if kept:
-        from .data import canonicalize
-
-        canonical = [canonicalize(smiles[i])[0] for i in kept]  # type: ignore[index]
-        x_extra = run.featurize(canonical)
-        y_extra = torch.tensor([float(labels[i]) for i in kept], dtype=torch.float32)
+        x_extra, y_extra = pool.rows_features(run.featurizer, kept)
         x_train, y_train = torch.cat([x_train, x_extra]), torch.cat([y_train, y_extra])
     if config.from_scratch:
         train_config = TrainConfig(**{**asdict(run.config), "seed": seed})
@@ -463,11 +467,10 @@ def finetune_run(
         train_seconds=round(result.seconds, 2),
         final_objective_grad_norm=full_objective_grad_norm(new.model, x_train, y_train, run.config.weight_decay),
         weight_decay=run.config.weight_decay,
-        mode="from_scratch" if config.from_scratch else "finetune", n_added=len(kept), n_extra_given=len(list(smiles)),
+        mode="from_scratch" if config.from_scratch else "finetune", n_added=len(kept), n_extra_given=n_given,
         extra_dropped=dropped, finetune_config=asdict(config),
         **{f"base_{k}": run.metrics[k] for k in ("val_rmse", "test_rmse") if k in run.metrics},
     )
     new.metrics = metrics
     new._history = result.history  # type: ignore[attr-defined]
-    new._extra = [(smiles[i], float(labels[i])) for i in kept]  # type: ignore[attr-defined]
     return new

@@ -20,6 +20,7 @@ early-stopped point, not a minimum, so retraining moves the validation loss on i
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -30,8 +31,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import atomic_write_bytes, atomic_write_json, atomic_write_text, read_molecule_csv
+from .influence import HessianOperator, Influence, output_paths, write_scores
+from .influence.spectrum import dominant_eigenvalue
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import objective
+from .pool import Molecules, Pool
 from .select import eligible, load_scores
 from .train import FinetuneConfig, Run, finetune_run, predict_tensor
 
@@ -76,8 +80,6 @@ def gd_retrain(run: Run, x_extra: torch.Tensor, y_extra: torch.Tensor, lr: float
 
     ``x_extra`` ``[m, d]``, ``y_extra`` ``[m]`` (m may be 0). The run's model is not modified.
     """
-    import copy
-
     x_train, y_train = run.tensors("train")
     x, y = torch.cat([x_train, x_extra]), torch.cat([y_train, y_extra])
     model = copy.deepcopy(run.model).train()
@@ -93,21 +95,20 @@ def gd_retrain(run: Run, x_extra: torch.Tensor, y_extra: torch.Tensor, lr: float
 
 
 class _Retrainer:
-    """Validation MSE after adding a set of external rows, by the configured retraining."""
+    """Validation MSE after adding a set of the pool's rows, by the configured retraining."""
 
-    def __init__(self, run: Run, table: pd.DataFrame, config: ValidateConfig, finetune_config: FinetuneConfig,
+    def __init__(self, run: Run, pool: Pool, config: ValidateConfig, finetune_config: FinetuneConfig,
                  lr: float, steps: int) -> None:
-        self.run, self.table, self.config, self.lr, self.steps = run, table.set_index("row"), config, lr, steps
+        self.run, self.pool, self.config, self.lr, self.steps = run, pool, config, lr, steps
         self.finetune_config = replace(finetune_config, from_scratch=config.retrain == "scratch")
 
     def val_mse(self, rows: list[int]) -> float:
-        smiles = self.table.loc[rows, "smiles"].tolist() if rows else []
-        labels = self.table.loc[rows, "label"].tolist() if rows else []
         if self.config.retrain == "gd":
-            x = self.run.featurize(smiles) if rows else torch.zeros(0, self.run.featurizer.dim)
-            return gd_retrain(self.run, x, torch.tensor(labels, dtype=torch.float32), self.lr, self.steps)
+            x, y = self.pool.rows_features(self.run.featurizer, rows)
+            return gd_retrain(self.run, x, y, self.lr, self.steps)
         base_seed = self.run.config.seed if self.finetune_config.seed < 0 else self.finetune_config.seed
-        values = [finetune_run(self.run, smiles, labels, replace(self.finetune_config, seed=base_seed + i), progress=False).metrics["val_rmse"] ** 2
+        values = [finetune_run(self.run, self.pool, replace(self.finetune_config, seed=base_seed + i), progress=False,
+                               rows=rows).metrics["val_rmse"] ** 2
                   for i in range(self.config.seeds)]
         return float(np.mean(values))
 
@@ -121,9 +122,6 @@ def _auto_gd(run: Run, summary: dict, config: ValidateConfig) -> tuple[float, in
     info = summary.get("solver", {}).get("info", {})
     lam, mu = info.get("lambda_max"), info.get("damping")
     if not lam and not config.lr:
-        from .influence import HessianOperator
-        from .influence.spectrum import dominant_eigenvalue
-
         x, y = run.tensors("train")
         op = HessianOperator(run.model, x, y, float(run.config.weight_decay), kind="gauss-newton")
         lam = abs(float(dominant_eigenvalue(op, None, iters=30, seed=0)[0]))
@@ -169,29 +167,34 @@ def _plot(singles: pd.DataFrame, corr: dict, group: dict, title: str) -> bytes:
 
 
 def run_validation(
-    run: Run, external_path: str | os.PathLike, out_dir: str | os.PathLike, config: ValidateConfig | None = None,
+    run: Run, external: Molecules, out_dir: str | os.PathLike, config: ValidateConfig | None = None,
     finetune_config: FinetuneConfig | None = None, scores_csv: str | os.PathLike | None = None, progress: bool = True,
+    influence: Influence | None = None,
 ) -> dict:
-    """Retrain with single molecules and the top-k group; write ``validate.json``, ``validate.csv``, ``validate.png``."""
-    from tqdm.auto import tqdm
+    """Retrain with single molecules and the top-k group; write ``validate.json``, ``validate.csv``, ``validate.png``.
 
-    from .influence import InfluenceConfig, output_paths, run_influence
+    The scores come from ``influence`` (a fitted :class:`~lipo_if.influence.Influence` of ``run``),
+    else from ``scores_csv`` (a table written by ``lipo-if influence`` for this run, with its summary
+    beside it), else from a default validation solve (written to ``out_dir/influence_val.csv``)."""
+    from tqdm.auto import tqdm
 
     config = config or ValidateConfig()
     finetune_config = finetune_config or FinetuneConfig()
     out = Path(out_dir)
-    if scores_csv is None:
-        scores_csv = out / "influence_val.csv"
-        summary = run_influence(run, external_path, InfluenceConfig(progress=progress), scores_csv)
-    else:
+    molecules = Pool.coerce(external)
+    if scores_csv is not None and influence is None:
         summary_path = output_paths(scores_csv)["summary"]
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    scores = load_scores(scores_csv)
+        scores = load_scores(scores_csv)
+    else:
+        influence = influence or Influence(run, progress=progress).fit()
+        scores = influence.scores(molecules)
+        scores_csv = out / "influence_val.csv"
+        summary = write_scores(influence, scores, scores_csv, source=molecules.source)
     pool = eligible(scores)
     offset = float(summary.get("renormalization_offset") or 0.0)
     lr, steps = _auto_gd(run, summary, config) if config.retrain == "gd" else (0.0, 0)
-    table = read_molecule_csv(external_path)
-    retrainer = _Retrainer(run, table, config, finetune_config, lr, steps)
+    retrainer = _Retrainer(run, molecules, config, finetune_config, lr, steps)
     score_of = pool.set_index("row")["score"]
 
     sample = spread_sample(pool, config.n_sample)
@@ -210,7 +213,7 @@ def run_validation(
     group_result = {"k": len(group), "rows": group, "predicted": float(score_of.loc[group].sum()) + offset * len(group),
                     "actual": mses[-1] - base}
     result = {
-        "run": str(run.run_dir) if run.run_dir else None, "external": str(external_path), "scores": str(scores_csv),
+        "run": str(run.run_dir) if run.run_dir else None, "external": molecules.source, "scores": str(scores_csv),
         "config": asdict(config), "finetune_config": asdict(finetune_config) if config.retrain != "gd" else None,
         "gd": {"lr": lr, "steps": steps} if config.retrain == "gd" else None,
         "influence": {k: summary.get("solver", {}).get("info", {}).get(k) for k in ("damping", "lambda_max", "relative_residual")},

@@ -180,7 +180,7 @@ def test_canonicalize():
 
 
 def test_atomic_write_json_is_strict_json(tmp_path):
-    from lipo_if.data import atomic_write_json
+    from lipo_if.io import atomic_write_json
 
     path = tmp_path / "sub" / "out.json"
     atomic_write_json(path, {"a": float("nan"), 1: [np.float64(2.5), np.int64(3), (float("inf"), "x")]})

@@ -1,4 +1,5 @@
-"""End-to-end test of lipo_if.influence.pipeline with a tiny fake run (needs RDKit for SMILES)."""
+"""End-to-end tests of the in-memory influence API (lipo_if.Influence) and the files of
+``lipo-if influence``, with a tiny fake run (needs RDKit for SMILES)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,9 @@ import torch
 pytest.importorskip("rdkit")
 
 from lipo_if.data import DataError, canonicalize  # noqa: E402
-from lipo_if.influence import HessianOperator, InfluenceConfig, influence_scores, output_paths, run_influence, solve  # noqa: E402
+from lipo_if.influence import (HessianOperator, Influence, InfluenceConfig, influence_scores, output_paths,  # noqa: E402
+                               solve, write_scores)
+from lipo_if.pool import Pool  # noqa: E402
 from lipo_if.model import ModelConfig, build_model, objective  # noqa: E402
 
 # torch.func jvp registers its decompositions through the deprecated torch.jit.script (torch-internal).
@@ -54,8 +57,15 @@ class _Config:
     weight_decay: float = WD
 
 
+class _Featurizer:
+    dim = 6
+
+    def transform(self, smiles: list[str]) -> np.ndarray:
+        return featurize(smiles).numpy()
+
+
 class FakeRun:
-    """The attributes of lipo_if.train.Run that the pipeline uses, on a tiny model."""
+    """The attributes of lipo_if.train.Run that Influence uses, on a tiny model."""
 
     def __init__(self) -> None:
         self.config = _Config()
@@ -67,6 +77,10 @@ class FakeRun:
             objective(model, X, y, WD).backward()
             opt.step()
         self.model = model.eval()
+        self.featurizer = _Featurizer()
+
+    def split_keys(self) -> dict[str, set[str]]:
+        return {"validation": set(self.keys("val")), "test": set(self.keys("test")), "training": set(self.keys("train"))}
 
     def tensors(self, part: str):
         return featurize(SPLITS[part]), logp(SPLITS[part])
@@ -74,8 +88,6 @@ class FakeRun:
     def keys(self, part: str) -> list[str]:
         return [canonicalize(s)[1] for s in SPLITS[part]]
 
-    def featurize(self, smiles: list[str]) -> torch.Tensor:
-        return featurize(smiles)
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +113,12 @@ def external(tmp_path: Path) -> Path:
 
 def quiet(**kw) -> InfluenceConfig:
     return InfluenceConfig(progress=False, **kw)
+
+
+def run_influence(run, external, config: InfluenceConfig, out) -> dict:
+    """What ``lipo-if influence`` does: fit, score the file, write the three files."""
+    inf = Influence(run, config=config).fit()
+    return write_scores(inf, inf.scores(external), out, source=str(external))
 
 
 def test_pipeline_end_to_end(run, external, tmp_path):
@@ -173,7 +191,11 @@ def test_pipeline_float32_precision_matches_float64(run, external, tmp_path):
 
 def test_pipeline_errors(run, external, tmp_path):
     with pytest.raises(DataError, match="file not found"):
-        run_influence(run, tmp_path / "missing.csv", quiet(), tmp_path / "x.csv")
+        Influence(run, config=quiet(solver="cg")).fit().scores(tmp_path / "missing.csv")
+    with pytest.raises(RuntimeError, match="call fit"):
+        Influence(run, progress=False).scores(external)
+    with pytest.raises(ValueError, match="either config= or individual settings"):
+        Influence(run, solver="cg", config=quiet())
     with pytest.raises(ValueError, match="heldout must be one of"):
         InfluenceConfig(heldout="train")
     with pytest.raises(ValueError, match="refusing to form a dense"):
@@ -184,3 +206,47 @@ def test_pipeline_errors(run, external, tmp_path):
     summary = run_influence(run, external, quiet(solver="direct", params="layers.1.weight,layers.1.bias"),
                             tmp_path / "block.csv")
     assert summary["n_params"] == 9
+
+
+def test_scores_of_a_file_a_dataframe_lists_and_a_pool_are_the_same(run, external):
+    inf = Influence(run, solver="cg", tol=1e-10, damping=0.05, progress=False).fit()
+    from_file = inf.scores(external)
+    frame = pd.read_csv(external)
+    from_frame = inf.scores(frame)
+    from_lists = inf.scores((frame["smiles"].tolist(), frame["label"].tolist()))
+    pool = Pool.read(external)
+    from_pool = inf.scores(pool)
+    for other in (from_frame, from_lists, from_pool):
+        pd.testing.assert_frame_equal(other, from_file)
+    assert from_file["score"].notna().sum() == 6 and np.isfinite(from_file["score"].dropna()).all()
+    assert inf.scores(pool) is not from_pool and pool.features(run.featurizer) is pool.features(run.featurizer)  # featurized once
+
+
+def test_save_and_load_reuse_s_and_refuse_other_settings_or_models(run, external, tmp_path):
+    inf = Influence(run, solver="cg", tol=1e-10, damping=0.05, progress=False).fit()
+    inf.save(tmp_path / "inf")
+    again = Influence.load(tmp_path / "inf", run)
+    assert torch.equal(again.s, inf.s) and again.damping == inf.damping
+    pd.testing.assert_frame_equal(again.scores(external), inf.scores(external))
+    with pytest.raises(ValueError, match="other settings"):
+        Influence.load(tmp_path / "inf", run, quiet(solver="cg", tol=1e-10, damping=0.5))
+    other = FakeRun()
+    with torch.no_grad():
+        other.model.layers[0].weight.add_(0.01)
+    with pytest.raises(ValueError, match="another model"):
+        Influence.load(tmp_path / "inf", other)
+
+
+@pytest.mark.parametrize("heldout", ["validation", "test"])
+def test_function_space_solver_matches_cg(run, external, heldout):
+    """solver='function-space' (NTK/Woodbury, one Cholesky) = CG on the same damped Gauss–Newton
+    system to CG's tolerance, s and scores alike."""
+    fs = Influence(run, heldout=heldout, solver="function-space", damping=0.1, progress=False).fit()
+    cg = Influence(run, heldout=heldout, solver="cg", damping=0.1, tol=1e-12, max_iter=2000, progress=False).fit()
+    assert torch.allclose(fs.s, cg.s, rtol=1e-7, atol=1e-9 * float(cg.s.abs().max()))
+    a, b = fs.scores(external), cg.scores(external)
+    assert a["excluded"].tolist() == b["excluded"].tolist()
+    np.testing.assert_allclose(a["score"].dropna(), b["score"].dropna(), rtol=1e-6)
+    assert fs.info["solver"]["info"]["relative_residual"] < 1e-8
+    with pytest.raises(ValueError, match="Gauss–Newton system"):
+        Influence(run, hessian="exact", solver="function-space", damping=1.0, progress=False).fit()

@@ -31,12 +31,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
+from .curvature import Batch, CurvatureOperator
+
 HessianKind = Literal["exact", "gauss-newton"]
 HESSIAN_KINDS: tuple[str, ...] = ("exact", "gauss-newton")
 #: Default refusal limit for forming an explicit ``[p, p]`` matrix (≈ 200 MB in float64).
 DENSE_PARAM_LIMIT = 5000
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 # --------------------------------------------------------------------------- flatten / unflatten
@@ -83,8 +84,8 @@ def _check_batch(X: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"expected X [B, d] and y [B] with B ≥ 1, got {tuple(X.shape)} and {tuple(y.shape)}")
 
 
-class HessianOperator:
-    """Curvature of the training objective at θ̂ as a matrix-free operator.
+class HessianOperator(CurvatureOperator):
+    """Curvature of the training objective at θ̂ as a matrix-free operator (autograd products).
 
     Args:
         model: the trained regressor (any dtype; it is not modified). Its ``forward(x) → [n]``.
@@ -126,13 +127,17 @@ class HessianOperator:
         self.dtype = dtype
         self.chunk_size = int(chunk_size)
         self.block = ParamBlock(names, tuple(named[n].shape for n in names))
-        self._module = model
-        self._frozen = {n: p.to(dtype) for n, p in named.items() if n not in names}
+        self.model = model
+        self.frozen = {n: p.to(dtype) for n, p in named.items() if n not in names}
         self.theta = self.block.flatten({n: named[n].to(dtype) for n in names})
         self.X = X.detach().to(dtype)
         self.y = y.detach().to(dtype)
 
     # ---------------------------------------------------------------- basic facts
+
+    @property
+    def reference(self) -> "HessianOperator":
+        return self
 
     @property
     def n_params(self) -> int:
@@ -147,11 +152,11 @@ class HessianOperator:
     def param_dict(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """All parameters as ``{name: tensor}`` with the block taken from ``theta`` (default θ̂)."""
         theta = self.theta if theta is None else theta
-        return {**self._frozen, **self.block.unflatten(theta)}
+        return {**self.frozen, **self.block.unflatten(theta)}
 
     def materialize(self, theta: torch.Tensor | None = None) -> nn.Module:
         """A detached copy of the model in ``self.dtype`` holding ``theta`` (default θ̂)."""
-        module = copy.deepcopy(self._module).to(self.dtype)
+        module = copy.deepcopy(self.model).to(self.dtype)
         with torch.no_grad():
             for name, value in self.param_dict(theta).items():
                 module.get_parameter(name).copy_(value)
@@ -161,7 +166,7 @@ class HessianOperator:
 
     def predict(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         """f(X; θ) ``[B]`` with the block set to ``theta`` ``[p]`` (differentiable in theta)."""
-        return functional_call(self._module, self.param_dict(theta), (X,))
+        return functional_call(self.model, self.param_dict(theta), (X,))
 
     def data_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean squared error ``(1/B) Σ (f(x)−y)²`` on a batch — R without the L2 term."""
@@ -169,13 +174,13 @@ class HessianOperator:
 
     # ---------------------------------------------------------------- data handling
 
-    def _as_batch(self, X: torch.Tensor, y: torch.Tensor) -> Batch:
+    def as_batch(self, X: torch.Tensor, y: torch.Tensor) -> Batch:
         _check_batch(X, y)
         return X.detach().to(self.dtype), y.detach().to(self.dtype)
 
     def iter_chunks(self, X: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Iterator[tuple[Batch, float]]:
         """Yield ``((X_c, y_c), weight)`` chunks with ``weight = |c|/n``; defaults to the training set."""
-        X, y = (self.X, self.y) if X is None else self._as_batch(X, y)
+        X, y = (self.X, self.y) if X is None else self.as_batch(X, y)
         n = X.shape[0]
         for start in range(0, n, self.chunk_size):
             stop = min(start + self.chunk_size, n)
@@ -207,7 +212,8 @@ class HessianOperator:
 
     # ---------------------------------------------------------------- products
 
-    def _check_vec(self, vec: torch.Tensor) -> torch.Tensor:
+    def check_vec(self, vec: torch.Tensor) -> torch.Tensor:
+        """``vec`` as a ``[p]`` vector of the operator's dtype (ValueError for another shape)."""
         if vec.shape != self.theta.shape:
             raise ValueError(f"vector has shape {tuple(vec.shape)}, expected ({self.n_params},)")
         return vec.to(self.dtype)
@@ -234,14 +240,18 @@ class HessianOperator:
         ``batch=None`` uses the whole training set (in chunks, exact ``1/n`` weighting);
         otherwise ``batch = (X [B, d], y [B])``.
         """
-        vec = self._check_vec(vec)
+        vec = self.check_vec(vec)
         if batch is None:
             data = torch.zeros_like(vec)
             for (Xc, yc), weight in self.iter_chunks():
                 data += weight * self._curvature_product(vec, Xc, yc)
         else:
-            data = self._curvature_product(vec, *self._as_batch(*batch))
+            data = self._curvature_product(vec, *self.as_batch(*batch))
         return data + self.weight_decay * vec
+
+    def solver_product(self, vec: torch.Tensor, idx: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`matvec` on the training rows ``idx`` (None = all); λ included (nothing folded)."""
+        return self.matvec(vec, None if idx is None else (self.X[idx], self.y[idx]))
 
     def __repr__(self) -> str:
         return (
@@ -284,7 +294,7 @@ def dense_hessian(
             f"max_params={max_params}): restrict the operator to a smaller parameter block (params=...) "
             f"or use a matrix-free solver (lissa or cg)"
         )
-    chunks = [(op._as_batch(*batch), 1.0)] if batch is not None else op.iter_chunks()
+    chunks = [(op.as_batch(*batch), 1.0)] if batch is not None else op.iter_chunks()
     total = torch.zeros(p, p, dtype=op.dtype)
     for (X, y), weight in chunks:
         if op.kind == "exact":

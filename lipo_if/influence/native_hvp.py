@@ -64,7 +64,9 @@ from torch import nn
 
 from lipo_if import ops
 
-from .hvp import Batch, HessianOperator
+from .curvature import Batch, CurvatureOperator
+from .hvp import HessianOperator
+from .mlp import MLP, mlp_unsupported_reason
 
 #: ``hvp=`` choices of the solvers: native when supported (auto), always native, or autograd.
 HVP_BACKENDS: tuple[str, ...] = ("auto", "native", "autograd")
@@ -74,18 +76,12 @@ def native_unsupported_reason(op: HessianOperator) -> str | None:
     """Why :class:`NativeHessian` cannot represent ``op`` (None when it can)."""
     if op.kind not in ("gauss-newton", "exact"):
         return f"the native HVP implements kind='gauss-newton' and 'exact', not kind={op.kind!r}"
-    layers = getattr(op._module, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or not layers or not all(isinstance(m, nn.Linear) for m in layers):
-        return "the model is not the package's MLP (a `layers` ModuleList of nn.Linear with ReLU between)"
-    if any(layer.bias is None for layer in layers) or layers[-1].out_features != 1:
-        return "the MLP needs biases in every layer and one output"
-    expected = tuple(f"layers.{l}.{kind}" for l in range(len(layers)) for kind in ("weight", "bias"))
-    if op.block.names != expected or op._frozen:
+    reason = mlp_unsupported_reason(op.model)
+    if reason is not None:
+        return reason
+    expected = tuple(f"layers.{l}.{kind}" for l in range(len(op.model.layers)) for kind in ("weight", "bias"))
+    if op.block.names != expected or op.frozen:
         return "the native HVP covers the full parameter vector only (no restricted --params block)"
-    from lipo_if.model import MLPRegressor  # noqa: PLC0415 — avoid an import cycle at module load
-
-    if type(op._module).forward is not MLPRegressor.forward:
-        return "the model's forward is not MLPRegressor.forward (ReLU between Linear layers)"
     return None
 
 
@@ -151,12 +147,12 @@ class RowCache(NamedTuple):
                         [cut(t) for t in self.signals], cut(self.proj))
 
 
-class NativeHessian:
+class NativeHessian(CurvatureOperator):
     """Gauss–Newton or exact curvature of an :class:`~lipo_if.model.MLPRegressor`, explicit products.
 
-    Wraps a ``HessianOperator`` (``kind`` "gauss-newton" or "exact") over all parameters: same
-    ``kind``, ``n_params``, ``n_train``, ``weight_decay``, ``dtype``, ``X``, ``y``, ``theta`` …
-    (attribute access is delegated to it) and the same products up to rounding. Construction runs
+    Built from a ``HessianOperator`` ``op`` (``kind`` "gauss-newton" or "exact") over all
+    parameters: the same facts (``kind``, ``n_params``, ``n_train``, ``weight_decay``, ``dtype``,
+    ``theta``, the training rows) and the same products up to rounding; ``op`` stays the reference. Construction runs
     one forward pass over the training set and keeps ``[n, width]`` activations and masks of every
     hidden layer (and, for the exact Hessian, the first-order backward signals of layers 2…L).
     ``drop_dead_units``: leave the units of hidden layers 2… that are off on every training row
@@ -174,8 +170,12 @@ class NativeHessian:
         if reason is not None:
             raise ValueError(f"native HVP unavailable: {reason}; use hvp='autograd'")
         self.op = op
+        self.kind, self.weight_decay, self.dtype, self.theta = op.kind, op.weight_decay, op.dtype, op.theta
+        self.backend = "native"
+        #: the solver product leaves λ·vec out (LiSSA folds λ/scale into its damping; CG adds it)
+        self.folded_weight_decay = op.weight_decay
         params = op.param_dict()
-        self.n_layers = len(op._module.layers)
+        self.n_layers = len(op.model.layers)
         self.weights = [params[f"layers.{l}.weight"].contiguous() for l in range(self.n_layers)]
         self.biases = [params[f"layers.{l}.bias"].contiguous() for l in range(self.n_layers)]
         self._w0t = self.weights[0].t().contiguous()  # [in, out]: read without a copy by sparse_linear
@@ -205,13 +205,41 @@ class NativeHessian:
         #: them use matvec_internal + lissa_step (kept for A/B benchmarks and tests).
         self.fused_lissa = True
 
-    # ------------------------------------------------------------------ delegation / basics
+    # ------------------------------------------------------------------ the CurvatureOperator interface
 
-    def __getattr__(self, name: str):
-        # Only called for attributes not found on self: the wrapped operator's.
-        if name == "op":
-            raise AttributeError(name)
-        return getattr(self.op, name)
+    @property
+    def reference(self) -> HessianOperator:
+        return self.op
+
+    @property
+    def n_params(self) -> int:
+        return self.op.n_params
+
+    @property
+    def n_train(self) -> int:
+        return self.op.n_train
+
+    def check_vec(self, vec: torch.Tensor) -> torch.Tensor:
+        return self.op.check_vec(vec)
+
+    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor | None:
+        return self.op.sample_indices(batch_size, generator)
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> Batch | None:
+        return self.op.sample_batch(batch_size, generator)
+
+    def to_solver_layout(self, vec: torch.Tensor) -> torch.Tensor:
+        return self.to_internal(vec)
+
+    def from_solver_layout(self, vec: torch.Tensor) -> torch.Tensor:
+        return self.from_internal(vec)
+
+    def solver_product(self, vec: torch.Tensor, idx: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.matvec_internal(vec, idx, weight_decay=False, out=out)
+
+    def fused_lissa_step(self, h: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, damping: float,
+                         scale: float) -> tuple[float, float] | None:
+        return self.lissa_step_(h, v, idx, damping, scale) if self.fused_lissa else None
 
     def __repr__(self) -> str:
         return f"NativeHessian({self.op!r})"
@@ -221,7 +249,7 @@ class NativeHessian:
     def to_internal(self, vec: torch.Tensor) -> torch.Tensor:
         """Standard ``[p]`` vector → internal layout (first weight block transposed, dead hidden
         units last); a new tensor."""
-        vec = self.op._check_vec(vec)
+        vec = self.op.check_vec(vec)
         out_, in_ = self._w0_shape
         return self._permuted(vec, vec[: self._sizes[0]].view(out_, in_).t(), self._tail_order)
 
@@ -309,25 +337,18 @@ class NativeHessian:
         for the exact Hessian the unscaled first-order signals ``[r, …]`` of layers L, L−1, …, 2
         (``r = f − y`` ``[n, 1]``, then ``(s W_l) ⊙ m_{l−1}``; empty for Gauss–Newton).
         ``split``: ``X`` already split (:func:`_split_input`), read instead of scanning ``X`` again."""
-        hidden, masks, signals = [], [], []
         with torch.no_grad():
-            if split is None:
-                z = ops.sparse_linear(X, self._w0t.t(), self.biases[0])
-            else:
-                z = _first_layer(split, None, self._w0t, self.biases[0])
-            for l in range(1, self.n_layers):
-                mask = (z > 0).to(z.dtype)  # float: a bool mask costs a dtype promotion per product
-                h = z * mask
-                hidden.append(h)
-                masks.append(mask)
-                z = torch.addmm(self.biases[l], h, self.weights[l].t())
+            first = (ops.sparse_linear(X, self._w0t.t(), self.biases[0]) if split is None
+                     else _first_layer(split, None, self._w0t, self.biases[0]))
+            fwd = MLP(self.weights, self.biases).forward(X, first=first)
+            signals = []
             if self.exact:
-                s = z - y.reshape(-1, 1)
+                s = fwd.output - y.reshape(-1, 1)
                 for l in range(self.n_layers - 1, 0, -1):
                     signals.append(s)
                     if l > 1:
-                        s = (s @ self.weights[l]) * masks[l - 1]
-        return hidden, masks, signals
+                        s = (s @ self.weights[l]) * fwd.masks[l - 1]
+        return fwd.hidden, fwd.masks, signals
 
     def _head_projection(self, masks: list) -> torch.Tensor | None:
         """``(m_k ⊙ w_L) W_k`` ``[n, width of hidden k−1]`` for the head layer ``k = L − 2`` (rows of
@@ -567,7 +588,7 @@ class NativeHessian:
         vec_int = self.to_internal(vec)
         if batch is None:
             return self.from_internal(self.matvec_internal(vec_int))
-        X, y = self.op._as_batch(*batch)
+        X, y = self.op.as_batch(*batch)
         hidden, masks, signals = self._forward(X, y)
         rows = RowCache(hidden, masks, signals, self._head_projection(masks))
         return self.from_internal(self._product(vec_int, [(X, rows, 2.0 / X.shape[0])]))

@@ -30,7 +30,9 @@ from torch.func import grad, vmap
 
 from lipo_if import ops
 
+from .curvature import CurvatureOperator
 from .hvp import HessianOperator
+from .mlp import MLP
 
 ScoreMethod = Literal["fast", "reference"]
 SCORE_METHODS: tuple[str, ...] = ("fast", "reference")
@@ -66,16 +68,6 @@ def grad_dot_reference(
     return torch.cat(out)
 
 
-def _layer_count(params: dict[str, torch.Tensor]) -> int:
-    count = 0
-    while f"layers.{count}.weight" in params:
-        count += 1
-    if count == 0 or len(params) != 2 * count:
-        raise ValueError("the fast path needs an MLPRegressor (parameters layers.<l>.weight / layers.<l>.bias only); "
-                         "use method='reference'")
-    return count
-
-
 def grad_dot_fast(
     op: HessianOperator, vecs: torch.Tensor, X: torch.Tensor, y: torch.Tensor, chunk_size: int = 1024
 ) -> torch.Tensor:
@@ -87,7 +79,11 @@ def grad_dot_fast(
     """
     vecs = _as_matrix(vecs, op)
     params = op.param_dict()
-    n_layers = _layer_count(params)
+    try:
+        mlp = MLP.from_params(params)
+    except ValueError as exc:
+        raise ValueError(f"the fast path needs an MLPRegressor ({exc}); use method='reference'") from None
+    n_layers = mlp.n_layers
     block = [op.block.unflatten(row) for row in vecs]  # k dicts of views
     per_layer = []
     for l in range(n_layers):
@@ -103,48 +99,39 @@ def grad_dot_fast(
     # First layer: one sparse pass for its forward and its score terms together.
     fused = None if per_layer[0] is None else ops.first_layer_with_vectors(
         params["layers.0.weight"], params["layers.0.bias"], *per_layer[0])
-    out = [_grad_dot_chunk(params, per_layer, first, X[i:i + chunk_size].to(op.dtype), y[i:i + chunk_size].to(op.dtype),
+    out = [_grad_dot_chunk(mlp, per_layer, first, X[i:i + chunk_size].to(op.dtype), y[i:i + chunk_size].to(op.dtype),
                            fused)
            for i in range(0, X.shape[0], chunk_size)]
     return torch.cat(out)
 
 
 def _grad_dot_chunk(
-    params: dict[str, torch.Tensor], per_layer: list, first: int, X: torch.Tensor, y: torch.Tensor,
+    mlp: MLP, per_layer: list, first: int, X: torch.Tensor, y: torch.Tensor,
     fused: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Forward, manual backward of ``(f − y)²`` down to layer ``first``, and the contractions: ``[c, k]``.
+    """Forward, backward of ``(f − y)²`` down to layer ``first``, and the contractions: ``[c, k]``.
 
     ``fused``: :func:`lipo_if.ops.first_layer_with_vectors` of layer 0 (its forward and the ``k``
     projections ``x V_jᵀ + c_j`` in one sparse pass), or None (layer 0 outside the block).
     """
-    n_layers = len(per_layer)
-    acts, preacts = [], []
-    h, first_proj = X, None
     with torch.no_grad():
-        for l in range(n_layers):
-            acts.append(h)
-            if l == 0 and fused is not None:  # sparse fingerprint input: only its non-zeros are multiplied
-                width = params["layers.0.bias"].shape[0]
-                both = ops.sparse_linear(h, *fused)  # [c, (k+1)·out]
-                z, first_proj = both[:, :width], both[:, width:].reshape(h.shape[0], -1, width)
-            elif l == 0:
-                z = ops.sparse_linear(h, params["layers.0.weight"], params["layers.0.bias"])
-            else:
-                z = torch.addmm(params[f"layers.{l}.bias"], h, params[f"layers.{l}.weight"].T)
-            preacts.append(z)
-            h = torch.relu(z) if l < n_layers - 1 else z
-        out_grad = 2.0 * (h - y.unsqueeze(1))  # ∂ℓ/∂z_L for ℓ = (f − y)², [c, 1]
+        first_proj = None
+        if fused is not None:  # sparse fingerprint input: only its non-zeros are multiplied
+            width = mlp.biases[0].shape[0]
+            both = ops.sparse_linear(X, *fused)  # [c, (k+1)·out]
+            z, first_proj = both[:, :width], both[:, width:].reshape(X.shape[0], -1, width)
+        else:
+            z = ops.sparse_linear(X, mlp.weights[0], mlp.biases[0])
+        fwd = mlp.forward(X, first=z)
         total = None
-        for l in range(n_layers - 1, first - 1, -1):
+        for l, out_grad in mlp.backward(fwd, 2.0 * (fwd.output - y.unsqueeze(1)), stop=first):  # ∂(f − y)²/∂f first
             if l == 0 and first_proj is not None:
                 term = torch.einsum("cko,co->ck", first_proj, out_grad)
-                total = term if total is None else total + term
             elif per_layer[l] is not None:
-                term = ops.linear_grad_dot(acts[l], out_grad, *per_layer[l])
-                total = term if total is None else total + term
-            if l > first:  # back through layer l and the ReLU after layer l−1
-                out_grad = (out_grad @ params[f"layers.{l}.weight"]) * (preacts[l - 1] > 0)
+                term = ops.linear_grad_dot(fwd.inputs[l], out_grad, *per_layer[l])
+            else:
+                continue
+            total = term if total is None else total + term
     return total
 
 

@@ -39,14 +39,17 @@ from tqdm.auto import tqdm
 
 from lipo_if.ops import lissa_step
 
+from .curvature import CurvatureOperator
+from .function_space import FunctionSpaceSolver
 from .hvp import DENSE_PARAM_LIMIT, HessianOperator, dense_hessian
-from .native_hvp import HVP_BACKENDS, NativeHessian, select_hvp
+from .mlp import MLP
+from .native_hvp import HVP_BACKENDS, select_hvp
 from .spectrum import SpectrumEstimate, dominant_eigenvalue, estimate_spectrum
 
 log = logging.getLogger(__name__)
 
-SolverMethod = Literal["lissa", "cg", "direct"]
-SOLVER_METHODS: tuple[str, ...] = ("lissa", "cg", "direct")
+SolverMethod = Literal["lissa", "cg", "direct", "function-space"]
+SOLVER_METHODS: tuple[str, ...] = ("lissa", "cg", "direct", "function-space")
 AUTO = "auto"
 #: ``damping="auto"`` means ``μ = AUTO_DAMPING_FRACTION · λ_max``.
 AUTO_DAMPING_FRACTION = 0.02
@@ -248,24 +251,8 @@ def _divergence_message(chain: int, step: int, h_norm: float, bound: float, sett
     )
 
 
-def _products(op: HessianOperator | NativeHessian):
-    """``(to_layout, from_layout, matvec(vec, idx | None), folded)`` in the operator's fastest layout.
-
-    The native operator works in a permuted layout (first weight block transposed, see
-    :mod:`.native_hvp`); the permutation is orthogonal, so the recursions, norms and traces are
-    the same as in the standard layout. ``idx`` are training-row indices (None = full set).
-    ``folded`` is the weight decay λ that ``matvec`` leaves out for the caller to add (the native
-    product skips its ``λ·vec`` pass; LiSSA adds λ/scale to its damping instead), else 0.
-    """
-    if isinstance(op, NativeHessian):
-        return (op.to_internal, op.from_internal,
-                lambda t, idx, out=None: op.matvec_internal(t, idx, weight_decay=False, out=out), op.weight_decay)
-    return ((lambda t: t), (lambda t: t),
-            (lambda t, idx, out=None: op.matvec(t, None if idx is None else (op.X[idx], op.y[idx]))), 0.0)
-
-
 def _lissa_chain(
-    op: HessianOperator | NativeHessian, v: torch.Tensor, settings: _Settings, config: SolverConfig,
+    op: CurvatureOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig,
     gen: torch.Generator, chain: int, bar: tqdm, trace: list[dict],
 ) -> tuple[torch.Tensor, int, bool]:
     """One LiSSA chain; returns ``(h_final / scale [p], steps, converged)`` and appends to ``trace``."""
@@ -275,20 +262,19 @@ def _lissa_chain(
     # With ‖I − (H_B + μ)/scale‖ ≤ 1 the iterate obeys ‖hⱼ‖ ≤ (j+1)‖v‖; for PSD curvature and μ > 0
     # also ‖hⱼ‖ ≤ (scale/μ)‖v‖. Growth well past that can only be divergence.
     psd_cap = scale / mu if (op.kind == "gauss-newton" and mu > 0) else math.inf
-    to_layout, from_layout, matvec, folded = _products(op)
     # (G_B + λ)h/scale = G_B h/scale + (λ/scale) h: a λ the product left out joins the damping term.
-    d_step = d + folded / scale
-    v = to_layout(v)
+    d_step = d + op.folded_weight_decay / scale
+    v = op.to_solver_layout(v)
     h = v.clone()
-    fused = isinstance(op, NativeHessian) and op.fused_lissa
     hv = None  # one product buffer for the whole chain (the native HVP writes into it)
     for step in range(1, config.depth + 1):
         idx = op.sample_indices(config.batch_size, gen)
-        if fused and idx is not None:  # product and update in one (h updated in place)
-            step_norm, h_norm = op.lissa_step_(h, v, idx, d_step, scale)
+        norms = op.fused_lissa_step(h, v, idx, d_step, scale) if idx is not None else None
+        if norms is not None:  # product and update in one (h updated in place)
+            step_norm, h_norm = norms
             h_new = h
         else:
-            hv = matvec(h, idx, out=hv if hv is not None else torch.empty_like(v))
+            hv = op.solver_product(h, idx, out=hv if hv is not None else torch.empty_like(v))
             h_new, step_t = lissa_step(h, v, hv, d_step, scale)
             step_norm = float(step_t)
             h_norm = float(torch.linalg.vector_norm(h_new))
@@ -301,11 +287,11 @@ def _lissa_chain(
         if step % 10 == 0:
             bar.set_postfix(chain=chain, step=f"{step_norm:.2e}", h=f"{h_norm:.3e}", refresh=False)
         if step_norm <= config.tol * h_norm:
-            return from_layout(h).div_(scale), step, True
-    return from_layout(h).div_(scale), config.depth, False
+            return op.from_solver_layout(h).div_(scale), step, True
+    return op.from_solver_layout(h).div_(scale), config.depth, False
 
 
-def _lissa(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig) -> SolveResult:
+def _lissa(op: CurvatureOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig) -> SolveResult:
     _check_definite(settings, op)
     gen = torch.Generator().manual_seed(config.seed)
     trace: list[dict] = []
@@ -329,12 +315,11 @@ def _lissa(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: So
 # --------------------------------------------------------------------------- CG and direct
 
 
-def _cg(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig) -> SolveResult:
+def _cg(op: CurvatureOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig) -> SolveResult:
     """Conjugate gradients on ``(H + μI)x = v`` with full-batch products, starting from 0."""
     mu = settings.damping
-    to_layout, from_layout, matvec, folded = _products(op)
-    shift = mu + folded  # (H + μI)p with a λ the product left out
-    v = to_layout(v)
+    shift = mu + op.folded_weight_decay  # (H + μI)p with a λ the product left out
+    v = op.to_solver_layout(v)
     x = torch.zeros_like(v)
     r = v.clone()
     p = r.clone()
@@ -343,7 +328,7 @@ def _cg(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: Solve
     trace: list[dict] = []
     with tqdm(total=config.max_iter, desc="CG", disable=not config.progress, leave=False) as bar:
         for it in range(1, config.max_iter + 1):
-            ap = matvec(p, None).add_(p, alpha=shift)
+            ap = op.solver_product(p, None).add_(p, alpha=shift)
             curvature = float(p @ ap)
             if not curvature > 0:  # also catches NaN
                 raise NegativeCurvatureError(
@@ -360,10 +345,10 @@ def _cg(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: Solve
             bar.update(1)
             bar.set_postfix(residual=f"{rel:.2e}", refresh=False)
             if rel <= config.tol:
-                return SolveResult(from_layout(x), "cg", it, trace, True, {})
+                return SolveResult(op.from_solver_layout(x), "cg", it, trace, True, {})
             p = r + (rs_new / rs) * p
             rs = rs_new
-    return SolveResult(from_layout(x), "cg", config.max_iter, trace, False, {})
+    return SolveResult(op.from_solver_layout(x), "cg", config.max_iter, trace, False, {})
 
 
 def _direct(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig) -> SolveResult:
@@ -378,7 +363,22 @@ def _direct(op: HessianOperator, v: torch.Tensor, settings: _Settings, config: S
     return SolveResult(s, "direct", 0, [], True, {"min_eigenvalue": min_eig, "positive_definite": min_eig > 0})
 
 
-_SOLVERS = {"lissa": _lissa, "cg": _cg, "direct": _direct}
+def _function_space(op: CurvatureOperator, v: torch.Tensor, settings: _Settings, config: SolverConfig) -> SolveResult:
+    """``(H + μI)⁻¹ v`` for the Gauss–Newton curvature of the package's MLP by the NTK/Woodbury identity
+    (:mod:`.function_space`: one ``n × n`` Cholesky factorization, exact up to rounding)."""
+    reference = op.reference  # the parameter block and training rows
+    if op.kind != "gauss-newton" or reference.frozen:
+        raise ValueError("solver 'function-space' solves the Gauss–Newton system over all parameters of the package's "
+                         "MLP: use hessian='gauss-newton' and no --params block (or solver='cg')")
+    params = reference.param_dict()
+    mlp = MLP.from_params({name: t.to(torch.float64) for name, t in params.items()})
+    fs = FunctionSpaceSolver(mlp, reference.X, op.weight_decay, settings.damping)
+    s = reference.block.flatten(dict(zip(reference.block.names, fs.solve(
+        list(reference.block.unflatten(v.to(torch.float64)).values()))))).to(op.dtype)
+    return SolveResult(s, "function-space", 0, [], True, {"n_train": fs.n})
+
+
+_SOLVERS = {"lissa": _lissa, "cg": _cg, "direct": _direct, "function-space": _function_space}
 
 
 def solve(
@@ -406,7 +406,7 @@ def solve(
     if method not in _SOLVERS:
         raise ValueError(f"unknown solver {method!r}; choose from {', '.join(SOLVER_METHODS)}")
     config = config or SolverConfig()
-    v = op._check_vec(v)
+    v = op.check_vec(v)
     start = time.perf_counter()
     # Native explicit-matmul products when supported (config.hvp), else autograd.
     op = select_hvp(op, config.hvp) if method != "direct" else op
@@ -424,7 +424,7 @@ def solve(
         batch_lambda_max=settings.batch_lambda_max,
         hessian=op.kind,
         n_params=op.n_params,
-        hvp="native" if isinstance(op, NativeHessian) else "autograd",
+        hvp=op.backend,
     )
     if check_residual and not zero_rhs:
         result.info["relative_residual"] = _residual(op, result.s, v, settings.damping)

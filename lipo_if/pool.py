@@ -1,0 +1,129 @@
+"""A pool of candidate molecules, parsed once and featurized once per model.
+
+Every stage that looks at external molecules — influence scoring, the greedy guard, retraining
+with a selection, the fidelity check, cross-fitting — takes a :class:`Pool`, so a molecule file
+is read and parsed by RDKit once per run, and featurized once per featurizer (a run's featurizer
+holds its own training statistics, so fold models of cross-fitting featurize separately).
+
+``Pool.coerce`` accepts what a user has at hand: a CSV path, a pandas DataFrame with a SMILES and
+a label column (the same column detection as for files), ``(smiles, labels)`` sequences, or a Pool.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import DataError, molecule_table, read_molecule_csv
+
+#: What :meth:`Pool.coerce` accepts.
+Molecules = Union["Pool", str, os.PathLike, pd.DataFrame, tuple]
+
+
+class Pool:
+    """Candidate molecules: ``table`` has one row per input row with columns ``row`` (0-based),
+    ``smiles_input`` (as given), ``smiles`` (isomeric canonical, ``""`` if invalid), ``key``
+    (stereo-insensitive canonical), ``label`` (float, logD units) and ``error`` (``""`` or why the
+    row is unusable). ``source`` names where the molecules came from (a path or ``"<memory>"``)."""
+
+    def __init__(self, table: pd.DataFrame, source: str = "<memory>") -> None:
+        self.table = table.reset_index(drop=True)
+        self.source = source
+        self._features: dict[int, tuple[Any, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, smiles_col: str | None = None, label_col: str | None = None) -> "Pool":
+        """Parse a CSV file (errors as :class:`~lipo_if.data.DataError` naming file, row and column)."""
+        return cls(read_molecule_csv(path, smiles_col, label_col), str(path))
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, smiles_col: str | None = None, label_col: str | None = None) -> "Pool":
+        """Parse a DataFrame holding a SMILES and a label column (detected like a file's)."""
+        return cls(molecule_table(frame.astype(str), Path("<DataFrame>"), smiles_col, label_col), "<DataFrame>")
+
+    @classmethod
+    def from_smiles(cls, smiles: Sequence[str], labels: Sequence[float]) -> "Pool":
+        """Parse parallel sequences of SMILES strings and labels (logD units)."""
+        smiles, labels = list(smiles), list(labels)
+        if len(smiles) != len(labels):
+            raise DataError(f"got {len(smiles)} SMILES but {len(labels)} labels")
+        frame = pd.DataFrame({"smiles": [str(s) for s in smiles], "label": [repr(float(v)) for v in labels]})
+        return cls(molecule_table(frame, Path("<memory>"), "smiles", "label"), "<memory>")
+
+    @classmethod
+    def coerce(cls, molecules: Molecules, smiles_col: str | None = None, label_col: str | None = None) -> "Pool":
+        """A Pool from a Pool, a path, a DataFrame or a ``(smiles, labels)`` pair."""
+        if isinstance(molecules, Pool):
+            return molecules
+        if isinstance(molecules, pd.DataFrame):
+            return cls.from_frame(molecules, smiles_col, label_col)
+        if isinstance(molecules, (str, os.PathLike)):
+            return cls.read(molecules, smiles_col, label_col)
+        if isinstance(molecules, tuple) and len(molecules) == 2:
+            return cls.from_smiles(*molecules)
+        raise TypeError(f"molecules must be a path, a DataFrame, (smiles, labels) or a Pool, got {type(molecules).__name__}")
+
+    # ------------------------------------------------------------------ contents
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """bool ``[n]``: rows RDKit parsed."""
+        return (self.table["error"] == "").to_numpy()
+
+    def features(self, featurizer) -> torch.Tensor:
+        """Model input ``[n_valid, d]`` float32 of the valid rows (table order), once per featurizer."""
+        key = id(featurizer)
+        if key not in self._features:
+            smiles = self.table.loc[self.valid, "smiles"].tolist()
+            x = torch.from_numpy(featurizer.transform(smiles)) if smiles else torch.zeros(0, featurizer.dim)
+            self._features[key] = (featurizer, x)  # the featurizer is kept so that its id stays unique
+        return self._features[key][1]
+
+    def rows_features(self, featurizer, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(X [k, d], y [k] float32)`` of the valid rows ``rows`` (``row`` ids), in the order given."""
+        position = self.valid_positions()
+        try:
+            idx = torch.tensor([position[int(r)] for r in rows], dtype=torch.int64)
+        except KeyError as exc:
+            raise DataError(f"{self.source}: row {exc.args[0]} is not a valid molecule of this pool") from None
+        X = self.features(featurizer).index_select(0, idx)
+        y = torch.tensor(self.table["label"].to_numpy(dtype=float)[self.valid][idx.numpy()], dtype=torch.float32)
+        return X, y
+
+    def valid_positions(self) -> dict[int, int]:
+        """``row`` id → position among the valid rows (the row order of :meth:`features`)."""
+        return {int(r): i for i, r in enumerate(self.table.loc[self.valid, "row"])}
+
+    def exclusions(self, split_keys: dict[str, set[str]] | None) -> list[str]:
+        """Why each row is not scored (``""`` = scored), in table order.
+
+        Precedence: the parser's error (e.g. "invalid SMILES"), then membership of a split in the
+        order of ``split_keys`` (e.g. ``{"validation": …, "test": …, "training": …}``, stereo-
+        insensitive keys; None = no overlap check), then repetition of an earlier scored row
+        ("duplicate row of row N", N = its ``row``).
+        """
+        reasons: list[str] = []
+        first_row: dict[str, int] = {}
+        for row, key, error in zip(self.table["row"], self.table["key"], self.table["error"]):
+            reason = error or next(
+                (f"duplicate of a {name} molecule" for name, keys in (split_keys or {}).items() if key in keys), "")
+            if not reason and key in first_row:
+                reason = f"duplicate row of row {first_row[key]}"
+            if not reason:
+                first_row[key] = int(row)
+            reasons.append(reason)
+        return reasons
+
+    def keys_of(self, rows: Sequence[int]) -> list[str]:
+        """Stereo-insensitive keys of ``rows`` (``row`` ids)."""
+        key_of = dict(zip(self.table["row"].astype(int), self.table["key"]))
+        return [key_of[int(r)] for r in rows]
