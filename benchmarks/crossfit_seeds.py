@@ -9,26 +9,27 @@ import json, sys, time
 from pathlib import Path
 from lipo_if.data import load_dataset
 from lipo_if.train import load_run, finetune_run, FinetuneConfig
-from lipo_if.experiment import FunctionSpaceSettings
 from lipo_if.crossfit import crossfit_scores
-from lipo_if.select import load_scores, guarded_pool, top_k
-from lipo_if.data import read_molecule_csv
+from lipo_if.influence import InfluenceConfig
+from lipo_if.pool import Pool
+from lipo_if.runcache import fitted_influence
+from lipo_if.select import guarded_pool, top_k
 seed, K = int(sys.argv[1]), int(sys.argv[2])
 data = str(Path("../shared/data/lipophilicity.csv").resolve()); ext = str(Path("../shared/data/external.csv").resolve())
 sd = Path(f"runs/real/seed_{seed}")
 ds = load_dataset(data)
 base = load_run(sd / "original", data_path=data); base._dataset = ds
 t = time.perf_counter()
-table, info = crossfit_scores(ds, data, base, load_scores(sd / "influence_val.csv"), ext, Path(f"runs/crossfit/seed_{seed}"), K,
-                              FunctionSpaceSettings("validation", 1.0))
+molecules = Pool.read(ext)
+settings = InfluenceConfig(heldout="validation", solver="function-space", damping=1.0, progress=False)
+base_table = fitted_influence(base, settings, sd / "influence_val").scores(molecules)
+table, info = crossfit_scores(ds, data, base, base_table, molecules, Path(f"runs/crossfit/seed_{seed}"), K, settings)
 info["seconds"] = time.perf_counter() - t
-external = read_molecule_csv(ext).set_index("row")
 pool = guarded_pool(table, "residual", 3.5)
 out = {"seed": seed, "folds": K, "info": info, "results": []}
 for k in (25, 50, 100):
     rows = sorted(top_k(pool, k))
-    new = finetune_run(base, external.loc[rows, "smiles_input"].tolist(), external.loc[rows, "label"].tolist(),
-                       FinetuneConfig(finetune_epochs=5, finetune_patience=5, seed=seed), progress=False)
+    new = finetune_run(base, molecules, FinetuneConfig(finetune_epochs=5, finetune_patience=5, seed=seed), progress=False, rows=rows)
     out["results"].append({"k": k, "rows": rows, "val_rmse": new.metrics["val_rmse"], "test_rmse": new.metrics["test_rmse"]})
     print(k, new.metrics["val_rmse"], new.metrics["test_rmse"], flush=True)
 Path(f"runs/crossfit/seed_{seed}").mkdir(parents=True, exist_ok=True)

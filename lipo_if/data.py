@@ -158,8 +158,6 @@ def molecule_table(
     False and the table has no label column) and ``error`` (``""`` or why the row is unusable).
     ``path`` names the source in error messages.
     """
-    if len(frame) == 0:
-        raise DataError(f"{path}: no data rows")
     frame = frame.rename(columns=lambda c: str(c).strip())
     smiles_name = _pick_column(list(frame.columns), smiles_col, SMILES_COLUMNS, "SMILES", path)
     label_name: str | None

@@ -47,7 +47,7 @@ class MLPRegressor(nn.Module):
 
     ``layers`` is an ``nn.ModuleList`` of ``nn.Linear``; ReLU follows every layer but the last.
     The influence and kernel code rely on this structure (per-layer activations and output
-    gradients), see :meth:`forward_with_activations`.
+    gradients), see :mod:`lipo_if.influence.mlp`.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -64,23 +64,6 @@ class MLPRegressor(nn.Module):
             if i < last:
                 h = torch.relu(h)
         return h.squeeze(-1)
-
-    def forward_with_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """Forward pass that keeps what per-sample gradients need.
-
-        Returns ``(pred [n], inputs, preacts)`` where ``inputs[l]`` ``[n, in_l]`` is the input of
-        layer ``l`` and ``preacts[l]`` ``[n, out_l]`` its output before the ReLU.
-        """
-        inputs: list[torch.Tensor] = []
-        preacts: list[torch.Tensor] = []
-        h = x
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            inputs.append(h)
-            z = layer(h)
-            preacts.append(z)
-            h = torch.relu(z) if i < last else z
-        return h.squeeze(-1), inputs, preacts
 
     @property
     def n_params(self) -> int:

@@ -99,6 +99,11 @@ class Pool:
         y = torch.tensor(self.table["label"].to_numpy(dtype=float)[self.valid][idx.numpy()], dtype=torch.float32)
         return X, y
 
+    def labels_of(self, rows: Sequence[int]) -> np.ndarray:
+        """float64 labels ``[k]`` of ``rows`` (``row`` ids), in the order given."""
+        label_of = dict(zip(self.table["row"].astype(int), self.table["label"].astype(float)))
+        return np.array([label_of[int(r)] for r in rows], dtype=float)
+
     def valid_positions(self) -> dict[int, int]:
         """``row`` id → position among the valid rows (the row order of :meth:`features`)."""
         return {int(r): i for i, r in enumerate(self.table.loc[self.valid, "row"])}

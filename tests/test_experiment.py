@@ -12,6 +12,8 @@ import torch
 
 from lipo_if.data import load_dataset
 from lipo_if.featurize import FeaturizerConfig
+from lipo_if.influence import Influence, InfluenceConfig
+from lipo_if.pool import Pool
 from lipo_if.train import FinetuneConfig, TrainConfig, filter_extra, finetune_run, load_run, train_run
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "fixture.csv"
@@ -44,7 +46,7 @@ def tiny_run(tiny_data):
 def test_filter_extra_never_adds_validation_or_test_molecules(tiny_run):
     val_smiles, test_smiles, train_smiles = tiny_run.smiles("val"), tiny_run.smiles("test"), tiny_run.smiles("train")
     extra = [val_smiles[0], test_smiles[0], train_smiles[0], "CCCCCCCCCCCCCCCCO", "OCCCCCCCCCCCCCCCC", "not a smiles"]
-    kept, dropped = filter_extra(tiny_run, extra, [1.0] * len(extra))
+    kept, dropped = filter_extra(tiny_run, Pool.from_smiles(extra, [1.0] * len(extra)))
     assert kept == [3]
     reasons = [d["reason"] for d in dropped]
     assert reasons == ["duplicate of a validation molecule", "duplicate of a test molecule",
@@ -53,19 +55,20 @@ def test_filter_extra_never_adds_validation_or_test_molecules(tiny_run):
 
 def test_finetune_with_nothing_added_and_with_extra(tiny_run, tmp_path):
     config = FinetuneConfig(finetune_epochs=3, finetune_patience=3)
-    same = finetune_run(tiny_run, [], [], config, progress=False)
+    nothing = Pool.from_smiles([], [])
+    same = finetune_run(tiny_run, nothing, config, progress=False)
     assert same.metrics["n_added"] == 0 and same.metrics["mode"] == "finetune"
     assert same.metrics["n_train"] == len(tiny_run.split.train)
-    again = finetune_run(tiny_run, [], [], config, progress=False)
+    again = finetune_run(tiny_run, ([], []), config, progress=False)
     assert again.metrics["val_rmse"] == pytest.approx(same.metrics["val_rmse"], rel=1e-6)  # deterministic
-    extra = finetune_run(tiny_run, ["CCCCCCCCCCCCCCCCO", tiny_run.smiles("test")[0]], [7.0, 1.0], config, progress=False)
+    extra = finetune_run(tiny_run, (["CCCCCCCCCCCCCCCCO", tiny_run.smiles("test")[0]], [7.0, 1.0]), config, progress=False)
     assert extra.metrics["n_added"] == 1 and extra.metrics["n_train"] == len(tiny_run.split.train) + 1
     assert extra.metrics["extra_dropped"][0]["reason"] == "duplicate of a test molecule"
     # the original run is untouched and the new one saves/loads like a trained run
     assert tiny_run.model.layers[0].weight.data_ptr() != extra.model.layers[0].weight.data_ptr()
     extra.save(tmp_path / "ft")
     assert load_run(tmp_path / "ft").evaluate()["test_rmse"] == pytest.approx(extra.metrics["test_rmse"], rel=1e-5)
-    scratch = finetune_run(tiny_run, [], [], FinetuneConfig(from_scratch=True), progress=False)
+    scratch = finetune_run(tiny_run, nothing, FinetuneConfig(from_scratch=True), progress=False)
     assert scratch.metrics["mode"] == "from_scratch"
     with pytest.raises(ValueError, match="finetune_lr"):
         FinetuneConfig(finetune_lr=0)
@@ -74,14 +77,10 @@ def test_finetune_with_nothing_added_and_with_extra(tiny_run, tmp_path):
 def test_guarded_selection_leaves_out_the_wrong_label(tiny_run, tiny_data, tmp_path):
     """Real influence scores: whatever first-order influence thinks of the +12 label, the guarded
     selection never picks it, for any k — while the unguarded pool still holds it."""
-    from lipo_if.influence import InfluenceConfig, run_influence
     from lipo_if.select import SelectionConfig, eligible, residual_outliers, select
 
     _, external = tiny_data
-    run_influence(tiny_run, external, InfluenceConfig(solver="cg", progress=False), tmp_path / "scores.csv")
-    from lipo_if.select import load_scores
-
-    scores = load_scores(tmp_path / "scores.csv")
+    scores = Influence(tiny_run, solver="cg", progress=False).fit().scores(external)
     n = len(eligible(scores))
     assert WRONG_ROW in eligible(scores)["row"].tolist()
     assert bool(residual_outliers(scores).loc[scores["row"] == WRONG_ROW].iloc[0])
@@ -128,6 +127,23 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
         assert results["n_retrainings"] <= len(results["results"]) - 1  # identical selections retrained once
         greedy = [r for r in results["results"] if r["strategy"] == "influence_greedy"]
         assert all(WRONG_ROW not in r["rows"] for r in greedy) and all(r["n_added"] <= r["k"] for r in greedy)
+    # the report's numbers are the per-seed retrainings' numbers, aggregated
+    per_seed = [json.loads((out / f"seed_{seed}" / "results.json").read_text())["results"] for seed in (0, 1)]
+    pick = lambda rs, name, k=None: next(r for r in rs if r["strategy"] == name and r["k"] == k)  # noqa: E731
+    for k in ("2", "4"):
+        rows = [pick(rs, "influence", float(k)) for rs in per_seed]
+        entry = report["influence"]["by_k"][k]
+        assert entry["test_rmse_mean"] == pytest.approx(np.mean([r["test_rmse"] for r in rows]), rel=1e-12)
+        assert entry["test_rmse_diff_vs_baseline"]["per_seed"] == pytest.approx(
+            [r["test_rmse"] - pick(rs, "baseline")["test_rmse"] for r, rs in zip(rows, per_seed)], rel=1e-9)
+    # … and the baseline retraining is reproduced independently: fine-tune seed 0's model with nothing added
+    base0 = load_run(out / "seed_0" / "original", data_path=lipo)
+    redo = finetune_run(base0, ([], []), FinetuneConfig(finetune_epochs=3, seed=0), progress=False)
+    assert pick(per_seed[0], "baseline")["test_rmse"] == pytest.approx(redo.metrics["test_rmse"], rel=1e-6)
+    # run again: every run, solve and seed is reused and the report's numbers are the same
+    assert main(argv) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["influence"] == report["influence"] and again["recovery"] == report["recovery"]
     md = (out / "report.md").read_text()
     assert "oracle's gain" in md and "Headline (chosen on validation)" in md
     assert "| influence |" in md and "What it means" in md and report["conclusion"] in md
@@ -162,22 +178,30 @@ def test_validate_compares_predicted_and_actual_changes(tiny_data, tmp_path):
     (No correlation threshold here: with 38 training molecules one addition is a 2.6 % change of
     the data, outside the first-order regime; the real-data fidelity is in benchmarks/RESULTS.md.)
     """
-    from lipo_if.influence import InfluenceConfig, run_influence
     from lipo_if.validate import ValidateConfig, gd_retrain, run_validation, spread_sample
 
     lipo, external = tiny_data
     linear = train_run(load_dataset(lipo), str(lipo), TrainConfig(seed=0, **{**TINY, "hidden": ()}), FEATURES, progress=False)
-    run_influence(linear, external, InfluenceConfig(solver="cg", progress=False), tmp_path / "scores.csv")
-    result = run_validation(linear, external, tmp_path / "val", ValidateConfig(n_sample=5, top_k=3),
-                            scores_csv=tmp_path / "scores.csv", progress=False)
+    inf = Influence(linear, solver="cg", progress=False).fit()
+    result = run_validation(linear, external, tmp_path / "val", ValidateConfig(n_sample=5, top_k=3), influence=inf, progress=False)
     assert result["singles"]["n"] == 5 and result["group"]["k"] == 3
     assert result["gd"]["steps"] >= 10 and result["gd"]["lr"] > 0
     assert np.isfinite(result["singles"]["pearson"]) and np.isfinite(result["group"]["actual"])
     assert result["baseline_val_mse"] == pytest.approx(gd_retrain(linear, torch.zeros(0, linear.featurizer.dim), torch.zeros(0),
                                                                   result["gd"]["lr"], result["gd"]["steps"]))
     assert gd_retrain(linear, torch.zeros(0, linear.featurizer.dim), torch.zeros(0), 1.0, 0) == pytest.approx(linear.metrics["val_rmse"] ** 2, rel=1e-5)
-    for name in ("validate.json", "validate.csv", "validate.png"):
+    for name in ("validate.json", "validate.csv", "validate.png", "influence_val.csv"):
         assert (tmp_path / "val" / name).exists()
+    # the predicted changes are the influence object's scores (+ the shared offset), the actual ones
+    # retrainings by gradient descent that this test repeats for one molecule
+    table = inf.scores(external).set_index("row")
+    offset = inf.info["renormalization_offset"]
+    for entry in result["per_molecule"]:
+        assert entry["predicted"] == pytest.approx(table.loc[entry["row"], "score"] + offset, rel=1e-9)
+    first = result["per_molecule"][0]
+    x1, y1 = Pool.read(external).rows_features(linear.featurizer, [first["row"]])
+    actual = gd_retrain(linear, x1, y1, result["gd"]["lr"], result["gd"]["steps"]) - result["baseline_val_mse"]
+    assert first["actual"] == pytest.approx(actual, rel=1e-6, abs=1e-12)
     pool = pd.DataFrame({"row": range(10), "score": np.linspace(1, -1, 10)})
     assert spread_sample(pool, 3) == [9, 5, 0]  # most helpful, middle, least helpful
 
@@ -203,17 +227,15 @@ def test_group_model_matches_a_dense_parameter_space_computation(tiny_run, tiny_
     from torch.func import grad, vmap
 
     from lipo_if.data import read_molecule_csv
-    from lipo_if.group import group_model
-    from lipo_if.influence import InfluenceConfig, run_influence
     from lipo_if.influence.hvp import HessianOperator, dense_hessian
     from lipo_if.influence.scores import per_sample_grads
-    from lipo_if.select import eligible, load_scores
+    from lipo_if.select import eligible
 
     _, external = tiny_data
     mu = 0.05
-    run_influence(tiny_run, external, InfluenceConfig(solver="cg", damping=mu, tol=1e-10, progress=False), tmp_path / "s.csv")
-    scores = load_scores(tmp_path / "s.csv")
-    group = group_model(tiny_run, scores, external, mu)
+    inf = Influence(tiny_run, solver="cg", damping=mu, tol=1e-10, progress=False).fit()
+    scores = inf.scores(external)
+    group = inf.group_model(scores, external)
     assert group.info["first_order_pearson"] > 0.999999 and group.info["first_order_max_rel_diff"] < 1e-5
 
     X, y = tiny_run.tensors("train")
@@ -221,7 +243,7 @@ def test_group_model_matches_a_dense_parameter_space_computation(tiny_run, tiny_
     H = dense_hessian(op) + mu * torch.eye(op.n_params, dtype=op.dtype)
     table = read_molecule_csv(external).set_index("row")
     rows = eligible(scores)["row"].tolist()
-    Xc = tiny_run.featurize(table.loc[rows, "smiles"].tolist())
+    Xc = tiny_run.featurize(table.loc[rows, "smiles"].tolist())  # independent of the Pool's features
     yc = torch.tensor(table.loc[rows, "label"].to_numpy(), dtype=op.dtype)
     D = -torch.linalg.solve(H, per_sample_grads(op, Xc, yc).T).T / op.n_train
     Xv, yv = tiny_run.tensors("val")
@@ -232,36 +254,30 @@ def test_group_model_matches_a_dense_parameter_space_computation(tiny_run, tiny_
     np.testing.assert_allclose(group.scores, (D @ op.gradient(Xv, yv)).numpy(), rtol=1e-5)
 
 
-def test_function_space_influence_matches_the_pipeline(tiny_run, tiny_data, tmp_path):
-    from lipo_if.group import function_space_influence
-    from lipo_if.influence import InfluenceConfig, run_influence
-
+def test_function_space_solver_matches_cg_on_a_trained_run(tiny_run, tiny_data):
     _, external = tiny_data
     for heldout in ("validation", "test"):
-        cg = run_influence(tiny_run, external, InfluenceConfig(heldout=heldout, solver="cg", damping=0.1, tol=1e-10, progress=False),
-                           tmp_path / f"cg_{heldout}.csv")
-        fs = function_space_influence(tiny_run, external, heldout, 0.1, tmp_path / f"fs_{heldout}.csv")
-        a, b = pd.read_csv(tmp_path / f"cg_{heldout}.csv"), pd.read_csv(tmp_path / f"fs_{heldout}.csv")
-        assert list(a.columns) == list(b.columns) and a["excluded"].fillna("").equals(b["excluded"].fillna(""))
+        cg = Influence(tiny_run, heldout=heldout, solver="cg", damping=0.1, tol=1e-10, progress=False).fit()
+        fs = Influence(tiny_run, heldout=heldout, solver="function-space", damping=0.1, progress=False).fit()
+        a, b = cg.scores(external), fs.scores(external)
+        assert a["excluded"].equals(b["excluded"])
         ok = a["score"].notna()
         assert ok.equals(b["score"].notna()) and ok.sum() == 16
         np.testing.assert_allclose(b.loc[ok, "score"], a.loc[ok, "score"], rtol=1e-5, atol=1e-9 * a.loc[ok, "score"].abs().max())
         np.testing.assert_allclose(b["residual"], a["residual"], atol=1e-5)
-        assert fs["renormalization_offset"] == pytest.approx(cg["renormalization_offset"], rel=1e-4, abs=1e-12)
+        assert fs.info["renormalization_offset"] == pytest.approx(cg.info["renormalization_offset"], rel=1e-4, abs=1e-12)
 
 
 def test_greedy_guard_leaves_out_the_wrong_label_on_a_real_model(tiny_run, tiny_data, tmp_path):
     """The +12 label of the tiny external set, scored by a real model: whatever rank first-order
     influence gives it, its second-order marginal is positive and the greedy guard (no residual
     filter) never selects it, at any k."""
-    from lipo_if.group import group_model
-    from lipo_if.influence import InfluenceConfig, run_influence
-    from lipo_if.select import SelectionConfig, eligible, load_scores, select
+    from lipo_if.select import SelectionConfig, eligible, select
 
     _, external = tiny_data
-    summary = run_influence(tiny_run, external, InfluenceConfig(solver="cg", damping=0.1, progress=False), tmp_path / "s.csv")
-    scores = load_scores(tmp_path / "s.csv")
-    group = group_model(tiny_run, scores, external, summary["solver"]["info"]["damping"])
+    inf = Influence(tiny_run, solver="cg", damping=0.1, progress=False).fit()
+    scores = inf.scores(external)
+    group = inf.group_model(scores, external)
     j = group.position()[WRONG_ROW]
     assert group.scores[j] + 0.5 * group.interactions[j, j] > 0
     n = len(eligible(scores))
@@ -273,8 +289,7 @@ def test_greedy_guard_leaves_out_the_wrong_label_on_a_real_model(tiny_run, tiny_
 def test_crossfit_folds_partition_train_and_validation(tiny_run, tiny_data, tmp_path):
     from lipo_if.crossfit import combine, crossfit_scores, fold_splits
     from lipo_if.data import load_dataset
-    from lipo_if.influence import InfluenceConfig, run_influence
-    from lipo_if.select import eligible, load_scores
+    from lipo_if.select import eligible
 
     split = tiny_run.split
     folds = fold_splits(split, 3, seed=0)
@@ -285,18 +300,19 @@ def test_crossfit_folds_partition_train_and_validation(tiny_run, tiny_data, tmp_
     assert [f.val for f in fold_splits(split, 3, seed=0)] == [f.val for f in folds]  # seeded
 
     lipo, external = tiny_data
-    run_influence(tiny_run, external, InfluenceConfig(solver="cg", progress=False), tmp_path / "base.csv")
-    base = load_scores(tmp_path / "base.csv")
-    table, info = crossfit_scores(load_dataset(lipo), str(lipo), tiny_run, base, str(external), tmp_path / "cf", 2,
+    pool = Pool.read(external)
+    base = Influence(tiny_run, solver="cg", progress=False).fit().scores(pool)
+    table, info = crossfit_scores(load_dataset(lipo), str(lipo), tiny_run, base, pool, tmp_path / "cf", 2,
                                   InfluenceConfig(solver="cg", progress=False))
     assert info["folds"] == 2 and len(info["fold_spearman"]) == 1
     assert set(eligible(table)["row"]) == set(eligible(base)["row"])
-    pool = eligible(table)
-    np.testing.assert_allclose(pool["score"], (pool["z_fold_0"] + pool["z_fold_1"]) / 2)
-    assert abs(pool["z_fold_0"].mean()) < 1e-9 and pool["z_fold_0"].std(ddof=0) == pytest.approx(1.0)
+    chosen = eligible(table)
+    np.testing.assert_allclose(chosen["score"], (chosen["z_fold_0"] + chosen["z_fold_1"]) / 2)
+    assert abs(chosen["z_fold_0"].mean()) < 1e-9 and chosen["z_fold_0"].std(ddof=0) == pytest.approx(1.0)
     assert (tmp_path / "cf" / "fold_1" / "model.pt").exists() and (tmp_path / "cf" / "influence_crossfit.csv").exists()
-    again, _ = crossfit_scores(load_dataset(lipo), str(lipo), tiny_run, base, str(external), tmp_path / "cf", 2,
-                               InfluenceConfig(solver="cg", progress=False))  # reuses the fold models and scores
-    np.testing.assert_allclose(eligible(again)["score"], pool["score"])
-    tables = [load_scores(tmp_path / "cf" / f"fold_{f}.csv") for f in range(2)]
-    assert combine(base, tables)[0]["score"].equals(table["score"])
+    again, _ = crossfit_scores(load_dataset(lipo), str(lipo), tiny_run, base, pool, tmp_path / "cf", 2,
+                               InfluenceConfig(solver="cg", progress=False))  # reuses the fold models and solves
+    np.testing.assert_allclose(eligible(again)["score"], chosen["score"])
+    # each fold's z-scores are its own influence solve's scores, standardized (recomputed here from the saved solve)
+    fold0 = Influence.load(tmp_path / "cf" / "fold_0_influence", load_run(tmp_path / "cf" / "fold_0")).scores(pool)
+    assert combine(base, [fold0, Influence.load(tmp_path / "cf" / "fold_1_influence", load_run(tmp_path / "cf" / "fold_1")).scores(pool)])[0]["score"].equals(table["score"])

@@ -120,7 +120,7 @@ def test_load_scores_round_trip(tmp_path):
 
 
 def quadratic_case(bad_residual: float, m: int = 6, n_good: int = 12, seed: int = 0):
-    """A crafted second-order model (what :func:`lipo_if.group.group_model` computes from a run).
+    """A crafted second-order model (what :meth:`lipo_if.influence.Influence.group_model` computes from a run).
 
     Validation errors ``e`` (prediction − label). Candidate j changes the validation predictions
     by ``A_j = r_j u_j`` (r_j: its residual, u_j: its direction), so ``score_j = (2/m) eᵀA_j`` and
@@ -129,7 +129,7 @@ def quadratic_case(bad_residual: float, m: int = 6, n_good: int = 12, seed: int 
     first-order score ``−|r|·‖e‖/m`` is the most negative of all, and the more so the wronger
     the label.
     """
-    from lipo_if.group import GroupModel
+    from lipo_if.select import GroupModel
 
     rng = np.random.default_rng(seed)
     e = rng.normal(0, 1, m)
@@ -167,7 +167,7 @@ def test_greedy_rescores_after_each_addition():
     """Two copies of the same helpful molecule: each alone is the best pick, together they
     overshoot — after the first is added the second's marginal turns positive and greedy takes
     an independent, individually weaker molecule instead (top-k takes both copies)."""
-    from lipo_if.group import GroupModel, greedy_select
+    from lipo_if.select import GroupModel, greedy_select
 
     m = 4
     e = np.array([1.0, 0.6, 0.0, 0.0])  # validation errors (prediction − label)

@@ -273,7 +273,8 @@ class Influence:
         mlp = MLP.from_model(self.run.model)
         X_train, _ = self.run.tensors("train")
         X_ho, y_ho = self.run.tensors(HELDOUT_PARTS[self.config.heldout])
-        X_c, y_c = pool.rows_features(self.run.featurizer, rows)
+        X_c, _ = pool.rows_features(self.run.featurizer, rows)
+        y_c = torch.from_numpy(pool.labels_of(rows))  # float64, as the scores' residuals
         fs = FunctionSpaceSolver(mlp, X_train, float(self.run.config.weight_decay), damping)
         with torch.no_grad():
             pred_ho, f_ho = mlp.tangent_factors(X_ho.to(torch.float64))
