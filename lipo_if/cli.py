@@ -16,7 +16,16 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .data import DataError
+from . import __version__, backend
+from .data import DataError, load_dataset, read_molecule_csv, resolve_lipophilicity_path
+from .demo import run_demo
+from .experiment import ExperimentConfig, run_experiment
+from .featurize import FeaturizerConfig
+from .influence import Influence, InfluenceConfig, InfluenceSolverError, write_scores
+from .io import atomic_write_text
+from .pool import Pool
+from .train import FinetuneConfig, TrainConfig, finetune_run, load_run, train_run
+from .validate import ValidateConfig, run_validation
 
 log = logging.getLogger("lipo_if")
 
@@ -85,10 +94,6 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .data import load_dataset, resolve_lipophilicity_path
-    from .featurize import FeaturizerConfig
-    from .train import TrainConfig, train_run
-
     config = dataclass_from_args(TrainConfig, args)
     featurizer_config = dataclass_from_args(FeaturizerConfig, args, prefix="fp_")
     path = resolve_lipophilicity_path(path=args.data, data_dir=args.data_dir)
@@ -107,16 +112,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _write_history(out: Path, run) -> None:
-    from .io import atomic_write_text
-
     history = getattr(run, "_history", None)
     if history:
         atomic_write_text(out / "history.json", json.dumps(history))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .train import load_run
-
     run = load_run(args.run, data_path=args.data)
     metrics = run.evaluate()
     print(json.dumps(metrics, indent=1))
@@ -124,10 +125,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .data import read_molecule_csv
-    from .io import atomic_write_text
-    from .train import load_run
-
     run = load_run(args.run)
     table = read_molecule_csv(args.input, smiles_col=args.smiles_col, require_label=False)
     valid = table["error"] == ""
@@ -144,10 +141,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_influence(args: argparse.Namespace) -> int:
-    from .influence import Influence, InfluenceConfig, write_scores
-    from .pool import Pool
-    from .train import load_run
-
     config = dataclass_from_args(InfluenceConfig, args, progress=not args.quiet)
     pool = Pool.read(args.external, config.smiles_col, config.label_col)  # a bad file fails before the solve
     run = load_run(args.run, data_path=args.data)
@@ -167,7 +160,6 @@ def _cmd_influence(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from . import __version__, backend
 
     print(f"lipo_if {__version__}; torch {torch.__version__}; kernels backend: {backend()}; CUDA available: {torch.cuda.is_available()}")
     return 0
@@ -175,8 +167,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end on the real data (see README)."""
-    from .demo import run_demo
-
     return run_demo(args)
 
 
@@ -184,9 +174,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .featurize import FeaturizerConfig
-    from .train import TrainConfig
-
     parser = argparse.ArgumentParser(
         prog="lipo-if",
         description="Pick the external molecules whose addition improves a lipophilicity (logD7.4) model, "
@@ -218,7 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV to write (default: stdout)")
     p.set_defaults(func=_cmd_predict)
 
-    from .influence import InfluenceConfig
 
     p = sub.add_parser(
         "influence",
@@ -255,8 +241,6 @@ _EXTRA_SUBCOMMANDS: list[Callable[[Any], None]] = []
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "change the input or the settings" — shown as one line, exit 2."""
-    from .influence.solvers import InfluenceSolverError
-
     return (DataError, ValueError, FileNotFoundError, FloatingPointError, InfluenceSolverError)
 
 
@@ -277,8 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _add_featurizer_arguments(parser: argparse.ArgumentParser) -> None:
-    from .featurize import FeaturizerConfig
-
     g = parser.add_argument_group("featurizer")
     for f in dataclasses.fields(FeaturizerConfig):
         option = "--featurizer" if f.name == "name" else _option_name(f.name)
@@ -286,9 +268,6 @@ def _add_featurizer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .pool import Pool
-    from .train import FinetuneConfig, finetune_run, load_run
-
     config = dataclass_from_args(FinetuneConfig, args)
     run = load_run(args.run, data_path=args.data)
     new = finetune_run(run, Pool.read(args.extra), config, progress=not args.quiet)
@@ -303,11 +282,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .data import resolve_lipophilicity_path
-    from .experiment import ExperimentConfig, run_experiment
-    from .featurize import FeaturizerConfig
-    from .train import FinetuneConfig, TrainConfig
-
     config = dataclass_from_args(ExperimentConfig, args)
     path = resolve_lipophilicity_path(path=args.data, data_dir=args.data_dir)
     report = run_experiment(
@@ -321,9 +295,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .train import FinetuneConfig, load_run
-    from .validate import ValidateConfig, run_validation
-
     run = load_run(args.run, data_path=args.data)
     result = run_validation(run, args.external, args.out, dataclass_from_args(ValidateConfig, args),
                             dataclass_from_args(FinetuneConfig, args), scores_csv=args.scores, progress=not args.quiet)
@@ -335,10 +306,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _register_retraining_commands(sub: Any) -> None:
-    from .experiment import ExperimentConfig
-    from .train import FinetuneConfig, TrainConfig
-    from .validate import ValidateConfig
-
     p = sub.add_parser("finetune", help="retrain a run with extra molecules added (fine-tune or from scratch)",
                        description="Retrain RUN_DIR's model on its training split plus the molecules of CSV (validation/test "
                        "molecules and repeats are never added) and write NEW_RUN_DIR with the same metrics.json as train.")

@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .data import DataError, resolve_lipophilicity_path
+from .experiment import ExperimentConfig, run_experiment
+from .train import FinetuneConfig, TrainConfig
 
 #: Demo settings (chosen for time, never on the test set). Damping 1.0 ≈ λmax/50 of the default
 #: model (measured; see benchmarks/RESULTS.md), the auto value, without the power iteration.
@@ -69,9 +71,6 @@ def _threads_for_load() -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .experiment import ExperimentConfig, run_experiment
-    from .train import FinetuneConfig, TrainConfig
-
     data_dir = args.data_dir or os.environ.get("LIPO_IF_DATA")
     path = resolve_lipophilicity_path(data_dir=data_dir)
     external = Path(data_dir) / "external.csv" if data_dir else path.parent / "external.csv"
