@@ -1,0 +1,94 @@
+"""Which labels look wrong: detectors of wrong labels, and the ``suspicion`` of every molecule.
+
+A molecule whose label is far from what the model predicts is either a hard molecule or a wrong
+label; first-order influence cannot tell them apart and ranks a wrong label that pulls the model
+towards the held-out errors as *most helpful* (see :mod:`lipo_if.select`). The detectors, each
+"higher = more suspicious", computed for every scored row of a pool (or of the training set):
+
+- ``residual``: ``|r − median(r)| / σ_val``, the residual's distance from the pool's median residual
+  (which absorbs a systematic offset between a pool's labels and the model) in units of the model's
+  robust residual spread on its own *validation* set, ``σ_val = 1.4826·MAD(r_val)``: the spread a
+  clean label of this model has — unlike the pool's own spread, not inflated when many of the
+  pool's labels are wrong;
+- ``self_influence``: the robust z-score of ``√SI``, ``SI = ∇ℓᵀ(H + μI)⁻¹∇ℓ = 4 r² L``
+  (Koh & Liang §5.4; :mod:`lipo_if.influence.self_influence`): the residual weighted by the
+  molecule's leverage ``L``;
+- ``leverage``: the robust z-score of ``L`` alone (out-of-domain molecules, not wrong labels —
+  a reference).
+
+``suspicion`` is the robust z of the chosen detector (:data:`DEFAULT_DETECTOR`, the one that
+won the measurement in benchmarks/RESULTS.md); the suspicion filter of :mod:`lipo_if.benchmark`
+keeps the rows with suspicion ≤ z.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .influence import Influence
+from .influence.function_space import FunctionSpaceSolver
+from .influence.mlp import MLP
+from .influence.self_influence import self_influence
+from .pool import Molecules, Pool
+from .select import MAD_TO_SD
+
+DETECTORS: tuple[str, ...] = ("residual", "self_influence", "leverage")
+DEFAULT_DETECTOR = "residual"
+
+
+def validation_spread(run) -> float:
+    """``1.4826·MAD`` of the run's validation residuals (logD): the residual spread of clean labels."""
+    x, y = run.tensors("val")
+    with torch.no_grad():
+        r = (run.model(x).double() - y.double()).numpy()
+    return float(MAD_TO_SD * np.median(np.abs(r - np.median(r))))
+
+
+def robust_z(values: np.ndarray, signed: bool = False) -> np.ndarray:
+    """``(x − median)/(1.4826·MAD)`` of the finite ``values`` (absolute unless ``signed``); the
+    standard deviation stands in when MAD is 0, and zeros when that is 0 too. NaN stays NaN."""
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    out = np.full(values.shape, np.nan)
+    if finite.sum() == 0:
+        return out
+    center = float(np.median(values[finite]))
+    spread = MAD_TO_SD * float(np.median(np.abs(values[finite] - center))) or float(np.std(values[finite]))
+    dev = values - center
+    out[finite] = (dev[finite] if signed else np.abs(dev[finite])) / spread if spread > 0 else 0.0
+    return out
+
+
+def suspicion_table(inf: Influence, molecules: Molecules, detector: str = DEFAULT_DETECTOR) -> pd.DataFrame:
+    """``inf.scores(molecules)`` with the evidence of every detector and ``suspicion`` (the robust z
+    of ``detector``); NaN where a row is excluded. Leverage and self-influence use the
+    function-space form at the fit's damping (Gauss–Newton curvature)."""
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    pool = Pool.coerce(molecules, inf.config.smiles_col, inf.config.label_col)
+    table = inf.scores(pool)
+    rows = table.loc[table["excluded"] == "", "row"].to_numpy(dtype=int)
+    evidence = {name: np.full(len(table), np.nan) for name in ("leverage", "self_influence_raw")}
+    if rows.size:
+        run = inf.run
+        mlp = MLP.from_model(run.model)
+        fs = FunctionSpaceSolver(mlp, run.tensors("train")[0], float(run.config.weight_decay), inf.damping)
+        X, _ = pool.rows_features(run.featurizer, rows)
+        si, lev, _ = self_influence(fs, mlp, X, torch.from_numpy(pool.labels_of(rows)))
+        scored = (table["excluded"] == "").to_numpy()
+        evidence["leverage"][scored] = lev.numpy()
+        evidence["self_influence_raw"][scored] = si.numpy()
+    out = table.copy()
+    out["leverage"] = evidence["leverage"]
+    out["self_influence_raw"] = evidence["self_influence_raw"]
+    residual = np.where(out["excluded"] == "", out["residual"].to_numpy(dtype=float), np.nan)
+    spread = validation_spread(inf.run)
+    out["residual_z"] = (residual - np.nanmedian(residual)) / spread
+    detectors = {"residual": np.abs(out["residual_z"].to_numpy()),  # both directions of a wrong label
+                 "self_influence": robust_z(np.sqrt(out["self_influence_raw"].to_numpy()), signed=True),  # large = suspicious
+                 "leverage": robust_z(out["leverage"].to_numpy(), signed=True)}
+    for name, values in detectors.items():
+        out[name] = values
+    out["suspicion"] = out[detector]
+    return out
