@@ -18,7 +18,7 @@ export LIPO_IF_DATA
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench bench-pairs bench-peers cuda-check clean ext
+.PHONY: install test demo bench bench-pairs bench-peers bench-cleanlab cuda-check clean ext
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,18 @@ bench-peers: install
 		$(if $(LIPO_IF_DATA),--data-dir $(LIPO_IF_DATA),--synthetic)
 	PYTHONPATH=$(CURDIR) .venv-peers/bin/python benchmarks/peers/bench_pydvl.py --workload runs/peers/workload.pt \
 		--json runs/peers/pydvl.json $(PEERS_ARGS)
+
+# Wrong-label detection: cleanlab's CleanLearning (regression) vs lipo_if's detectors, side by side.
+# cleanlab in its own venv (no torch, no lipo_if there); the workload (features, labels, known corruptions
+# and lipo_if's detector values, 3 seeds × noisy/lowdata) is prepared with the project venv; results in runs/peers/.
+bench-cleanlab: install
+	test -x .venv-cleanlab/bin/python || $(PYTHON) -m venv .venv-cleanlab
+	.venv-cleanlab/bin/python -m pip install -q 'cleanlab==2.9.*' scikit-learn numpy
+	test -f runs/peers/cleanlab_workload.npz || $(PY) benchmarks/peers/bench_cleanlab.py \
+		--prepare runs/peers/cleanlab_workload.npz --seeds 0 1 2 --scenarios noisy lowdata \
+		$(if $(LIPO_IF_DATA),--data-dir $(LIPO_IF_DATA))
+	.venv-cleanlab/bin/python benchmarks/peers/bench_cleanlab.py --workload runs/peers/cleanlab_workload.npz \
+		--json runs/peers/cleanlab.json $(CLEANLAB_ARGS)
 
 cuda-check:
 	$(PY) tools/cuda_check.py

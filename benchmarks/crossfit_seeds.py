@@ -8,7 +8,8 @@ writes runs/crossfit/seed_<SEED>/."""
 import json, sys, time
 from pathlib import Path
 from lipo_if.data import load_dataset
-from lipo_if.train import load_run, finetune_run, FinetuneConfig
+from lipo_if.train import finetune_run, FinetuneConfig
+from lipo_if.rundir import load_run
 from lipo_if.crossfit import crossfit_scores
 from lipo_if.influence import InfluenceConfig
 from lipo_if.pool import Pool

@@ -24,7 +24,8 @@ from scipy.stats import pearsonr, spearmanr
 
 from lipo_if.data import load_dataset, read_molecule_csv, resolve_lipophilicity_path
 from lipo_if.influence import HessianOperator, SolverConfig, influence_scores, solve
-from lipo_if.train import TrainConfig, load_run, train_run
+from lipo_if.train import TrainConfig, train_run
+from lipo_if.rundir import load_run
 
 BLOCK = ["layers.1.bias", "layers.2.weight", "layers.2.bias"]
 

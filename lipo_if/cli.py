@@ -18,13 +18,15 @@ from typing import Any, Callable, Sequence
 
 from . import __version__, backend
 from .data import DataError, load_dataset, read_molecule_csv, resolve_lipophilicity_path
+from .ensemble import finetune, train_ensemble
 from .demo import run_demo
 from .experiment import ExperimentConfig, run_experiment
 from .featurize import FeaturizerConfig
 from .influence import Influence, InfluenceConfig, InfluenceSolverError, write_scores
 from .io import atomic_write_text
 from .pool import Pool
-from .train import FinetuneConfig, TrainConfig, finetune_run, load_run, train_run
+from .train import FinetuneConfig, TrainConfig, finetune_run, train_run
+from .rundir import load_run
 from .validate import ValidateConfig, run_validation
 
 log = logging.getLogger("lipo_if")
@@ -98,6 +100,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     featurizer_config = dataclass_from_args(FeaturizerConfig, args, prefix="fp_")
     path = resolve_lipophilicity_path(path=args.data, data_dir=args.data_dir)
     dataset = load_dataset(path, strict=args.strict)
+    if args.ensemble > 1:
+        ensemble = train_ensemble(dataset, str(Path(path).resolve()), config, args.ensemble, featurizer_config, progress=not args.quiet)
+        out = ensemble.save(args.out)
+        for member, name in zip(ensemble.members, range(len(ensemble.members))):
+            _write_history(out / f"member_{name}", member)
+        m = ensemble.metrics
+        members = ", ".join(f"{x:.3f}" for x in m["member_test_rmse"])
+        print(f"{m['split']} split, seed {config.seed}, ensemble of {m['members']}: test RMSE {m['test_rmse']:.3f}  MAE {m['test_mae']:.3f}  "
+              f"R² {m['test_r2']:.3f}  (validation RMSE {m['val_rmse']:.3f}; members' test RMSE {members})")
+        print(f"ensemble written to {out}")
+        return 0
     run = train_run(dataset, str(Path(path).resolve()), config, featurizer_config, progress=not args.quiet)
     out = run.save(args.out)
     _write_history(out, run)
@@ -186,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train and evaluate the Task-1 baseline", description="Split, featurize, train the MLP baseline and write RUN_DIR/{model.pt,split.json,metrics.json}.")
     _add_data_arguments(p)
     p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--ensemble", type=int, default=1, metavar="M",
+                   help="train an ensemble of M models on the same split (initialization seeds SEED + 1000·i); predicts their mean")
     add_dataclass_arguments(p, TrainConfig, group="training")
     g = p.add_argument_group("featurizer")
     for f in dataclasses.fields(FeaturizerConfig):
@@ -270,7 +285,7 @@ def _add_featurizer_arguments(parser: argparse.ArgumentParser) -> None:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     config = dataclass_from_args(FinetuneConfig, args)
     run = load_run(args.run, data_path=args.data)
-    new = finetune_run(run, Pool.read(args.extra), config, progress=not args.quiet)
+    new = finetune(run, Pool.read(args.extra), config, progress=not args.quiet)
     out = new.save(args.out)
     _write_history(out, new)
     m = new.metrics

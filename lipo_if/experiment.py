@@ -49,6 +49,7 @@ import pandas as pd
 
 from .crossfit import crossfit_scores
 from .data import load_dataset
+from .ensemble import finetune
 from .featurize import FeaturizerConfig
 from .influence import HELDOUT_PARTS, InfluenceConfig, write_scores
 from .io import atomic_write_json, atomic_write_text
@@ -58,7 +59,7 @@ from .runcache import config_hash, fitted_influence, trained_run
 from .select import GUARDS, SelectionConfig, eligible, guarded_pool, random_k, residual_outliers, select, top_k, uses_greedy
 from .stats import aggregate, fidelity
 from .strategies import DIAGNOSTIC_NOTE, GUARD_STRATEGY, METRICS, Selection
-from .train import FinetuneConfig, Run, TrainConfig, finetune_run
+from .train import FinetuneConfig, Run, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class ExperimentConfig:
     influence_repeats: int = field(default=1, metadata={"help": "LiSSA chains averaged"})
     influence_batch_size: int = field(default=512, metadata={"help": "LiSSA minibatch size"})
     influence_max_iter: int = field(default=500, metadata={"help": "CG iteration limit"})
+    ensemble: int = field(default=1, metadata={"help": "models per seed: > 1 trains an ensemble (same split, other initializations); "
+                                                       "influence is the members' mean score, retraining retrains every member"})
 
     def __post_init__(self) -> None:
         self.k = tuple(float(k) for k in self.k)
@@ -103,6 +106,7 @@ class ExperimentConfig:
             (self.guard_z > 0, f"guard_z must be positive, got {self.guard_z}"),
             (self.influence_depth >= 1 and self.influence_repeats >= 1 and self.influence_batch_size >= 1,
              "influence_depth, influence_repeats and influence_batch_size must be ≥ 1"),
+            (self.ensemble >= 1, f"ensemble must be ≥ 1, got {self.ensemble}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -189,7 +193,7 @@ def run_seed(
     from tqdm.auto import tqdm
 
     base = trained_run(dataset, data_path, seed_dir / "original", TrainConfig(**{**asdict(train_config), "seed": seed}),
-                       featurizer_config, progress=progress)
+                       featurizer_config, progress=progress, members=config.ensemble)
     val_scores, val_summary, val_inf = _influence_table(base, pool, config.influence_config("validation", progress), seed_dir,
                                                         "influence_val")
     summaries = {"validation": val_summary}
@@ -229,7 +233,7 @@ def run_seed(
     for plan in tqdm(plans, desc=f"seed {seed}: retraining", disable=not progress, leave=False):
         key = tuple(sorted(plan.rows))
         if key not in done:
-            new = finetune_run(base, pool, ft_config, progress=False, rows=list(key))
+            new = finetune(base, pool, ft_config, progress=False, rows=list(key))
             done[key] = {**_metrics_row(new.metrics, new.metrics["n_added"]), "val_mse": float(new.metrics["val_rmse"]) ** 2,
                          "best_epoch": new.metrics["best_epoch"]}
         val_mse = done[key]["val_mse"]
@@ -311,7 +315,7 @@ def run_experiment(
     if first_table is None:  # the first seed was reused: its saved solve scores the pool again (no CSV read back)
         seed_dir = out / f"seed_{config.seed_list[0]}"
         base = trained_run(dataset, data_path, seed_dir / "original", TrainConfig(**{**asdict(train_config), "seed": config.seed_list[0]}),
-                           featurizer_config, progress=progress)
+                           featurizer_config, progress=progress, members=config.ensemble)
         first_table = fitted_influence(base, config.influence_config("validation"), seed_dir / "influence_val").scores(pool)
 
     report = aggregate(seed_results, config.k)

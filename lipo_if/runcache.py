@@ -16,27 +16,34 @@ from pathlib import Path
 from typing import Any
 
 from .data import MoleculeDataset, Split
+from .ensemble import Ensemble, train_ensemble
 from .featurize import FeaturizerConfig
 from .influence.api import SAVED_SETTINGS, Influence, InfluenceConfig
-from .train import Run, TrainConfig, load_run, train_run
+from .rundir import load_run
+from .train import Run, TrainConfig, train_run
 
 log = logging.getLogger(__name__)
 
 
 def trained_run(dataset: MoleculeDataset, data_path: str, run_dir: Path, train_config: TrainConfig,
-                featurizer_config: FeaturizerConfig | None, split: Split | None = None, progress: bool = True) -> Run:
-    """Train a run (on ``split``, else the config's seeded split) and save it to ``run_dir``, or load
-    ``run_dir`` when it holds one trained with the same settings on the same data and split."""
-    if (run_dir / "model.pt").exists():
+                featurizer_config: FeaturizerConfig | None, split: Split | None = None, progress: bool = True,
+                members: int = 1) -> Run | Ensemble:
+    """Train a run — an ensemble of ``members`` when > 1 — (on ``split``, else the config's seeded
+    split) and save it to ``run_dir``, or load ``run_dir`` when it holds one trained with the same
+    settings on the same data and split."""
+    if (run_dir / "model.pt").exists() or (run_dir / "ensemble.json").exists():
         previous = load_run(run_dir, data_path=data_path)
+        same_kind = (len(previous.members) if isinstance(previous, Ensemble) else 1) == members
         same_features = featurizer_config is None or previous.featurizer.config == featurizer_config
         same_split = split is None or (previous.split.train == split.train and previous.split.val == split.val)
-        if (asdict(previous.config) == asdict(train_config) and same_features and same_split
+        if (same_kind and asdict(previous.config) == asdict(train_config) and same_features and same_split
                 and previous.split.data_fingerprint == dataset.fingerprint()):
-            previous._dataset = dataset
+            for member in previous.members if isinstance(previous, Ensemble) else [previous]:
+                member._dataset = dataset
             log.info("reusing the run in %s", run_dir)
             return previous
-    run = train_run(dataset, data_path, train_config, featurizer_config, split=split, progress=progress)
+    run = (train_ensemble(dataset, data_path, train_config, members, featurizer_config, split=split, progress=progress)
+           if members > 1 else train_run(dataset, data_path, train_config, featurizer_config, split=split, progress=progress))
     run.save(run_dir)
     return run
 

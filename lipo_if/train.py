@@ -278,8 +278,9 @@ class Run:
         return run_dir
 
 
-def load_run(run_dir: str | os.PathLike, data_path: str | os.PathLike | None = None) -> Run:
-    """Load a run directory written by ``lipo-if train`` (or :meth:`Run.save`).
+def load_single_run(run_dir: str | os.PathLike, data_path: str | os.PathLike | None = None) -> Run:
+    """Load a (single-model) run directory written by ``lipo-if train`` (or :meth:`Run.save`);
+    :func:`lipo_if.rundir.load_run` loads ensembles too.
 
     ``data_path`` overrides the data file recorded in the run (e.g. on another machine); the run
     checks that it holds the same molecules and labels.
@@ -315,12 +316,16 @@ def train_run(
     split: Split | None = None,
     progress: bool = True,
     cache_dir: str | os.PathLike | None | bool = True,
+    featurizer: Featurizer | None = None,
 ) -> Run:
-    """Split (unless given), featurize, train and evaluate: the Task-1 baseline as a :class:`Run`."""
+    """Split (unless given), featurize, train and evaluate: the Task-1 baseline as a :class:`Run`.
+
+    ``featurizer``: one already fitted on this split's training part (ensemble members share it)."""
     seed_everything(config.seed)
     split = split or make_split(dataset, config.split, config.seed)
-    featurizer = Featurizer(featurizer_config, cache_dir=cache_dir)
-    featurizer.fit([dataset.smiles[i] for i in split.train])
+    if featurizer is None:
+        featurizer = Featurizer(featurizer_config, cache_dir=cache_dir)
+        featurizer.fit([dataset.smiles[i] for i in split.train])
     run = Run(None, None, featurizer, split, config, data_path, _dataset=dataset)  # type: ignore[arg-type]
     x_train, y_train = run.tensors("train")
     x_val, y_val = run.tensors("val")

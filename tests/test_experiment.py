@@ -14,7 +14,8 @@ from lipo_if.data import load_dataset
 from lipo_if.featurize import FeaturizerConfig
 from lipo_if.influence import Influence, InfluenceConfig
 from lipo_if.pool import Pool
-from lipo_if.train import FinetuneConfig, TrainConfig, filter_extra, finetune_run, load_run, train_run
+from lipo_if.train import FinetuneConfig, TrainConfig, filter_extra, finetune_run, train_run
+from lipo_if.rundir import load_run
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "fixture.csv"
 TINY = dict(hidden=(16,), max_epochs=25, patience=10, min_epochs=5, batch_size=16, lr=3e-3)

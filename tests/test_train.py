@@ -8,7 +8,8 @@ import torch
 from lipo_if.data import DataError, load_dataset
 from lipo_if.featurize import FeaturizerConfig
 from lipo_if.model import ModelConfig, build_model, l2_penalty, objective
-from lipo_if.train import TrainConfig, load_run, regression_metrics, train_run
+from lipo_if.train import TrainConfig, regression_metrics, train_run
+from lipo_if.rundir import load_run
 
 FAST = dict(hidden=(32, 16), max_epochs=60, patience=15, batch_size=16, lr=3e-3)
 

@@ -86,7 +86,8 @@ def _synthetic_workload(n_train: int, n_val: int, seed: int, train_steps: int) -
 
 def _real_workload(args: argparse.Namespace) -> dict | None:
     """A short lipo_if training run on the real data, or a saved run dir; None if no data."""
-    from lipo_if.train import TrainConfig, load_run, train_run
+    from lipo_if.train import TrainConfig, train_run
+    from lipo_if.rundir import load_run
 
     run_dir = Path(args.run) if args.run else None
     if run_dir is not None and (run_dir / "model.pt").exists():

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lipo_if.ensemble import Ensemble
 from lipo_if.io import atomic_write_bytes, atomic_write_json
 from lipo_if.pool import Molecules, Pool
 from lipo_if.select import GroupModel, eligible
@@ -59,6 +60,8 @@ OUTPUT_COLUMNS = ["row", "smiles", "label", "prediction", "residual", "score", "
 PRECISIONS = ("float64", "float32")
 #: What :meth:`Influence.save` writes: the solved vector and the settings it belongs to.
 SAVED_VECTOR, SAVED_SETTINGS = "s.pt", "influence.json"
+#: One-sided normal quantile of the ensemble's confidence bound ``score_ucb = mean + z·SE`` (95 %).
+UCB_Z = 1.645
 
 
 @dataclass
@@ -136,8 +139,14 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 class Influence:
     """Influence of molecules on a run's held-out loss (see the module docstring).
 
+    Given an :class:`~lipo_if.ensemble.Ensemble`, every member is fitted and scores the molecules;
+    the table's ``score`` is then the members' mean, with ``score_se`` (its standard error across
+    members), ``score_ucb = score + 1.645·score_se`` (a one-sided 95 % upper bound: a molecule is
+    *confidently* helpful when ``score_ucb < 0``), ``score_m<i>`` per member, ``prediction`` the
+    ensemble's mean and ``prediction_spread`` the members' standard deviation.
+
     Args:
-        run: a trained :class:`~lipo_if.train.Run` (``lipo_if.load_run``).
+        run: a trained :class:`~lipo_if.train.Run` or :class:`~lipo_if.ensemble.Ensemble` (``lipo_if.load_run``).
         heldout, hessian, solver: the held-out set ("validation" or "test"), the curvature
             ("gauss-newton" or "exact") and the solver ("lissa", "cg", "direct", "function-space").
         config: a whole :class:`InfluenceConfig` instead (then give no other settings).
@@ -151,6 +160,8 @@ class Influence:
         elif settings or (heldout, hessian, solver) != ("validation", "gauss-newton", "lissa"):
             raise ValueError("give either config= or individual settings, not both")
         self.run, self.config = run, config
+        #: per-member Influence objects of an ensemble (None for a single run)
+        self.members = [Influence(m, config=config) for m in run.members] if isinstance(run, Ensemble) else None
         self.result: SolveResult | None = None
         #: ``s = (H + μI)⁻¹ v`` ``[p]`` in the working precision, None before :meth:`fit`.
         self.s: torch.Tensor | None = None
@@ -159,7 +170,7 @@ class Influence:
         self._op: HessianOperator | None = None
 
     def __repr__(self) -> str:
-        state = "fitted" if self.s is not None else "not fitted"
+        state = "fitted" if self.fitted else "not fitted"
         return f"Influence(heldout={self.config.heldout!r}, hessian={self.config.hessian!r}, solver={self.config.solver!r}, {state})"
 
     # ------------------------------------------------------------------ the solve
@@ -184,6 +195,11 @@ class Influence:
 
         Raises the solver errors of :func:`~lipo_if.influence.solvers.solve` (their messages say
         which setting to change)."""
+        if self.members is not None:
+            for member in self.members:
+                member.fit()
+            self.info = self._ensemble_info()
+            return self
         clock = time.perf_counter()
         op = self.operator
         v = self.heldout_gradient()
@@ -202,14 +218,27 @@ class Influence:
             log.warning(warning)
         return self
 
-    def _require_fit(self) -> torch.Tensor:
-        if self.s is None:
+    def _ensemble_info(self) -> dict:
+        infos = [m.info for m in self.members]
+        return {"members": infos, "n_train": infos[0]["n_train"], "n_heldout": infos[0]["n_heldout"],
+                "heldout": self.config.heldout, "selection_saw_test_set": self.config.heldout == "test",
+                "renormalization_offset": float(np.mean([i["renormalization_offset"] for i in infos])),
+                "solver": {"method": self.config.solver, "info": {"damping": float(np.mean([m.damping for m in self.members]))}},
+                "warnings": sorted({w for i in infos for w in i["warnings"]}),
+                "timings": {"solve_seconds": round(sum(i["timings"].get("solve_seconds", 0.0) for i in infos), 4)}}
+
+    @property
+    def fitted(self) -> bool:
+        return all(m.fitted for m in self.members) if self.members is not None else self.s is not None
+
+    def _require_fit(self) -> torch.Tensor | None:
+        if not self.fitted:
             raise RuntimeError("call fit() (or Influence.load) before scoring")
         return self.s
 
     @property
     def damping(self) -> float:
-        """μ the solve used ("auto" resolved)."""
+        """μ the solve used ("auto" resolved; an ensemble's: the members' mean)."""
         self._require_fit()
         return float(self.info["solver"]["info"]["damping"])
 
@@ -223,6 +252,8 @@ class Influence:
         where ``excluded`` says why; ``residual`` = prediction − label."""
         s = self._require_fit()
         pool = Pool.coerce(molecules, self.config.smiles_col, self.config.label_col)
+        if self.members is not None:
+            return self._ensemble_scores(pool)
         op = self.operator
         table = pool.table
         reasons = pool.exclusions(self.run.split_keys() if self.config.exclude_overlap else None)
@@ -241,6 +272,21 @@ class Influence:
             if keep.any():
                 values = influence_scores(op, s, X[keep], y[keep], self.config.score_method, self.config.chunk_size)
                 out.loc[out["excluded"] == "", "score"] = values.numpy()
+        return out
+
+    def _ensemble_scores(self, pool: Pool) -> pd.DataFrame:
+        tables = [m.scores(pool) for m in self.members]
+        out = tables[0].copy()
+        scores = np.stack([t["score"].to_numpy(dtype=float) for t in tables])  # [M, rows]
+        preds = np.stack([t["prediction"].to_numpy(dtype=float) for t in tables])
+        out["prediction"] = preds.mean(0)
+        out["residual"] = out["prediction"] - out["label"]
+        out["score"] = scores.mean(0)
+        out["score_se"] = scores.std(0, ddof=1) / np.sqrt(len(tables))
+        out["score_ucb"] = out["score"] + UCB_Z * out["score_se"]
+        out["prediction_spread"] = preds.std(0, ddof=1)
+        for i, values in enumerate(scores):
+            out[f"score_m{i}"] = values
         return out
 
     def summary(self, table: pd.DataFrame, source: str = "<memory>") -> dict:
@@ -264,8 +310,14 @@ class Influence:
         records the agreement of the function-space first-order scores with the table's
         (``first_order_pearson``, ``first_order_max_rel_diff``: 1 and ≈ 0 for an accurate solve).
         """
-        damping = self.damping
         pool = Pool.coerce(molecules, self.config.smiles_col, self.config.label_col)
+        if self.members is not None:  # the members' second-order models, averaged
+            groups = [m.group_model(m.scores(pool), pool) for m in self.members]
+            rows = groups[0].rows
+            return GroupModel(rows, eligible(table).set_index("row").loc[rows, "score"].to_numpy(dtype=float),
+                              np.mean([g.interactions for g in groups], axis=0),
+                              {"members": [g.info for g in groups], "damping": self.damping, "n": int(rows.size)})
+        damping = self.damping
         candidates = eligible(table)
         rows = candidates["row"].to_numpy(dtype=int)
         if rows.size == 0:
@@ -304,6 +356,12 @@ class Influence:
         (``influence.json``) into ``directory``, atomically; returns the directory."""
         s = self._require_fit()
         directory = Path(directory)
+        if self.members is not None:
+            for i, member in enumerate(self.members):
+                member.save(directory / f"member_{i}")
+            atomic_write_json(directory / SAVED_SETTINGS, {"settings": self.config.identity(), "members": len(self.members),
+                                                           "info": self.info})
+            return directory
         buffer = io.BytesIO()
         torch.save(s.detach().cpu(), buffer)
         atomic_write_bytes(directory / SAVED_VECTOR, buffer.getvalue())
@@ -319,6 +377,13 @@ class Influence:
         to other settings; FileNotFoundError when there is nothing saved."""
         directory = Path(directory)
         saved = json.loads((directory / SAVED_SETTINGS).read_text())
+        if isinstance(run, Ensemble):
+            if saved.get("members") != len(run.members):
+                raise ValueError(f"{directory}: the saved influence belongs to another ensemble than this run")
+            inf = cls(run, config=config or InfluenceConfig(**{**saved["settings"], "progress": False}))
+            inf.members = [cls.load(directory / f"member_{i}", m, inf.config) for i, m in enumerate(run.members)]
+            inf.info = inf._ensemble_info()
+            return inf
         if saved.get("model") != model_fingerprint(run.model):
             raise ValueError(f"{directory}: the saved influence belongs to another model than this run's")
         stored = InfluenceConfig(**{**saved["settings"], "progress": False})

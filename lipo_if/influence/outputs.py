@@ -55,7 +55,8 @@ def write_scores(inf: Influence, table: pd.DataFrame, out_csv: str | Path, sourc
     summary["outputs"] = {k: str(p) for k, p in paths.items()}
     config = inf.config
     scores = table.loc[table["excluded"] == "", "score"].to_numpy(dtype=float)
-    atomic_write_text(paths["csv"], table[OUTPUT_COLUMNS].to_csv(index=False, float_format="%.10g"))
+    columns = OUTPUT_COLUMNS + [c for c in table.columns if c not in OUTPUT_COLUMNS]  # an ensemble's score_se, …
+    atomic_write_text(paths["csv"], table[columns].to_csv(index=False, float_format="%.10g"))
     title = f"{len(scores)} molecules · {config.hessian} · {config.solver} · held-out: {config.heldout}"
     atomic_write_bytes(paths["histogram"], _histogram_png(scores, title))
     summary["timings"]["write_seconds"] = round(time.perf_counter() - clock, 4)
