@@ -18,8 +18,9 @@ from . import ops  # noqa: E402 — registers torch.ops.lipo_if.*
 from .data import DataError, load_dataset, load_lipophilicity, make_split, read_molecule_csv  # noqa: E402
 from .influence import Influence, InfluenceConfig  # noqa: E402
 from .pool import Pool  # noqa: E402
+from .ensemble import Ensemble, finetune, train_ensemble  # noqa: E402
+from .rundir import load_run  # noqa: E402
 from .train import Run, TrainConfig, finetune_run, train_run  # noqa: E402
-from .rundir import load_run
 
 
 def backend() -> str:
@@ -29,6 +30,9 @@ def backend() -> str:
 
 __all__ = [
     "DataError",
+    "Ensemble",
+    "finetune",
+    "train_ensemble",
     "Influence",
     "InfluenceConfig",
     "Pool",

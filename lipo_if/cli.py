@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__, backend
+from .benchmark import BenchmarkConfig, run_benchmark
 from .data import DataError, load_dataset, read_molecule_csv, resolve_lipophilicity_path
 from .ensemble import finetune, train_ensemble
 from .demo import run_demo
@@ -25,8 +26,9 @@ from .featurize import FeaturizerConfig
 from .influence import Influence, InfluenceConfig, InfluenceSolverError, write_scores
 from .io import atomic_write_text
 from .pool import Pool
-from .train import FinetuneConfig, TrainConfig, finetune_run, train_run
 from .rundir import load_run
+from .suspicion import DEFAULT_DETECTOR, DETECTORS, INSPECT_COLUMNS, inspect
+from .train import FinetuneConfig, TrainConfig, train_run
 from .validate import ValidateConfig, run_validation
 
 log = logging.getLogger("lipo_if")
@@ -170,6 +172,35 @@ def _cmd_influence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    pool = Pool.read(args.external)
+    run = load_run(args.run, data_path=args.data)
+    table = inspect(run, pool, damping=args.damping, detector=args.detector, progress=not args.quiet)
+    atomic_write_text(args.out, table[INSPECT_COLUMNS].to_csv(index=False, float_format="%.6g"))
+    scored = table["suspicion"].notna()
+    top = table[scored].nlargest(5, "suspicion")
+    print(f"suspicion ({args.detector}) of {int(scored.sum())} of {len(table)} rows written to {args.out}; most suspicious rows: "
+          + ", ".join(f"{int(r)} ({z:.1f})" for r, z in zip(top["row"], top["suspicion"])))
+    if args.training_out:
+        train_table = inspect(run, None, damping=args.damping, detector=args.detector, progress=not args.quiet)
+        atomic_write_text(args.training_out, train_table[INSPECT_COLUMNS].to_csv(index=False, float_format="%.6g"))
+        print(f"training molecules' suspicion written to {args.training_out}")
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    path = resolve_lipophilicity_path(path=args.data, data_dir=args.data_dir)
+    report = run_benchmark(str(Path(path).resolve()), args.out, dataclass_from_args(BenchmarkConfig, args),
+                           dataclass_from_args(TrainConfig, args), dataclass_from_args(FinetuneConfig, args),
+                           progress=not args.quiet)
+    for name, summary in report["scenarios"].items():
+        f = summary["strategies"]["filter"]
+        print(f"{name}: filter Δ test RMSE {f['delta']:+.4f} [{f['delta_ci95'][0]:+.4f}, {f['delta_ci95'][1]:+.4f}], "
+              f"recovery {f['recovery']:.0%}; all {summary['strategies']['all']['delta']:+.4f}")
+    print(f"report written to {Path(args.out) / 'report.md'} (and benchmark.json)")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -234,6 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="Lipophilicity CSV if it moved since training")
     add_dataclass_arguments(p, InfluenceConfig, skip=("progress",), group="influence and LiSSA settings")
     p.set_defaults(func=_cmd_influence)
+
+    p = sub.add_parser("inspect", help="which labels look wrong: suspicion of every external (and training) molecule",
+                       description="Per input row: row, smiles, label, suspicion (higher = more likely a wrong label; empty where "
+                       "excluded) and the evidence (residual, its z in validation spreads, leverage, self-influence).")
+    p.add_argument("--run", required=True, help="run directory from 'lipo-if train'")
+    p.add_argument("--external", required=True, help="CSV of molecules (SMILES and label columns)")
+    p.add_argument("--out", required=True, help="CSV to write")
+    p.add_argument("--training-out", help="also inspect the run's training molecules and write their table here")
+    p.add_argument("--damping", type=_float_or_str, default="auto", help="damping μ of the curvature (default: auto = 0.02·λmax)")
+    p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS, help=f"detector behind suspicion (default: {DEFAULT_DETECTOR})")
+    p.add_argument("--data", help="Lipophilicity CSV if it moved since training")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("benchmark", help="does selection pay on pools with value? scenarios built from Lipophilicity, over seeds",
+                       description="Noisy and low-data pools built from Lipophilicity (known wrong labels): every strategy retrained "
+                       "and compared with nothing added, all of the pool, random picks and the clean-pool oracle; OUT/report.md.")
+    _add_data_arguments(p)
+    p.add_argument("--out", required=True, help="output directory")
+    add_dataclass_arguments(p, BenchmarkConfig, group="benchmark")
+    add_dataclass_arguments(p, TrainConfig, skip=("seed",), group="base training")
+    add_dataclass_arguments(p, FinetuneConfig, skip=("seed",), group="retraining")
+    p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser("info", help="versions and which kernel backend is in use")
     p.set_defaults(func=_cmd_info)

@@ -51,7 +51,7 @@ from .crossfit import crossfit_scores
 from .data import load_dataset
 from .ensemble import finetune
 from .featurize import FeaturizerConfig
-from .influence import HELDOUT_PARTS, InfluenceConfig, write_scores
+from .influence import InfluenceConfig, write_scores
 from .io import atomic_write_json, atomic_write_text
 from .pool import Pool
 from .report import conclusion, plot_predicted_vs_actual, plot_rmse_vs_k, plot_score_hist, render_markdown

@@ -35,6 +35,9 @@ from .select import MAD_TO_SD
 
 DETECTORS: tuple[str, ...] = ("residual", "self_influence", "leverage")
 DEFAULT_DETECTOR = "residual"
+#: The columns ``lipo-if inspect`` writes: the verdict, then its evidence.
+INSPECT_COLUMNS = ["row", "smiles", "label", "suspicion", "prediction", "residual", "residual_z", "leverage",
+                   "self_influence_raw", *(f"{name}_suspicion" for name in DETECTORS), "score", "excluded"]
 
 
 def validation_spread(run) -> float:
@@ -58,6 +61,19 @@ def robust_z(values: np.ndarray, signed: bool = False) -> np.ndarray:
     dev = values - center
     out[finite] = (dev[finite] if signed else np.abs(dev[finite])) / spread if spread > 0 else 0.0
     return out
+
+
+def inspect(run, molecules: Molecules | None = None, damping: float | str = "auto", detector: str = DEFAULT_DETECTOR,
+            progress: bool = False) -> pd.DataFrame:
+    """Suspicion of every row of ``molecules`` — or, with ``molecules=None``, of the run's own
+    training molecules (to flag suspect training labels) — with its evidence (see
+    :func:`suspicion_table`). The influence solve is validation-held-out, Gauss–Newton, function space."""
+    training = molecules is None
+    if training:
+        molecules = Pool.from_smiles(run.smiles("train"), run.labels("train"))
+    inf = Influence(run, heldout="validation", hessian="gauss-newton", solver="function-space", damping=damping,
+                    exclude_overlap=not training, progress=progress).fit()
+    return suspicion_table(inf, molecules, detector)
 
 
 def suspicion_table(inf: Influence, molecules: Molecules, detector: str = DEFAULT_DETECTOR) -> pd.DataFrame:
@@ -89,6 +105,6 @@ def suspicion_table(inf: Influence, molecules: Molecules, detector: str = DEFAUL
                  "self_influence": robust_z(np.sqrt(out["self_influence_raw"].to_numpy()), signed=True),  # large = suspicious
                  "leverage": robust_z(out["leverage"].to_numpy(), signed=True)}
     for name, values in detectors.items():
-        out[name] = values
-    out["suspicion"] = out[detector]
+        out[f"{name}_suspicion"] = values
+    out["suspicion"] = out[f"{detector}_suspicion"]
     return out

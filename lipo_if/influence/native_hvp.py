@@ -60,7 +60,6 @@ import math
 from typing import Iterator, NamedTuple
 
 import torch
-from torch import nn
 
 from lipo_if import ops
 

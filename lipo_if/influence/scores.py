@@ -30,7 +30,6 @@ from torch.func import grad, vmap
 
 from lipo_if import ops
 
-from .curvature import CurvatureOperator
 from .hvp import HessianOperator
 from .mlp import MLP
 

@@ -1,0 +1,125 @@
+"""Self-influence against direct solves, the wrong-label detectors on a crafted pool, ``lipo-if inspect``,
+the scenarios' construction and ``lipo-if benchmark`` end to end on tiny data."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lipo_if import Influence
+from lipo_if.influence.function_space import FunctionSpaceSolver
+from lipo_if.influence.hvp import HessianOperator, dense_hessian
+from lipo_if.influence.mlp import MLP
+from lipo_if.influence.scores import per_sample_grads
+from lipo_if.influence.self_influence import self_influence
+from lipo_if.scenarios import corrupt
+from lipo_if.suspicion import inspect, robust_z, suspicion_table
+
+from test_experiment import WRONG_ROW, tiny_data, tiny_run  # noqa: F401 — fixtures
+
+
+def test_self_influence_equals_direct_solves(tiny_run):  # noqa: F811
+    """SI(z) = ∇ℓ(z)ᵀ(H + μI)⁻¹∇ℓ(z) with the dense Gauss–Newton matrix of the whole tiny network,
+    for training rows and new rows alike."""
+    mu = 0.05
+    X, y = tiny_run.tensors("train")
+    op = HessianOperator(tiny_run.model, X, y, tiny_run.config.weight_decay, kind="gauss-newton")
+    A = dense_hessian(op) + mu * torch.eye(op.n_params, dtype=op.dtype)
+    Xv, yv = tiny_run.tensors("val")
+    Z, t = torch.cat([X[:7], Xv[:5]]), torch.cat([y[:7], yv[:5] + 1.5])
+    G = per_sample_grads(op, Z, t)  # [12, p]
+    exact = (G * torch.linalg.solve(A, G.T).T).sum(1)
+    mlp = MLP.from_model(tiny_run.model)
+    fs = FunctionSpaceSolver(mlp, X, tiny_run.config.weight_decay, mu)
+    si, lev, residual = self_influence(fs, mlp, Z, t, chunk_size=5)  # chunks cross the 7/5 boundary
+    np.testing.assert_allclose(si.numpy(), exact.numpy(), rtol=1e-7)
+    np.testing.assert_allclose(residual.numpy(), (op.predict(op.theta, Z.double()) - t.double()).detach().numpy(), rtol=1e-9)
+    assert (lev > 0).all()
+
+
+def test_the_detector_ranks_the_crafted_wrong_labels_first(tiny_run, tiny_data, tmp_path):  # noqa: F811
+    """Three external labels made wrong by ±10 and +12 log units (row 5 is the fixture's +12): the
+    suspicion ranks exactly those first, and `lipo-if inspect` writes it with its evidence."""
+    from lipo_if.cli import main
+
+    _, external = tiny_data
+    frame = pd.read_csv(external)
+    frame.loc[7, "Label"] += 10.0
+    frame.loc[8, "Label"] -= 10.0
+    crafted = tmp_path / "crafted.csv"
+    frame.to_csv(crafted, index=False)
+    table = inspect(tiny_run, crafted, damping=0.1)
+    top = table.dropna(subset=["suspicion"]).nlargest(3, "suspicion")["row"].tolist()
+    assert sorted(top) == sorted([7, 8, WRONG_ROW])
+    assert table.loc[table["excluded"] != "", "suspicion"].isna().all()
+    tiny_run.save(tmp_path / "run")
+    out = tmp_path / "inspect.csv"
+    assert main(["-q", "inspect", "--run", str(tmp_path / "run"), "--external", str(crafted), "--out", str(out),
+                 "--damping", "0.1", "--training-out", str(tmp_path / "train.csv")]) == 0
+    written = pd.read_csv(out)
+    assert list(written.columns[:4]) == ["row", "smiles", "label", "suspicion"]
+    np.testing.assert_allclose(written["suspicion"], table["suspicion"], rtol=1e-5)
+    trained = pd.read_csv(tmp_path / "train.csv")
+    assert len(trained) == len(tiny_run.split.train) and trained["suspicion"].notna().all()
+
+
+def test_suspicion_of_a_table_is_the_residual_in_validation_spreads(tiny_run, tiny_data):  # noqa: F811
+    _, external = tiny_data
+    inf = Influence(tiny_run, solver="function-space", damping=0.1, progress=False).fit()
+    table = suspicion_table(inf, external)
+    x, y = tiny_run.tensors("val")
+    with torch.no_grad():
+        r_val = (tiny_run.model(x).double() - y.double()).numpy()
+    spread = 1.4826 * np.median(np.abs(r_val - np.median(r_val)))
+    ok = table["excluded"] == ""
+    r = table.loc[ok, "residual"].to_numpy()
+    np.testing.assert_allclose(table.loc[ok, "suspicion"], np.abs(r - np.median(r)) / spread, rtol=1e-9)
+    np.testing.assert_allclose(robust_z(np.array([1.0, 2.0, 3.0, 10.0])), np.abs(np.array([1.0, 2.0, 3.0, 10.0]) - 2.5) / 1.4826, rtol=1e-12)
+
+
+def test_corruptions_are_known_by_construction():
+    rng = np.random.default_rng(0)
+    labels = rng.normal(2.0, 1.2, size=200)
+    new, corrupted, kinds = corrupt(labels, 0.3, rng)
+    assert corrupted.sum() == 60 and kinds.count("shift") == 30 and kinds.count("swap") == 30
+    shift = np.array([k == "shift" for k in kinds])
+    assert np.all((np.abs(new[shift] - labels[shift]) >= 2.0) & (np.abs(new[shift] - labels[shift]) <= 3.0))
+    swap = np.array([k == "swap" for k in kinds])
+    assert sorted(new[swap]) == pytest.approx(sorted(labels[swap])) and not np.any(new[swap] == labels[swap])
+    assert np.array_equal(new[~corrupted], labels[~corrupted])
+
+
+def test_benchmark_end_to_end_on_a_tiny_dataset(tmp_path):
+    """``lipo-if benchmark`` on a 240-molecule dataset: pools disjoint from validation and test, every
+    strategy retrained, the report well formed, and its numbers the per-seed results' numbers."""
+    import json
+
+    from lipo_if.cli import main
+    from lipo_if.data import load_dataset
+    from lipo_if.scenarios import build_scenario
+
+    frame = pd.read_csv(__import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "fixture.csv")
+    lipo = tmp_path / "lipophilicity.csv"
+    pd.DataFrame({"CMPD_CHEMBLID": [f"X{i}" for i in range(len(frame))], "exp": frame["logp_crippen"], "smiles": frame["smiles"]}).to_csv(lipo, index=False)
+    dataset = load_dataset(lipo)
+    sc = build_scenario("noisy", dataset, 0)
+    pool_keys = set(sc.pool.table["key"])
+    for part in ("val", "test", "train"):
+        assert not pool_keys & {dataset.keys[i] for i in sc.split.part(part)}
+    assert sc.corrupted.sum() == round(0.3 * len(sc.pool))
+    out = tmp_path / "bench"
+    argv = ["-q", "benchmark", "--data", str(lipo), "--out", str(out), "--seeds", "2", "--scenarios", "noisy",
+            "--hidden", "16", "--max-epochs", "15", "--patience", "5", "--min-epochs", "3", "--batch-size", "16",
+            "--finetune-epochs", "2", "--damping", "0.1"]
+    assert main(argv) == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    summary = report["scenarios"]["noisy"]
+    per_seed = report["per_seed"]["noisy"]
+    for name in ("baseline", "all", "random", "influence", "filter", "clean_oracle", "test_oracle", "random_matched"):
+        deltas = [s["results"][name]["test_rmse"] - s["results"]["baseline"]["test_rmse"] for s in per_seed]
+        assert summary["strategies"][name]["delta"] == pytest.approx(np.mean(deltas), abs=1e-12)
+    assert summary["strategies"]["clean_oracle"]["corrupted_added"] == 0
+    assert summary["strategies"]["all"]["n_added"] == np.mean([s["n_pool"] for s in per_seed])
+    assert 0.0 <= summary["detection_auc"]["all"]["residual"] <= 1.0
+    assert "## noisy" in (out / "report.md").read_text()
