@@ -32,6 +32,9 @@ from .pool import Molecules, Pool
 
 log = logging.getLogger(__name__)
 
+#: TracIn-CP's checkpoints in a run directory
+CHECKPOINTS_FILE = "checkpoints.pt"
+
 
 @dataclass
 class TrainConfig:
@@ -47,6 +50,8 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of the split and the initialization"})
     split: str = field(default="random", metadata={"help": "random or scaffold (Bemis–Murcko)", "choices": ("random", "scaffold")})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+    checkpoint_every: int = field(default=0, metadata={"help": "keep the weights every N epochs up to the best one, for TracIn-CP "
+                                                                "(lipo-if influence --scorer tracin; 0 = none)"})
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -57,6 +62,7 @@ class TrainConfig:
             (self.max_epochs > 0, f"max_epochs must be positive, got {self.max_epochs}"),
             (self.patience > 0, f"patience must be positive, got {self.patience}"),
             (self.split in ("random", "scaffold"), f"split must be 'random' or 'scaffold', got {self.split!r}"),
+            (self.checkpoint_every >= 0, f"checkpoint_every must be ≥ 0, got {self.checkpoint_every}"),
             (all(h > 0 for h in self.hidden), f"hidden widths must be positive, got {self.hidden}"),
         ]
         for ok, message in checks:
@@ -109,12 +115,22 @@ def full_objective_grad_norm(model: torch.nn.Module, x: torch.Tensor, y: torch.T
 
 
 @dataclass
+class Checkpoint:
+    """Weights during training (for TracIn-CP): after ``epoch`` epochs at learning rate ``lr``."""
+
+    epoch: int
+    lr: float
+    state_dict: dict
+
+
+@dataclass
 class FitResult:
     model: MLPRegressor
     best_epoch: int
     epochs_run: int
     history: list[dict]
     seconds: float
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
 def fit(
@@ -140,6 +156,7 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     best_rmse, best_epoch, best_state = float("inf"), 0, None
+    checkpoints: list[Checkpoint] = []
     history: list[dict] = []
     start = time.perf_counter()
     n = len(x_train)
@@ -163,6 +180,8 @@ def fit(
         if val_rmse < best_rmse - 1e-6 or best_state is None:
             best_rmse, best_epoch = val_rmse, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if config.checkpoint_every and epoch % config.checkpoint_every == 0:
+            checkpoints.append(Checkpoint(epoch, config.lr, {k: v.detach().clone() for k, v in model.state_dict().items()}))
         bar.set_postfix(val_rmse=f"{val_rmse:.3f}", best=f"{best_rmse:.3f}@{best_epoch}")
         if epoch >= config.min_epochs and epoch - best_epoch >= config.patience:
             break
@@ -171,7 +190,8 @@ def fit(
     if restore_best:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(model, best_epoch, epoch, history, time.perf_counter() - start)
+    kept = [c for c in checkpoints if c.epoch <= best_epoch] if restore_best else checkpoints  # the trajectory to θ̂
+    return FitResult(model, best_epoch, epoch, history, time.perf_counter() - start, kept)
 
 
 # --------------------------------------------------------------------------- run directories
@@ -192,6 +212,8 @@ class Run:
     config: TrainConfig
     data_path: str
     metrics: dict = field(default_factory=dict)
+    #: weights along the training trajectory (``TrainConfig.checkpoint_every``), for TracIn-CP
+    checkpoints: list[Checkpoint] = field(default_factory=list)
     _dataset: MoleculeDataset | None = None
     _tensor_cache: dict = field(default_factory=dict)
 
@@ -274,6 +296,10 @@ class Run:
         self.split.save(run_dir / "split.json", self.dataset)
         if self.metrics:
             atomic_write_text(run_dir / "metrics.json", json.dumps(self.metrics, indent=1))
+        if self.checkpoints:
+            buffer = io.BytesIO()
+            torch.save([asdict(c) for c in self.checkpoints], buffer)
+            atomic_write_bytes(run_dir / CHECKPOINTS_FILE, buffer.getvalue())
         self.run_dir = run_dir
         return run_dir
 
@@ -297,6 +323,8 @@ def load_single_run(run_dir: str | os.PathLike, data_path: str | os.PathLike | N
     config = TrainConfig(**{f.name: cfg[f.name] for f in fields(TrainConfig) if f.name in cfg})
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    saved = run_dir / CHECKPOINTS_FILE
+    checkpoints = [Checkpoint(**c) for c in torch.load(saved, map_location="cpu", weights_only=True)] if saved.exists() else []
     return Run(
         run_dir=run_dir,
         model=model,
@@ -305,6 +333,7 @@ def load_single_run(run_dir: str | os.PathLike, data_path: str | os.PathLike | N
         config=config,
         data_path=str(data_path) if data_path is not None else checkpoint["data_path"],
         metrics=metrics,
+        checkpoints=checkpoints,
     )
 
 
@@ -332,6 +361,7 @@ def train_run(
     model = build_model(ModelConfig(featurizer.dim, config.hidden), seed=config.seed, init_bias=float(y_train.mean()))
     result = fit(model, x_train, y_train, x_val, y_val, config, progress=progress)
     run.model = result.model
+    run.checkpoints = result.checkpoints
     metrics = run.evaluate()
     train_metrics = regression_metrics(y_train.numpy(), predict_tensor(run.model, x_train))
     metrics.update(

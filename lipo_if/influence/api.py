@@ -50,6 +50,7 @@ from .hvp import HESSIAN_KINDS, HessianOperator
 from .mlp import MLP
 from .scores import SCORE_METHODS, influence_scores, renormalization_offset
 from .solvers import SOLVER_METHODS, SolveResult, SolverConfig, solve
+from .tracin import checkpoint_operators, tracin_scores
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ HELDOUT_PARTS = {"validation": "val", "test": "test"}
 OUTPUT_COLUMNS = ["row", "smiles", "label", "prediction", "residual", "score", "excluded"]
 #: ``precision`` choices (torch dtype names).
 PRECISIONS = ("float64", "float32")
+#: ``scorer`` choices.
+SCORERS = ("influence", "tracin")
 #: What :meth:`Influence.save` writes: the solved vector and the settings it belongs to.
 SAVED_VECTOR, SAVED_SETTINGS = "s.pt", "influence.json"
 #: One-sided normal quantile of the ensemble's confidence bound ``score_ucb = mean + z·SE`` (95 %).
@@ -98,6 +101,11 @@ class InfluenceConfig(SolverConfig):
                                   "choices": SCORE_METHODS},
     )
     chunk_size: int = field(default=2048, metadata={"help": "rows per chunk in full-set products and scoring"})
+    scorer: str = field(
+        default="influence",
+        metadata={"help": "influence: −(1/n) s·∇ℓ(z) with s = (H + μI)⁻¹∇L_heldout; tracin: TracIn-CP, −Σ_k η_k ∇ℓ(z; θ_k)·∇L_heldout(θ_k) "
+                          "over the training checkpoints (train with --checkpoint-every; no solve)", "choices": SCORERS},
+    )
     precision: str = field(
         default="float64",
         metadata={"help": "working precision of the curvature products, the solve and the scores: float32 moves "
@@ -110,7 +118,8 @@ class InfluenceConfig(SolverConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name, allowed in (("heldout", tuple(HELDOUT_PARTS)), ("hessian", HESSIAN_KINDS),
-                              ("solver", SOLVER_METHODS), ("score_method", SCORE_METHODS), ("precision", PRECISIONS)):
+                              ("solver", SOLVER_METHODS), ("score_method", SCORE_METHODS), ("precision", PRECISIONS),
+                              ("scorer", SCORERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.chunk_size < 1:
@@ -168,6 +177,9 @@ class Influence:
         #: What the fit found: sizes, ‖v‖, the renormalization offset, the solver's digest, warnings, timings.
         self.info: dict = {}
         self._op: HessianOperator | None = None
+        #: TracIn: the checkpoints' operators with η_k, and their held-out gradients (the scorer's "s")
+        self._tracin: list | None = None
+        self.heldout_grads: list[torch.Tensor] | None = None
 
     def __repr__(self) -> str:
         state = "fitted" if self.fitted else "not fitted"
@@ -200,6 +212,8 @@ class Influence:
                 member.fit()
             self.info = self._ensemble_info()
             return self
+        if self.config.scorer == "tracin":
+            return self._fit_tracin()
         clock = time.perf_counter()
         op = self.operator
         v = self.heldout_gradient()
@@ -229,7 +243,25 @@ class Influence:
 
     @property
     def fitted(self) -> bool:
-        return all(m.fitted for m in self.members) if self.members is not None else self.s is not None
+        if self.members is not None:
+            return all(m.fitted for m in self.members)
+        return self.s is not None or self.heldout_grads is not None
+
+    def _checkpoints(self) -> list:
+        if self._tracin is None:
+            self._tracin = checkpoint_operators(self.run, getattr(torch, self.config.precision), self.config.chunk_size)
+        return self._tracin
+
+    def _fit_tracin(self) -> "Influence":
+        clock = time.perf_counter()
+        X_ho, y_ho = self.run.tensors(HELDOUT_PARTS[self.config.heldout])
+        self.heldout_grads = [op.gradient(X_ho, y_ho) for op, _ in self._checkpoints()]
+        self.info = {"heldout": self.config.heldout, "selection_saw_test_set": self.config.heldout == "test",
+                     "n_train": self.operator.n_train, "n_heldout": int(X_ho.shape[0]), "scorer": "tracin",
+                     "checkpoints": [{"epoch": c.epoch, "lr": c.lr} for c in self.run.checkpoints],
+                     "renormalization_offset": 0.0, "solver": {"method": "tracin", "info": {"damping": None}}, "warnings": [],
+                     "timings": {"gradient_seconds": round(time.perf_counter() - clock, 4)}}
+        return self
 
     def _require_fit(self) -> torch.Tensor | None:
         if not self.fitted:
@@ -269,7 +301,10 @@ class Influence:
             out.loc[valid, "prediction"] = pred.numpy()
             out.loc[valid, "residual"] = (pred - y).numpy()  # prediction − label, the (f − y) of ℓ
             keep = np.array([r == "" for r, ok in zip(reasons, valid) if ok])
-            if keep.any():
+            if keep.any() and self.heldout_grads is not None:
+                values = tracin_scores(self._checkpoints(), self.heldout_grads, X[keep], y[keep], self.config.chunk_size)
+                out.loc[out["excluded"] == "", "score"] = values.numpy()
+            elif keep.any():
                 values = influence_scores(op, s, X[keep], y[keep], self.config.score_method, self.config.chunk_size)
                 out.loc[out["excluded"] == "", "score"] = values.numpy()
         return out
@@ -363,7 +398,7 @@ class Influence:
                                                            "info": self.info})
             return directory
         buffer = io.BytesIO()
-        torch.save(s.detach().cpu(), buffer)
+        torch.save(s.detach().cpu() if s is not None else [v.detach().cpu() for v in self.heldout_grads], buffer)
         atomic_write_bytes(directory / SAVED_VECTOR, buffer.getvalue())
         atomic_write_json(directory / SAVED_SETTINGS, {"settings": self.config.identity(), "model": model_fingerprint(self.run.model),
                                                        "info": self.info})
@@ -390,7 +425,12 @@ class Influence:
         if config is not None and config.identity() != stored.identity():
             raise ValueError(f"{directory}: the saved influence was computed with other settings")
         inf = cls(run, config=config or stored)
-        inf.s = torch.load(directory / SAVED_VECTOR, weights_only=True).to(getattr(torch, inf.config.precision))
+        vector = torch.load(directory / SAVED_VECTOR, weights_only=True)
+        dtype = getattr(torch, inf.config.precision)
+        if inf.config.scorer == "tracin":
+            inf.heldout_grads = [v.to(dtype) for v in vector]
+        else:
+            inf.s = vector.to(dtype)
         inf.info = saved["info"]
         return inf
 
