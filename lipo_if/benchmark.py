@@ -34,6 +34,7 @@ from scipy.stats import t as student_t
 from sklearn.metrics import roc_auc_score
 
 from .data import load_dataset
+from .ensemble import finetune
 from .featurize import FeaturizerConfig
 from .influence import Influence, InfluenceConfig
 from .io import atomic_write_json, atomic_write_text
@@ -42,7 +43,7 @@ from .scenarios import SCENARIOS, Scenario, build_scenario
 from .select import eligible, guarded_pool, random_k, resolve_k, top_k
 from .stats import paired_stats
 from .suspicion import DETECTORS, suspicion_table
-from .train import FinetuneConfig, TrainConfig, finetune_run
+from .train import FinetuneConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class BenchmarkConfig:
     filter_z: tuple[float, ...] = field(default=(1.5, 2.0, 2.5, 3.0), metadata={"help": "suspicion thresholds (robust z) of the filter strategies; the one of lowest validation RMSE is 'filter'"})
     detector: str = field(default="residual", metadata={"help": "the suspicion detector the filter uses", "choices": DETECTORS})
     damping: float | str = field(default="auto", metadata={"help": "damping μ of the influence solve ('auto' = 0.02·λmax)"})
+    ensemble: int = field(default=1, metadata={"help": "models per base run: > 1 trains an ensemble (mean score, its standard error; "
+                                                       "strategy influence_ucb adds only the confidently helpful rows)"})
 
     def __post_init__(self) -> None:
         self.scenarios = tuple(self.scenarios)
@@ -68,7 +71,9 @@ class BenchmarkConfig:
         checks = [(all(s in SCENARIOS for s in self.scenarios), f"scenarios must be among {', '.join(SCENARIOS)}, got {list(self.scenarios)}"),
                   (self.seeds >= 1 and self.first_seed >= 0, "seeds must be ≥ 1 and first_seed ≥ 0"),
                   (self.k > 0, f"k must be positive, got {self.k}"), (len(self.filter_z) >= 1 and all(z > 0 for z in self.filter_z), "filter_z must be positive"),
-                  (self.detector in DETECTORS, f"detector must be one of {', '.join(DETECTORS)}")]
+                  (self.detector in DETECTORS, f"detector must be one of {', '.join(DETECTORS)}"),
+                  (self.ensemble >= 1, f"ensemble must be ≥ 1, got {self.ensemble}"),
+                  (self.ensemble > 1 or self.detector != "ensemble_residual", "detector ensemble_residual needs ensemble > 1")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -126,9 +131,10 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
                        progress: bool) -> dict:
     """One scenario and seed: train, score, detect, select, retrain; returns (and writes) the results."""
     clock = time.perf_counter()
-    base = trained_run(dataset, data_path, seed_dir / "base", train_config, featurizer_config, split=scenario.split, progress=progress)
+    base = trained_run(dataset, data_path, seed_dir / "base", train_config, featurizer_config, split=scenario.split, progress=progress,
+                       members=config.ensemble)
     inf = Influence(base, config=config.influence_config("validation")).fit()
-    table = suspicion_table(inf, scenario.pool)
+    table = suspicion_table(inf, scenario.pool, config.detector)
     test_table = Influence(base, config=config.influence_config("test")).fit().scores(scenario.pool)
     plans = plan(scenario, table, test_table, config, scenario.seed)
     ft = FinetuneConfig(**{**asdict(finetune_config), "seed": scenario.seed})
@@ -137,7 +143,7 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
     def retrain(rows: list[int]) -> dict:
         key = tuple(sorted(rows))
         if key not in done:
-            new = finetune_run(base, scenario.pool, ft, progress=False, rows=list(key))
+            new = finetune(base, scenario.pool, ft, progress=False, rows=list(key))
             done[key] = {"n_added": new.metrics["n_added"], **{m: float(new.metrics[m]) for m in ("val_rmse", "test_rmse", "test_mae", "test_r2")}}
         return done[key]
 
@@ -147,8 +153,12 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
     results["filter"] = {**results[f"filter@{chosen_z:g}"], "z": chosen_z}
     filtered = table[table["row"].isin(kept)]
     k = resolve_k(config.k, len(eligible(table)))
-    for name, rows in (("influence_filtered", top_k(eligible(filtered), k)),
-                       ("random_matched", random_k(eligible(table), len(kept), seed=scenario.seed * 1000 + 2))):
+    extra = [("influence_filtered", top_k(eligible(filtered), k)),
+             ("random_matched", random_k(eligible(table), len(kept), seed=scenario.seed * 1000 + 2))]
+    if "score_ucb" in filtered:  # an ensemble: only the confidently helpful rows (upper bound < 0), most confident first
+        bound = eligible(filtered.assign(score=filtered["score_ucb"]))
+        extra.append(("influence_ucb", top_k(bound[bound["score"] < 0], k)))
+    for name, rows in extra:
         results[name] = {**retrain(rows), "rows": rows}
     for entry in results.values():
         rows = entry.pop("rows")
@@ -184,7 +194,11 @@ def summarize(seed_results: list[dict]) -> dict:
         if "filter" in out["strategies"]:
             out["strategies"]["filter"][f"vs_{name}"] = paired_stats(
                 [s["results"]["filter"]["test_rmse"] for s in seed_results], [s["results"][name]["test_rmse"] for s in seed_results])
-    out["detection_auc"] = {subset: {name: float(np.nanmean([s["detection"][subset][name] for s in seed_results]))
+    def mean_auc(values: list[float]) -> float:
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        return float(np.mean(finite)) if finite else float("nan")
+
+    out["detection_auc"] = {subset: {name: mean_auc([s["detection"][subset][name] for s in seed_results])
                                      for name in seed_results[0]["detection"][subset]} for subset in ("all", "shift", "swap")}
     return out
 

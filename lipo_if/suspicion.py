@@ -14,7 +14,12 @@ towards the held-out errors as *most helpful* (see :mod:`lipo_if.select`). The d
   (Koh & Liang §5.4; :mod:`lipo_if.influence.self_influence`): the residual weighted by the
   molecule's leverage ``L``;
 - ``leverage``: the robust z-score of ``L`` alone (out-of-domain molecules, not wrong labels —
-  a reference).
+  a reference);
+- ``ensemble_residual`` (ensembles only): ``|r̄ − median| / √(σ_val² + s²)`` with ``r̄`` the ensemble
+  mean's residual and ``s`` the members' spread of predictions for the molecule — the residual in
+  units of what the ensemble itself is unsure of.
+
+For an ensemble, leverage and self-influence are the members' means.
 
 ``suspicion`` is the robust z of the chosen detector (:data:`DEFAULT_DETECTOR`, the one that
 won the measurement in benchmarks/RESULTS.md); the suspicion filter of :mod:`lipo_if.benchmark`
@@ -26,25 +31,27 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .ensemble import Ensemble
 from .influence import Influence
 from .influence.function_space import FunctionSpaceSolver
 from .influence.mlp import MLP
 from .influence.self_influence import self_influence
 from .pool import Molecules, Pool
 from .select import MAD_TO_SD
+from .train import Run, predict_tensor
 
-DETECTORS: tuple[str, ...] = ("residual", "self_influence", "leverage")
+DETECTORS: tuple[str, ...] = ("residual", "self_influence", "leverage", "ensemble_residual")
 DEFAULT_DETECTOR = "residual"
 #: The columns ``lipo-if inspect`` writes: the verdict, then its evidence.
 INSPECT_COLUMNS = ["row", "smiles", "label", "suspicion", "prediction", "residual", "residual_z", "leverage",
                    "self_influence_raw", *(f"{name}_suspicion" for name in DETECTORS), "score", "excluded"]
 
 
-def validation_spread(run) -> float:
+def validation_spread(run: Run | Ensemble) -> float:
     """``1.4826·MAD`` of the run's validation residuals (logD): the residual spread of clean labels."""
     x, y = run.tensors("val")
-    with torch.no_grad():
-        r = (run.model(x).double() - y.double()).numpy()
+    pred = run.predict_tensor(x) if isinstance(run, Ensemble) else predict_tensor(run.model, x)
+    r = pred - y.double().numpy()
     return float(MAD_TO_SD * np.median(np.abs(r - np.median(r))))
 
 
@@ -82,19 +89,25 @@ def suspicion_table(inf: Influence, molecules: Molecules, detector: str = DEFAUL
     function-space form at the fit's damping (Gauss–Newton curvature)."""
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    if detector == "ensemble_residual" and inf.members is None:
+        raise ValueError("detector 'ensemble_residual' needs an ensemble (lipo-if train --ensemble M)")
     pool = Pool.coerce(molecules, inf.config.smiles_col, inf.config.label_col)
     table = inf.scores(pool)
     rows = table.loc[table["excluded"] == "", "row"].to_numpy(dtype=int)
     evidence = {name: np.full(len(table), np.nan) for name in ("leverage", "self_influence_raw")}
     if rows.size:
-        run = inf.run
-        mlp = MLP.from_model(run.model)
-        fs = FunctionSpaceSolver(mlp, run.tensors("train")[0], float(run.config.weight_decay), inf.damping)
-        X, _ = pool.rows_features(run.featurizer, rows)
-        si, lev, _ = self_influence(fs, mlp, X, torch.from_numpy(pool.labels_of(rows)))
+        members = [(m, m.damping) for m in inf.members] if inf.members is not None else [(inf, inf.damping)]
+        X, _ = pool.rows_features(inf.run.featurizer, rows)
+        labels = torch.from_numpy(pool.labels_of(rows))
+        si_sum, lev_sum = 0.0, 0.0
+        for member, damping in members:
+            mlp = MLP.from_model(member.run.model)
+            fs = FunctionSpaceSolver(mlp, member.run.tensors("train")[0], float(member.run.config.weight_decay), damping)
+            si, lev, _ = self_influence(fs, mlp, X, labels)
+            si_sum, lev_sum = si_sum + si.numpy(), lev_sum + lev.numpy()
         scored = (table["excluded"] == "").to_numpy()
-        evidence["leverage"][scored] = lev.numpy()
-        evidence["self_influence_raw"][scored] = si.numpy()
+        evidence["leverage"][scored] = lev_sum / len(members)
+        evidence["self_influence_raw"][scored] = si_sum / len(members)
     out = table.copy()
     out["leverage"] = evidence["leverage"]
     out["self_influence_raw"] = evidence["self_influence_raw"]
@@ -103,7 +116,9 @@ def suspicion_table(inf: Influence, molecules: Molecules, detector: str = DEFAUL
     out["residual_z"] = (residual - np.nanmedian(residual)) / spread
     detectors = {"residual": np.abs(out["residual_z"].to_numpy()),  # both directions of a wrong label
                  "self_influence": robust_z(np.sqrt(out["self_influence_raw"].to_numpy()), signed=True),  # large = suspicious
-                 "leverage": robust_z(out["leverage"].to_numpy(), signed=True)}
+                 "leverage": robust_z(out["leverage"].to_numpy(), signed=True),
+                 "ensemble_residual": (np.abs(residual - np.nanmedian(residual)) / np.sqrt(spread ** 2 + out["prediction_spread"].to_numpy() ** 2)
+                                       if "prediction_spread" in out else np.full(len(out), np.nan))}
     for name, values in detectors.items():
         out[f"{name}_suspicion"] = values
     out["suspicion"] = out[f"{detector}_suspicion"]
