@@ -55,7 +55,7 @@ CEILINGS = ("clean_oracle", "test_oracle")
 class BenchmarkConfig:
     """Settings of ``lipo-if benchmark``."""
 
-    scenarios: tuple[str, ...] = field(default=("noisy", "lowdata"), metadata={"help": "scenarios to run", "choices": tuple(SCENARIOS)})
+    scenarios: tuple[str, ...] = field(default=("noisy", "lowdata", "shift"), metadata={"help": "scenarios to run", "choices": tuple(SCENARIOS)})
     seeds: int = field(default=10, metadata={"help": "seeds per scenario (each: a new split, pool, corruption and initialization)"})
     first_seed: int = field(default=0, metadata={"help": "seeds are first_seed, first_seed+1, …"})
     k: float = field(default=0.25, metadata={"help": "size of the top-k selections: a count (≥ 1) or a fraction of the pool (< 1)"})
