@@ -38,6 +38,7 @@ from .ensemble import finetune
 from .featurize import FeaturizerConfig
 from .influence import Influence, InfluenceConfig
 from .io import atomic_write_json, atomic_write_text
+from .report import new_figure, save_figure
 from .runcache import config_hash, trained_run
 from .scenarios import SCENARIOS, Scenario, build_scenario
 from .select import eligible, guarded_pool, random_k, resolve_k, top_k
@@ -223,6 +224,34 @@ def _verdict(name: str, summary: dict) -> str:
     return text
 
 
+def plot_scenario(name: str, summary: dict, per_seed: list[dict], path: Path) -> None:
+    """Left: Δ test RMSE vs nothing added per strategy (95 % intervals); right: the fraction of the
+    wrong labels found against the fraction of the pool inspected, per detector (mean over seeds)."""
+    fig = new_figure(12.0, 4.8)
+    ax, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    names = list(summary["strategies"])
+    deltas = [summary["strategies"][n]["delta"] for n in names]
+    lo = [d - summary["strategies"][n]["delta_ci95"][0] for n, d in zip(names, deltas)]
+    colors = ["tab:red" if n in CEILINGS else "tab:gray" if n in CONTROLS else "tab:blue" for n in names]
+    ax.barh(range(len(names)), deltas, xerr=np.nan_to_num(lo), color=colors, alpha=0.8, capsize=3)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("Δ test RMSE vs nothing added (95 % interval); red = ceilings, gray = controls")
+    ax.invert_yaxis()
+    for detector in per_seed[0]["found_vs_inspected"]:
+        curves = np.array([s["found_vs_inspected"][detector] for s in per_seed], dtype=float)  # [seeds, points, 2]
+        if np.isfinite(curves).all():
+            ax2.plot(curves[:, :, 0].mean(0), curves[:, :, 1].mean(0), marker=".", label=detector)
+    corrupted = np.mean([s["n_corrupted"] / s["n_pool"] for s in per_seed])
+    ax2.plot([0, corrupted, 1], [0, 1, 1], color="black", lw=0.8, ls=":", label="perfect")
+    ax2.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--", label="random")
+    ax2.set_xlabel("fraction of the pool inspected (most suspicious first)")
+    ax2.set_ylabel("fraction of the wrong labels found")
+    ax2.legend(fontsize=7)
+    fig.suptitle(f"{name}: {summary['n_seeds']} seeds", fontsize=10)
+    save_figure(fig, path)
+
+
 def render(report: dict) -> str:
     lines = ["# Does selection pay on pools with something to give?", "",
              f"Scenarios built from Lipophilicity (see `lipo_if/scenarios.py`); {report['meta']['settings']['seeds']} seeds each; "
@@ -230,7 +259,7 @@ def render(report: dict) -> str:
              "added (negative = better), 95 % t-interval over seeds; recovery = Δ / Δ(clean-pool oracle). Test-blind: everything but "
              "`clean_oracle` and `test_oracle`.", ""]
     for name, summary in report["scenarios"].items():
-        lines += [f"## {name}", "", _verdict(name, summary), "",
+        lines += [f"## {name}", "", _verdict(name, summary), "", f"![{name}]({name}.png)", "",
                   "| strategy | added | corrupted added | Δ test RMSE | 95 % interval | p | recovery | Δ val RMSE |", "|---|---|---|---|---|---|---|---|"]
         for strategy, e in summary["strategies"].items():
             lo, hi = e["delta_ci95"]
@@ -275,6 +304,7 @@ def run_benchmark(data_path: str, out_dir: str | Path, config: BenchmarkConfig |
     for name, results in by_scenario.items():
         report["scenarios"][name] = summarize(results)
         report["per_seed"][name] = results
+        plot_scenario(name, report["scenarios"][name], results, out / f"{name}.png")
     report["meta"] = {"settings": asdict(config), "train_config": asdict(train_config), "finetune_config": asdict(finetune_config),
                       "featurizer_config": asdict(featurizer_config) if featurizer_config else None}
     atomic_write_json(out / "benchmark.json", report)

@@ -153,7 +153,7 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _figure(width: float = 6.4, height: float = 4.4):
+def new_figure(width: float = 6.4, height: float = 4.4):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -162,7 +162,7 @@ def _figure(width: float = 6.4, height: float = 4.4):
     return fig
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")
@@ -175,7 +175,7 @@ def plot_rmse_vs_k(report: dict, ks: Sequence[float], path: Path) -> None:
     Error bars are the std over seeds. The split changes the absolute RMSE far more than any
     selection does, so the paired panel is the one that shows whether a strategy helps.
     """
-    fig = _figure(11.0, 4.4)
+    fig = new_figure(11.0, 4.4)
     ax_abs, ax_diff = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     xs = np.arange(len(ks))
     styles = {"influence": ("tab:blue", "o"), "influence_unguarded": ("tab:cyan", "s"), "influence_residual": ("tab:olive", "P"),
@@ -213,12 +213,12 @@ def plot_rmse_vs_k(report: dict, ks: Sequence[float], path: Path) -> None:
     ax_abs.set_title(f"test RMSE — mean ± std over {n} seeds", fontsize=10)
     ax_diff.set_title("paired difference to the nothing-added baseline (< 0 = better)", fontsize=10)
     ax_diff.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_score_hist(scores: pd.DataFrame, guard: str, guard_z: float, headline_k: str | None, path: Path) -> None:
     """Validation-influence scores of one seed with the top-k cut-off and the residual guard's outliers."""
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     pool = eligible(scores)
     values = pool["score"].to_numpy(dtype=float)
@@ -236,12 +236,12 @@ def plot_score_hist(scores: pd.DataFrame, guard: str, guard_z: float, headline_k
     ax.set_xlabel("influence score: predicted Δ validation MSE (logD²); negative = helpful")
     ax.set_ylabel("external molecules")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_predicted_vs_actual(seed_results: list[dict], fid: dict, path: Path) -> None:
     """Σ first-order scores of each retrained group vs its actual change of validation MSE."""
-    fig = _figure(5.6, 5.0)
+    fig = new_figure(5.6, 5.0)
     ax = fig.add_subplot()
     colors = {"influence": "tab:blue", "influence_unguarded": "tab:cyan", "influence_greedy": "tab:purple",
               "influence_residual_greedy": "tab:pink", "influence_residual": "tab:olive", "crossfit": "tab:orange",
@@ -262,4 +262,4 @@ def plot_predicted_vs_actual(seed_results: list[dict], fid: dict, path: Path) ->
     ax.set_ylabel("actual Δ validation MSE (vs baseline retraining)")
     ax.set_title(f"groups: Pearson {_fmt(fid.get('pearson'), 2)}, Spearman {_fmt(fid.get('spearman'), 2)}", fontsize=10)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -20,8 +20,8 @@ Run from cleanlab's own virtual environment (cleanlab is not a dependency of lip
   corruptions: overall, shifts only (shifted vs clean rows) and swaps only (swapped vs clean
   rows), side by side with lipo_if's detectors from the workload, on the same pool rows.
 
-Models: ``ridge`` (``Ridge(alpha)``; alpha by ``RidgeCV`` (GCV) on the base training set — its
-labels are measured ones — unless ``--alpha`` is given) and, optionally, ``hgb``
+Models: ``ridge`` (``Ridge(alpha)``; ``--alpha`` defaults to RidgeCV's (GCV) choice on noisy seed
+0's base training set — measured labels —, ``--alpha-cv`` re-chooses it per scenario × seed) and, optionally, ``hgb``
 (``HistGradientBoostingRegressor`` on the dense descriptor block only, fixed seed; ~65 fits per
 call, so it costs minutes). A reference that isolates the model from cleanlab's machinery:
 ``ridge_resid`` = |Ridge residual| of the pool for a Ridge fit on the base training set only
@@ -91,8 +91,10 @@ def prepare(args: argparse.Namespace) -> None:
     meta = {"data": str(path), "lipo_if": lipo_if.__version__, "torch": torch.__version__,
             "scenarios": args.scenarios, "seeds": args.seeds, "date": _dt.date.today().isoformat(),
             "combos": {}}
-    for name in args.scenarios:
-        for seed in args.seeds:
+    out = Path(args.prepare)
+    partial = out.with_name(out.stem + ".partial.npz")
+    for seed in args.seeds:  # seed-major: a partial workload (below) has every scenario early
+        for name in args.scenarios:
             t0 = time.perf_counter()
             sc = build_scenario(name, dataset, seed)
             run = train_run(dataset, str(path), TrainConfig(seed=seed), None, split=sc.split, progress=False)
@@ -114,8 +116,9 @@ def prepare(args: argparse.Namespace) -> None:
             arrays[k("corrupted")] = sc.corrupted[valid].astype(bool)
             arrays[k("kind")] = np.array(sc.kind, dtype="U5")[valid]
             arrays[k("row")] = rows[valid]
-            for det in OUR_DETECTORS:
-                arrays[k(det)] = by_row.loc[rows[valid], det].to_numpy(dtype=float)
+            for det in OUR_DETECTORS:  # "<det>_suspicion" in newer lipo_if (there "<det>" is the raw evidence)
+                col = f"{det}_suspicion" if f"{det}_suspicion" in by_row.columns else det
+                arrays[k(det)] = by_row.loc[rows[valid], col].to_numpy(dtype=float)
             excluded = by_row.loc[rows[valid], "excluded"].astype(str).to_numpy()
             arrays[k("scored")] = excluded == ""
             meta["combos"][f"{name}/{seed}"] = {
@@ -127,9 +130,12 @@ def prepare(args: argparse.Namespace) -> None:
             print(f"{name} seed {seed}: n_train {len(y_train)}, pool {int(valid.sum())} "
                   f"({int(sc.corrupted[valid].sum())} corrupted), val RMSE {run.metrics['val_rmse']:.3f}, "
                   f"train {t_train:.0f} s, detectors {t_ours:.0f} s", flush=True)
+            # what is done so far, usable by the peer (--workload …partial.npz --seeds/--scenarios …)
+            arrays["meta_json"] = np.array(json.dumps(meta))
+            _atomic_write(partial, lambda tmp: np.savez_compressed(tmp, **arrays))
     arrays["meta_json"] = np.array(json.dumps(meta))
-    out = Path(args.prepare)
     _atomic_write(out, lambda tmp: np.savez_compressed(tmp, **arrays))
+    partial.unlink(missing_ok=True)
     print(f"workload saved to {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -180,8 +186,10 @@ def run_peer(args: argparse.Namespace) -> None:
 
     data = np.load(args.workload, allow_pickle=False)
     meta = json.loads(str(data["meta_json"]))
-    scenarios = args.scenarios or meta["scenarios"]
-    seeds = args.seeds if args.seeds is not None else meta["seeds"]
+    done = [tuple(c.split("/")) for c in meta["combos"]]  # a partial workload holds only some
+    scenarios = args.scenarios or [n for n in meta["scenarios"] if any(d[0] == n for d in done)]
+    seeds = args.seeds if args.seeds is not None else [s for s in meta["seeds"]
+                                                       if all((n, str(s)) in done for n in scenarios)]
     env = {"python": platform.python_version(), "cleanlab": cleanlab.__version__, "sklearn": sklearn.__version__,
            "numpy": np.__version__, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
     print(f"versions: {env}; workload {args.workload} (lipo_if {meta['lipo_if']}, {meta['date']})", flush=True)
@@ -200,7 +208,7 @@ def run_peer(args: argparse.Namespace) -> None:
             for det in OUR_DETECTORS:
                 entry["auc"][f"ours_{det}"] = auc_table(g(det)[ok], corrupted[ok], kind[ok])
             t0 = time.perf_counter()
-            if args.alpha is None:
+            if args.alpha_cv:
                 rcv = RidgeCV(alphas=np.logspace(0, 4, 9)).fit(Xt, yt)  # GCV on the (clean) base training set
                 alpha = float(rcv.alpha_)
             else:
@@ -269,7 +277,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads in --prepare (0 = default)")
     parser.add_argument("--models", nargs="+", default=["ridge"], choices=("ridge", "hgb"),
                         help="cleanlab models (hgb: HistGradientBoosting on the descriptors; minutes)")
-    parser.add_argument("--alpha", type=float, help="Ridge alpha (default: RidgeCV on the base training set)")
+    parser.add_argument("--alpha", type=float, default=31.6,
+                        help="Ridge alpha (default: RidgeCV's choice, GCV over logspace(0, 4, 9), on noisy seed 0's "
+                             "base training set)")
+    parser.add_argument("--alpha-cv", action="store_true", help="choose alpha by RidgeCV per scenario × seed "
+                        "(on the base training set; slow on 2 shared cores)")
     parser.add_argument("--json", help="write the results here (peer mode)")
     args = parser.parse_args()
     if args.prepare:
