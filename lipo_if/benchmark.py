@@ -168,7 +168,8 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
         rows = entry.pop("rows")
         entry["corrupted_added"] = int(scenario.corrupted[rows].sum()) if rows else 0
     out = {"scenario": scenario.name, "seed": scenario.seed, "results": results, "detection": detection(scenario, table),
-           "found_vs_inspected": {name: found_vs_inspected(scenario, table[f"{name}_suspicion"].to_numpy(dtype=float)) for name in DETECTORS},
+           "found_vs_inspected": {name: found_vs_inspected(scenario, table[f"{name}_suspicion"].to_numpy(dtype=float))
+                                  for name in DETECTORS if np.isfinite(table[f"{name}_suspicion"].to_numpy(dtype=float)).any()},
            "n_pool": len(scenario.pool), "n_corrupted": int(scenario.corrupted.sum()), "n_base_train": len(scenario.split.train),
            "damping": inf.damping, "n_retrainings": len(done), "seconds": round(time.perf_counter() - clock, 1)}
     atomic_write_json(seed_dir / "results.json", out)
