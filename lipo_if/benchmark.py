@@ -240,6 +240,8 @@ def plot_scenario(name: str, summary: dict, per_seed: list[dict], path: Path) ->
     ax.set_xlabel("Δ test RMSE vs nothing added (95 % interval); red = ceilings, gray = controls")
     ax.invert_yaxis()
     for detector in per_seed[0]["found_vs_inspected"]:
+        if not math.isfinite(summary["detection_auc"]["all"].get(detector, float("nan"))):
+            continue
         curves = np.array([s["found_vs_inspected"][detector] for s in per_seed], dtype=float)  # [seeds, points, 2]
         if np.isfinite(curves).all():
             ax2.plot(curves[:, :, 0].mean(0), curves[:, :, 1].mean(0), marker=".", label=detector)
