@@ -56,6 +56,7 @@ from .io import atomic_write_json, atomic_write_text
 from .pool import Pool
 from .report import conclusion, plot_predicted_vs_actual, plot_rmse_vs_k, plot_score_hist, render_markdown
 from .runcache import config_hash, fitted_influence, trained_run
+from .suspicion import suspicion_table
 from .select import GUARDS, SelectionConfig, eligible, guarded_pool, random_k, residual_outliers, select, top_k, uses_greedy
 from .stats import aggregate, fidelity
 from .strategies import DIAGNOSTIC_NOTE, GUARD_STRATEGY, METRICS, Selection
@@ -86,11 +87,15 @@ class ExperimentConfig:
     influence_repeats: int = field(default=1, metadata={"help": "LiSSA chains averaged"})
     influence_batch_size: int = field(default=512, metadata={"help": "LiSSA minibatch size"})
     influence_max_iter: int = field(default=500, metadata={"help": "CG iteration limit"})
+    filter_z: tuple[float, ...] = field(default=(), metadata={"help": "suspicion thresholds (robust z, lipo_if.suspicion) of the "
+                                                                      "strategy 'filter': add every eligible row with suspicion ≤ z, z chosen per seed "
+                                                                      "on validation among these (empty = off)"})
     ensemble: int = field(default=1, metadata={"help": "models per seed: > 1 trains an ensemble (same split, other initializations); "
                                                        "influence is the members' mean score, retraining retrains every member"})
 
     def __post_init__(self) -> None:
         self.k = tuple(float(k) for k in self.k)
+        self.filter_z = tuple(float(z) for z in self.filter_z)
         self.compare_guards = tuple(dict.fromkeys(str(g) for g in self.compare_guards))
         checks = [
             (self.seeds >= 1, f"seeds must be ≥ 1, got {self.seeds}"),
@@ -107,6 +112,7 @@ class ExperimentConfig:
             (self.influence_depth >= 1 and self.influence_repeats >= 1 and self.influence_batch_size >= 1,
              "influence_depth, influence_repeats and influence_batch_size must be ≥ 1"),
             (self.ensemble >= 1, f"ensemble must be ≥ 1, got {self.ensemble}"),
+            (all(z > 0 for z in self.filter_z), f"filter_z must be positive, got {list(self.filter_z)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -152,6 +158,8 @@ def plan_selections(val_scores: pd.DataFrame, test_scores: pd.DataFrame | None, 
     plans = [Selection("baseline", None, []), Selection("all_external", None, [int(r) for r in pool["row"]])]
     if config.threshold_strategy:
         plans.append(Selection("influence_threshold", None, chosen(config.guard, "threshold")))
+    for z in config.filter_z:  # retrained each; "filter" is the one of lowest validation RMSE (run_seed)
+        plans.append(Selection(f"filter@{z:g}", None, [int(r) for r, v in zip(pool["row"], pool["suspicion"]) if v <= z]))
     for k in config.k:
         plans.append(Selection("influence", k, chosen(config.guard, k=k)))
         for guard in config.compare_guards:
@@ -174,11 +182,12 @@ def _metrics_row(metrics: dict, n_added: int) -> dict:
     return {**{m: float(metrics[m]) for m in METRICS}, "n_added": int(n_added)}
 
 
-def _influence_table(run: Run, pool: Pool, config: InfluenceConfig, seed_dir: Path, name: str) -> tuple[pd.DataFrame, dict, object]:
-    """Fit (or reuse) the influence solve ``seed_dir/name`` on ``run``, score the pool in memory and
-    write the scores table beside it for the user (``name.csv``, histogram, summary)."""
+def _influence_table(run: Run, pool: Pool, config: InfluenceConfig, seed_dir: Path, name: str,
+                     suspicion: bool = False) -> tuple[pd.DataFrame, dict, object]:
+    """Fit (or reuse) the influence solve ``seed_dir/name`` on ``run``, score the pool in memory (with
+    the wrong-label evidence when ``suspicion``) and write the table beside it (``name.csv``, histogram, summary)."""
     inf = fitted_influence(run, config, seed_dir / name)
-    table = inf.scores(pool)
+    table = suspicion_table(inf, pool) if suspicion else inf.scores(pool)
     summary = write_scores(inf, table, seed_dir / f"{name}.csv", source=pool.source)
     return table, summary, inf
 
@@ -195,7 +204,7 @@ def run_seed(
     base = trained_run(dataset, data_path, seed_dir / "original", TrainConfig(**{**asdict(train_config), "seed": seed}),
                        featurizer_config, progress=progress, members=config.ensemble)
     val_scores, val_summary, val_inf = _influence_table(base, pool, config.influence_config("validation", progress), seed_dir,
-                                                        "influence_val")
+                                                        "influence_val", suspicion=bool(config.filter_z))
     summaries = {"validation": val_summary}
     test_scores = None
     if config.oracle:
@@ -246,6 +255,10 @@ def run_seed(
         results.append(entry)
     for r in results[1:]:
         r["actual_delta_val_mse"] = r["val_mse"] - baseline_val_mse if baseline_val_mse is not None else float("nan")
+    filters = [r for r in results if r["strategy"].startswith("filter@")]
+    if filters:  # the threshold of lowest validation RMSE — test-blind
+        best = min(filters, key=lambda r: r["val_rmse"])
+        results.append({**best, "strategy": "filter", "z": float(best["strategy"].split("@")[1])})
     outliers = residual_outliers(val_scores, config.guard_z)
     out = {
         "seed": seed, "results": results, "influence_summaries": {k: _digest(v) for k, v in summaries.items()},

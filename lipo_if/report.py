@@ -106,7 +106,7 @@ def render_markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     order = ["original", "baseline", "influence", "influence_unguarded", "influence_residual", "influence_greedy",
-             "influence_residual_greedy", "crossfit", "influence_threshold", "random", "all_external", "oracle"]
+             "influence_residual_greedy", "crossfit", "influence_threshold", "filter", "random", "all_external", "oracle"]
     for name in order:
         entry = report.get(name)
         if not entry:

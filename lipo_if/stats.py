@@ -136,7 +136,7 @@ def fidelity(seed_results: list[dict]) -> dict:
     from scipy.stats import pearsonr, spearmanr
 
     pairs = [(r["predicted_delta_val_mse"], r["actual_delta_val_mse"], r["strategy"]) for s in seed_results
-             for r in s["results"] if r["strategy"] not in ("original", "baseline") and r.get("actual_delta_val_mse") is not None]
+             for r in s["results"] if r["strategy"] not in ("original", "baseline", "filter") and r.get("actual_delta_val_mse") is not None]
     pred = np.array([p[0] for p in pairs], dtype=float)
     act = np.array([p[1] for p in pairs], dtype=float)
     ok = np.isfinite(pred) & np.isfinite(act)

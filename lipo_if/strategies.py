@@ -20,7 +20,7 @@ GUARD_STRATEGY = {"none": "influence_unguarded", "residual": "influence_residual
                   "residual+greedy": "influence_residual_greedy"}
 #: the test-blind selections whose recovery of the oracle's gain is reported
 TEST_BLIND = ("influence", "influence_unguarded", "influence_residual", "influence_greedy", "influence_residual_greedy", "crossfit", "random")
-FIXED_STRATEGIES = ("original", "baseline", "all_external", "influence_threshold")
+FIXED_STRATEGIES = ("original", "baseline", "all_external", "influence_threshold", "filter")
 DIAGNOSTIC_NOTE = "diagnostic only: ranks by influence on the TEST set (leaky ceiling), never a selection method"
 
 

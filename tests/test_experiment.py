@@ -99,7 +99,8 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
     argv = ["-q", "run", "--data", str(lipo), "--external", str(external), "--out", str(out), "--seeds", "2",
             "--k", "2", "4", "--influence-solver", "cg", "--hidden", "16", "--max-epochs", "25", "--patience", "10",
             "--min-epochs", "5", "--batch-size", "16", "--lr", "3e-3", "--featurizer", "morgan_count", "--n-bits", "128",
-            "--finetune-epochs", "3", "--compare-guards", "none", "greedy", "residual+greedy", "--crossfit-folds", "2"]
+            "--finetune-epochs", "3", "--compare-guards", "none", "greedy", "residual+greedy", "--crossfit-folds", "2",
+            "--filter-z", "1.5", "3"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     for key in ("original", "baseline", "influence", "random", "all_external", "oracle", "influence_unguarded", "influence_greedy",
@@ -137,6 +138,11 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
         assert entry["test_rmse_mean"] == pytest.approx(np.mean([r["test_rmse"] for r in rows]), rel=1e-12)
         assert entry["test_rmse_diff_vs_baseline"]["per_seed"] == pytest.approx(
             [r["test_rmse"] - pick(rs, "baseline")["test_rmse"] for r, rs in zip(rows, per_seed)], rel=1e-9)
+    # the suspicion filter: per seed the threshold of lowest validation RMSE, never the +12 label
+    for rs in per_seed:
+        chosen = min((r for r in rs if r["strategy"].startswith("filter@")), key=lambda r: r["val_rmse"])
+        assert pick(rs, "filter")["test_rmse"] == chosen["test_rmse"] and WRONG_ROW not in chosen["rows"]
+    assert report["filter"]["test_rmse_mean"] == pytest.approx(np.mean([pick(rs, "filter")["test_rmse"] for rs in per_seed]))
     # … and the baseline retraining is reproduced independently: fine-tune seed 0's model with nothing added
     base0 = load_run(out / "seed_0" / "original", data_path=lipo)
     redo = finetune_run(base0, ([], []), FinetuneConfig(finetune_epochs=3, seed=0), progress=False)
