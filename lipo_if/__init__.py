@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from .data import DataError, load_dataset, load_lipophilicity, make_split, read_molecule_csv  # noqa: E402
 from .train import Run, TrainConfig, load_run, train_run  # noqa: E402
+from . import ops  # noqa: E402, F401 — loads lipo_if._C: registers torch.ops.lipo_if.*
 
 
 def backend() -> str:
