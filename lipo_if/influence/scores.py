@@ -19,7 +19,7 @@ per-sample gradients:
   ``s · ∇ℓ(zᵢ) = Σ_l out_gradᵢᵀ S_W,l actᵢ + out_gradᵢ · s_b,l`` — one forward pass, a manual
   backward of ``ℓ = (f − y)²`` (``out_grad`` of the last layer = ``2(f − y)``) and per-layer
   contractions (:func:`lipo_if.ops.linear_grad_dot`; the first layer's forward by
-  :func:`lipo_if.ops.sparse_linear`, which skips the zero fingerprint bits).
+  :func:`lipo_if.ops.linear_strided`, which skips the zero fingerprint bits).
 """
 from __future__ import annotations
 
@@ -126,10 +126,10 @@ def _grad_dot_chunk(
             acts.append(h)
             if l == 0 and fused is not None:  # sparse fingerprint input: only its non-zeros are multiplied
                 width = params["layers.0.bias"].shape[0]
-                both = ops.sparse_linear(h, *fused)  # [c, (k+1)·out]
+                both = ops.linear_strided(h, *fused)  # [c, (k+1)·out]
                 z, first_proj = both[:, :width], both[:, width:].reshape(h.shape[0], -1, width)
             elif l == 0:
-                z = ops.sparse_linear(h, params["layers.0.weight"], params["layers.0.bias"])
+                z = ops.linear_strided(h, params["layers.0.weight"].t(), params["layers.0.bias"])
             else:
                 z = torch.addmm(params[f"layers.{l}.bias"], h, params[f"layers.{l}.weight"].T)
             preacts.append(z)
