@@ -173,14 +173,14 @@ inline void check_dense_cols(const char* op, const at::Tensor& dense_cols, const
 inline void check_dense_part(
     const char* op, const std::optional<at::Tensor>& dense_cols, const std::optional<at::Tensor>& dense_x,
     const std::optional<at::Tensor>& dense_grad, int64_t B, int64_t in, int64_t out, const at::Tensor& ref,
-    const char* ref_name) {
+    const char* ref_name, const char* values_name) {
   TORCH_CHECK(
       !(dense_x.has_value() && dense_grad.has_value()), "lipo_if.", op,
       ": give dense_grad or dense_x (dense_grad is formed from dense_x), not both");
   const bool values = dense_x.has_value() || dense_grad.has_value();
   TORCH_CHECK(
-      dense_cols.has_value() == values, "lipo_if.", op, ": dense_cols goes with ", dense_grad.has_value() ? "dense_grad" : "dense_x",
-      " (both or neither), got dense_cols ", dense_cols.has_value() ? "given" : "None", " and its values ",
+      dense_cols.has_value() == values, "lipo_if.", op, ": dense_cols and its values (", values_name,
+      ") go together, got dense_cols ", dense_cols.has_value() ? "given" : "None", " and ", values_name, " ",
       values ? "given" : "None");
   if (!values) return;
   check_dense_cols(op, *dense_cols, ref, in);
@@ -207,7 +207,7 @@ inline void check_linear_csr(
     check_matrix(op, *init, "init", "[B, out]", rows.size(0), weight_t.size(1));
     check_same(op, *init, "init", weight_t, "weight_t");
   }
-  check_dense_part(op, dense_cols, dense_x, std::nullopt, rows.size(0), weight_t.size(0), weight_t.size(1), weight_t, "weight_t");
+  check_dense_part(op, dense_cols, dense_x, std::nullopt, rows.size(0), weight_t.size(0), weight_t.size(1), weight_t, "weight_t", "dense_x");
 }
 
 // lissa_step_update.csr: h (in place, contiguous) and v [in, out]; grad_out [B, out]; scale != 0;
@@ -226,7 +226,7 @@ inline void check_lissa_step_update_csr(
   check_matrix(op, grad_out, "grad_out", "[B, out]", rows.size(0), h.size(1));
   check_same(op, grad_out, "grad_out", h, "h");
   check_scale(op, scale);
-  check_dense_part(op, dense_cols, dense_x, dense_grad, rows.size(0), h.size(0), h.size(1), h, "h");
+  check_dense_part(op, dense_cols, dense_x, dense_grad, rows.size(0), h.size(0), h.size(1), h, "h", "dense_grad or dense_x");
 }
 
 // split_csr: x [n, in] float32 / float64.
