@@ -16,7 +16,9 @@
 //   over `out` — and the layout of the weight gradients they return. (linear_grad_dot keeps its
 //   public [k, out, in] vectors.)
 // * ATen's out= and in-place rules: an op ending in `_` mutates its first argument and returns it;
-//   a `.out` overload takes a keyword-only `Tensor(a!) out`, writes the result there and returns it.
+//   a `.out` overload takes a keyword-only `Tensor(a!) out`, writes the result there and returns it
+//   (PyTorch does not functionalize custom ops with an aliased output, so torch.compile / opcheck's
+//   aot test take the functional overload; nothing in the package compiles these ops).
 //   lissa_step_update mutates h and returns *other* tensors (its float64 sums of squares), so its name
 //   has no trailing `_` — the style of ATen's native_batch_norm (mutates running_mean / running_var,
 //   returns the normalized output and the saved statistics). Why not an in-place `lissa_step_(h, ...)

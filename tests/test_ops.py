@@ -229,7 +229,7 @@ def test_lissa_step_update_is_the_csr_update_without_entries(dtype):
 SPARSE_SHAPES = list(itertools.product([0, 1, 7, 131], [1, 13, 257], [1, 5, 33, 70]))
 
 
-def make_sparse_linear_inputs(n, in_dim, out, dtype, device="cpu", density=1.0, seed=0):
+def make_strided_inputs(n, in_dim, out, dtype, device="cpu", density=1.0, seed=0):
     """x [n, in] (gaussian, kept at `density`), weight_t [in, out] (contiguous), bias [out],
     grad_out [n, out] — float64 draws cast to dtype."""
     gen = torch.Generator().manual_seed(seed)
@@ -258,7 +258,7 @@ def test_linear_strided_odd_shapes(dtype, density):
     """Every (n, in, out) combination incl. n = 0 and 1, out not a multiple of the register block,
     bias given and None, sparse / dense / all-zero input; every output element compared."""
     for idx, (n, in_dim, out) in enumerate(SPARSE_SHAPES):
-        x, w, b, g = make_sparse_linear_inputs(n, in_dim, out, dtype, density=density, seed=idx)
+        x, w, b, g = make_strided_inputs(n, in_dim, out, dtype, density=density, seed=idx)
         for bias in (b, None):
             y = ops.linear_strided(x, w, bias)
             assert y.shape == (n, out)
@@ -292,7 +292,7 @@ def test_linear_strided_real_layer(device, dtype):
 def test_linear_strided_non_contiguous_and_sentinel_memory(density):
     """Strided / transposed views are accepted; results equal the contiguous ones; repeated calls
     on freed NaN-filled memory would expose an unwritten element."""
-    x, w, b, g = make_sparse_linear_inputs(37, 29, 41, torch.float64, density=density, seed=13)
+    x, w, b, g = make_strided_inputs(37, 29, 41, torch.float64, density=density, seed=13)
     x_t = x.T.contiguous().T                           # column-major [n, in]
     w_s = torch.stack([w, w], -1).flatten(1)[:, ::2]   # stride 2 along out
     b_s = torch.stack([b, b], -1).flatten()[::2]       # stride 2
@@ -307,7 +307,7 @@ def test_linear_strided_non_contiguous_and_sentinel_memory(density):
 
 def test_linear_strided_rows_of_zeros():
     """All-zero rows give exactly the bias; all-zero input columns give exactly zero gradient rows."""
-    x, w, b, g = make_sparse_linear_inputs(40, 60, 35, torch.float64, density=0.05, seed=3)
+    x, w, b, g = make_strided_inputs(40, 60, 35, torch.float64, density=0.05, seed=3)
     x[::3] = 0.0
     x[:, ::2] = 0.0
     y = ops.linear_strided(x, w, b)
@@ -391,7 +391,7 @@ def test_strided_kernels_with_dense_columns_deterministic_across_thread_counts(n
 
 @needs_ext
 def test_linear_strided_deterministic_across_thread_counts():
-    x, w, b, g = make_sparse_linear_inputs(300, 500, 130, torch.float32, density=0.05, seed=8)
+    x, w, b, g = make_strided_inputs(300, 500, 130, torch.float32, density=0.05, seed=8)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -405,7 +405,7 @@ def test_linear_strided_deterministic_across_thread_counts():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n", [0, 1, 100, 300])
-def test_linear_strided_weight_grad_into_a_block_of_a_flat_buffer(dtype, n):
+def test_linear_weight_grad_strided_out_writes_a_block_of_a_flat_buffer(dtype, n):
     """out= writes every element of a contiguous [in, out] view of a bigger buffer (NaN-filled
     first), leaves the rest of the buffer alone and returns that view."""
     x = make_mixed_input(n, dtype, "block", seed=n) if n else torch.zeros(0, 301, dtype=dtype)
@@ -421,7 +421,7 @@ def test_linear_strided_weight_grad_into_a_block_of_a_flat_buffer(dtype, n):
 @needs_ext
 def test_linear_weight_grad_strided_out_errors():
     """The .out overload's checks (C++): shape, contiguity, dtype — the messages name the value."""
-    x, w, b, g = make_sparse_linear_inputs(9, 13, 5, torch.float64, density=0.2)
+    x, w, b, g = make_strided_inputs(9, 13, 5, torch.float64, density=0.2)
     for call in (lambda out: ops.linear_weight_grad_strided(x, g, out=out),
                  lambda out: torch.ops.lipo_if.linear_weight_grad_strided.out(x, g, out=out)):
         with pytest.raises(RuntimeError, match=r"linear_weight_grad_strided: out must be 2-D \[in, out\] = \[13, 5\], got shape \[5, 13\]"):
@@ -446,7 +446,7 @@ def test_opcheck(device, dtype):
     torch.library.opcheck(torch.ops.lipo_if.lissa_step.default, (h, v, hvp, 0.05, 3.0))
     torch.library.opcheck(torch.ops.lipo_if.lissa_step_update.default, (h.clone(), v, hvp, 0.05, 3.0))
     for density in (0.03, 1.0):
-        x, w, b, g = make_sparse_linear_inputs(11, 23, 19, dtype, device, density=density)
+        x, w, b, g = make_strided_inputs(11, 23, 19, dtype, device, density=density)
         torch.library.opcheck(torch.ops.lipo_if.linear_strided.default, (x, w, b))
         torch.library.opcheck(torch.ops.lipo_if.linear_strided.default, (x, w, None))
         torch.library.opcheck(torch.ops.lipo_if.linear_weight_grad_strided.default, (x, g))
@@ -470,9 +470,8 @@ def test_extension_reports_the_split_policy_it_was_compiled_with():
     from lipo_if import _C, split_policy
 
     assert _C.SPLIT_POLICY == split_policy.as_dict()
-    assert split_policy.compile_definitions() == [
-        ("LIPO_IF_DENSE_COLUMN_DENSITY", "0.3"), ("LIPO_IF_MIN_ROWS_FOR_SPLIT", "32"),
-        ("LIPO_IF_SPARSE_MAX_DENSITY", "0.15")]
+    passed = {name.removeprefix("LIPO_IF_"): float(value) for name, value in split_policy.compile_definitions()}
+    assert passed == split_policy.as_dict()  # repr round-trips: the kernels get the very same doubles
 
 
 def test_import_lipo_if_registers_the_ops():
@@ -510,7 +509,7 @@ def test_extension_matches_pure_pytorch_path():
                                ops_reference.lissa_step_update(b2, v, hvp, 0.2, 4.0), rtol=1e-13, atol=0)
     torch.testing.assert_close(a, b2, rtol=1e-13, atol=1e-13)
     for density in (1.0, 0.03):
-        x, w, b, g = make_sparse_linear_inputs(200, 257, 33, torch.float64, density=density, seed=5)
+        x, w, b, g = make_strided_inputs(200, 257, 33, torch.float64, density=density, seed=5)
         torch.testing.assert_close(ops.linear_strided(x, w, b), ops_reference.linear_strided(x, w, b),
                                    rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(ops.linear_weight_grad_strided(x, g), ops_reference.linear_weight_grad_strided(x, g),
@@ -614,7 +613,7 @@ def test_lissa_step_update_needs_a_contiguous_h():
     (lambda x, w, b: (x.int(), w.int(), None), r"x must be float32 or float64, got Int"),
 ])
 def test_linear_strided_errors(mutate, match):
-    x, w, b, _ = make_sparse_linear_inputs(4, 6, 3, torch.float64)
+    x, w, b, _ = make_strided_inputs(4, 6, 3, torch.float64)
     for fn in _both("linear_strided"):
         with pytest.raises(RuntimeError, match=match):
             fn(*mutate(x, w, b))
@@ -628,7 +627,7 @@ def test_linear_strided_errors(mutate, match):
     (lambda x, g: (x.long(), g), r"x must be float32 or float64, got Long"),
 ])
 def test_linear_weight_grad_strided_errors(mutate, match):
-    x, _, _, g = make_sparse_linear_inputs(4, 6, 3, torch.float64)
+    x, _, _, g = make_strided_inputs(4, 6, 3, torch.float64)
     for fn in _both("linear_weight_grad_strided"):
         with pytest.raises(RuntimeError, match=match):
             fn(*mutate(x, g))
@@ -640,7 +639,7 @@ def test_cuda_device_mismatch_is_rejected():
     for fn in _both("linear_grad_dot"):
         with pytest.raises(RuntimeError, match="must be on one device"):
             fn(a.cuda(), g, w.cuda(), b.cuda())
-    x, w2, b2, g2 = make_sparse_linear_inputs(4, 6, 3, torch.float64)
+    x, w2, b2, g2 = make_strided_inputs(4, 6, 3, torch.float64)
     with pytest.raises(RuntimeError, match="weight_t is on device cpu but x is on device cuda"):
         torch.ops.lipo_if.linear_strided(x.cuda(), w2, None)
     with pytest.raises(RuntimeError, match="must be on one device"):
