@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import glob
 import os
+import runpy
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _split_policy_macros() -> list[tuple[str, str]]:
+    """The column split constants of ``lipo_if/split_policy.py`` (their one definition) as compile
+    definitions; loaded by path, since the package itself is not importable before it is built."""
+    return runpy.run_path(os.path.join(ROOT, "lipo_if", "split_policy.py"))["compile_definitions"]()
 
 
 def _extensions():
@@ -35,7 +42,7 @@ def _extensions():
     if os.environ.get("LIPO_IF_NATIVE", "1") == "1" and not use_cuda:
         # The CPU kernels vectorize; -march=native lets the compiler use AVX-512 where present.
         cxx_flags.append("-march=native")
-    define_macros = []
+    define_macros = _split_policy_macros()
     extra = {"cxx": cxx_flags}
     if use_cuda:
         define_macros.append(("WITH_CUDA", None))

@@ -7,6 +7,7 @@ peak-RSS growth (MiB) of one scoring pass, for the memory comparison of bench_op
 from __future__ import annotations
 
 import sys
+from typing import Callable, Sequence
 
 import torch
 
@@ -35,13 +36,79 @@ def make_vec(layers: list[torch.nn.Linear], seed: int = 2) -> list[torch.Tensor]
     return [1e-2 * torch.randn(p.shape, generator=gen, dtype=p.dtype) for l in layers for p in (l.weight, l.bias)]
 
 
+def mlp_grad_dot(
+    layers: Sequence[torch.nn.Linear], vec: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor,
+    kernel: Callable[..., torch.Tensor] | None = None, chunk_size: int = 2048,
+) -> torch.Tensor:
+    """``vec · ∇θ (f(xᵢ) − yᵢ)²`` for all rows: per chunk of ``chunk_size`` rows one forward, a
+    manual backward, and one ``linear_grad_dot`` per layer (``kernel``: ``lipo_if.ops.linear_grad_dot``
+    by default; the benchmarks swap in ``lipo_if.ops_reference.linear_grad_dot``). Chunking bounds the ``[chunk, width]`` temporaries, as the scoring of
+    ``lipo-if influence`` does (:func:`lipo_if.influence.scores.grad_dot_fast`, 2,048 rows by default).
+
+    With ``kernel`` = ``ops.linear_grad_dot`` the first layer (sparse fingerprint input) is one
+    ``ops.linear_strided`` pass that yields its forward and its score term together
+    (``ops.first_layer_with_vectors``); with another ``kernel`` the whole pass is dense pure
+    PyTorch (the benchmarks' "best dense formulation").
+
+    Benchmark code (moved here from ``lipo_if.ops``): the package's own scoring is
+    :func:`lipo_if.influence.scores.grad_dot_fast`, of which this is the workload's twin.
+
+    ``layers``: Linear layers of an MLP with ReLU between them and 1 output; ``vec``: one tensor
+    per parameter in ``weight, bias`` order per layer; ``X`` ``[n, d]``, ``y`` ``[n]`` → ``[n]``.
+    """
+    if len(vec) != 2 * len(layers):
+        raise ValueError(f"vec needs weight and bias per layer ({2 * len(layers)} tensors), got {len(vec)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    from lipo_if import ops
+
+    kernel = ops.linear_grad_dot if kernel is None else kernel
+    fused = None
+    if kernel is ops.linear_grad_dot:
+        fused = ops.first_layer_with_vectors(layers[0].weight, layers[0].bias, vec[0].unsqueeze(0), vec[1].unsqueeze(0))
+    parts = [_mlp_grad_dot_chunk(layers, vec, X[i:i + chunk_size], y[i:i + chunk_size], kernel, fused)
+             for i in range(0, X.shape[0], chunk_size)]
+    return torch.cat(parts) if parts else X.new_zeros(0)
+
+
+
+def _mlp_grad_dot_chunk(
+    layers: Sequence[torch.nn.Linear], vec: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor,
+    kernel: Callable[..., torch.Tensor], fused: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
+    from lipo_if import ops
+
+    with torch.no_grad():
+        inputs, masks, h, first_proj = [], [], X, None
+        for i, layer in enumerate(layers):
+            inputs.append(h)
+            if i == 0 and fused is not None:
+                both = ops.linear_strided(h, *fused)  # [n, 2·out]: forward | x Vᵀ + c
+                h, first_proj = both[:, :layer.out_features], both[:, layer.out_features:]
+            else:
+                h = layer(h)
+            if i < len(layers) - 1:
+                masks.append(h > 0)
+                h = torch.relu(h)
+        out_grad = 2.0 * (h - y.unsqueeze(1))  # ∂(f − y)²/∂f, [n, 1]
+        total = X.new_zeros(X.shape[0])
+        for i in range(len(layers) - 1, -1, -1):
+            if i == 0 and first_proj is not None:
+                total += (out_grad * first_proj).sum(1)
+            else:
+                total += kernel(inputs[i], out_grad, vec[2 * i].unsqueeze(0), vec[2 * i + 1].unsqueeze(0))[:, 0]
+            if i > 0:  # back through layer i and the ReLU after layer i−1
+                out_grad = (out_grad @ layers[i].weight) * masks[i - 1]
+    return total
+
+
 def scoring_impls() -> dict:
     """name → callable(layers, vec, X, y) → [n] scores (s · ∇θ ℓ(zᵢ))."""
-    from lipo_if import ops, ops_reference
+    from lipo_if import ops_reference
 
     return {
-        "ext": lambda L, v, X, y: ops.mlp_grad_dot(L, v, X, y),
-        "dense": lambda L, v, X, y: ops.mlp_grad_dot(L, v, X, y, kernel=ops_reference.linear_grad_dot),
+        "ext": lambda L, v, X, y: mlp_grad_dot(L, v, X, y),
+        "dense": lambda L, v, X, y: mlp_grad_dot(L, v, X, y, kernel=ops_reference.linear_grad_dot),
         "vmap": lambda L, v, X, y: ops_reference.mlp_grad_dot_vmap(L, v, X, y, chunk_size=128),
     }
 

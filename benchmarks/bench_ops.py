@@ -117,10 +117,10 @@ LISSA_DEPTH = 100
 @pytest.mark.parametrize("impl", ["ext-fused", "ext-product-then-step", "pytorch"])
 def test_first_block_lissa_update(benchmark, impl, dtype):
     """The LiSSA update of the first weight block [2248, 512] on a minibatch of 128 fingerprint-like
-    rows, given the layer's output gradient q: fused (ops.csr_lissa_update_ on the training rows
+    rows, given the layer's output gradient q: fused (ops.lissa_step_update_csr on the training rows
     compressed once, dense columns' rows by one GEMM inside the op — beside the other rows' update
     on a 2-thread pool; the block of H·h never formed; both norms)
-    vs the previous native path (ops.sparse_linear_weight_grad into a buffer, ops.lissa_step, the
+    vs the previous native path (ops.linear_weight_grad_strided into a buffer, ops.lissa_step, the
     norm of h_new) vs the pure-PyTorch twin (dense GEMM). Checked against float64 first."""
     from lipo_if.influence.native_hvp import _split_input
 
@@ -136,11 +136,11 @@ def test_first_block_lissa_update(benchmark, impl, dtype):
     hvp_block = torch.empty_like(v)
 
     def fused(h):
-        return ops.csr_lissa_update_(h, v, split.csr, rows, q, damping, scale, split.dense_cols,
-                                     dense_x=split.x_dense.index_select(0, rows))
+        return ops.lissa_step_update_csr(h, v, split.csr, rows, q, damping, scale, split.dense_cols,
+                                         dense_x=split.x_dense.index_select(0, rows))
 
     def product_then_step(h):
-        ops.sparse_linear_weight_grad(X.index_select(0, rows), q, out=hvp_block)
+        ops.linear_weight_grad_strided(X.index_select(0, rows), q, out=hvp_block)
         h_new, step = ops.lissa_step(h, v, hvp_block, damping, scale)
         h.copy_(h_new)  # the solver rebinds h instead; the copy keeps the benchmark's state the same
         return step, torch.linalg.vector_norm(h_new)
@@ -148,7 +148,7 @@ def test_first_block_lissa_update(benchmark, impl, dtype):
     csr_all = ops.csr_from_dense(X)  # the reference reads every column from the CSR
 
     def reference(h):
-        return ops_reference.csr_lissa_update_(h, v, csr_all, rows, q, damping, scale)
+        return ops_reference.lissa_step_update_csr(h, v, csr_all, rows, q, damping, scale)
 
     fn = {"ext-fused": fused, "ext-product-then-step": product_then_step, "pytorch": reference}[impl]
     h, want = h0.clone(), h0.double().clone()

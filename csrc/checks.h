@@ -1,222 +1,246 @@
-// Input validation shared by the CPU and CUDA kernels of lipo_if.
+// Input checks of the lipo_if operators — the ONE place they are written (the Python wrappers in
+// lipo_if/ops.py do not re-check). The CPU and CUDA kernels of an op call the same check_<op>.
 //
-// Policy (documented in lipo_if/ops.py too): shapes, dtypes and devices must match exactly and
-// raise a clear error otherwise; non-contiguous inputs are accepted and copied to a contiguous
-// layout by the kernels (one copy, only when needed).
+// Policy: shapes, dtypes (float32 / float64, all floating inputs one dtype; index tensors int64)
+// and devices (all inputs on one device) must match exactly; every message starts with
+// "lipo_if.<op>: " and names the argument and the bad value, shape, dtype or device. Non-contiguous
+// inputs are accepted and copied to a contiguous layout by the kernels (one copy, only when needed);
+// tensors the op writes through (`out`, the in-place `h`) must be contiguous. Index *values* of a CSR
+// matrix are checked where the kernels read them (CPU: sparse::gather_csr_rows; CUDA:
+// check_csr_indices_cuda); dense_cols' values here, once, for both devices (check_dense_cols).
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/stack.h>
 #include <c10/util/Optional.h>
 
+#include <cmath>
+#include <optional>
 #include <string>
-#include <utility>
+#include <vector>
 
 namespace lipo_if {
 
-inline void check_float_dtype(const at::Tensor& t, const char* name) {
+inline void check_float_dtype(const char* op, const at::Tensor& t, const char* name) {
   TORCH_CHECK(
-      t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-      "lipo_if: ", name, " must be float32 or float64, got ", t.scalar_type());
+      t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "lipo_if.", op, ": ", name,
+      " must be float32 or float64, got ", t.scalar_type());
 }
 
-inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+// `t` has the dtype and device of `ref`.
+inline void check_same(const char* op, const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
   TORCH_CHECK(
-      t.scalar_type() == ref.scalar_type(), "lipo_if: ", name, " has dtype ", t.scalar_type(), " but ",
+      t.scalar_type() == ref.scalar_type(), "lipo_if.", op, ": ", name, " has dtype ", t.scalar_type(), " but ",
       ref_name, " has dtype ", ref.scalar_type(), "; all inputs must share one dtype");
   TORCH_CHECK(
-      t.device() == ref.device(), "lipo_if: ", name, " is on device ", t.device(), " but ", ref_name,
+      t.device() == ref.device(), "lipo_if.", op, ": ", name, " is on device ", t.device(), " but ", ref_name,
       " is on device ", ref.device(), "; all inputs must be on one device");
 }
 
-// Checks the linear_grad_dot contract: act [n, in], out_grad [n, out], vec_weight [k, out, in],
-// vec_bias [k, out] (optional).
-inline void check_linear_grad_dot_inputs(
+// `t` is 2-D [rows, cols] (-1: any size); `doc` names the dimensions, e.g. "[n, out]".
+inline void check_matrix(
+    const char* op, const at::Tensor& t, const char* name, const char* doc, int64_t rows, int64_t cols) {
+  if (t.dim() == 2 && (rows < 0 || t.size(0) == rows) && (cols < 0 || t.size(1) == cols)) return;
+  auto dim = [](int64_t d) { return d < 0 ? std::string("*") : std::to_string(d); };
+  const std::string sizes = rows < 0 && cols < 0 ? std::string() : " = [" + dim(rows) + ", " + dim(cols) + "]";
+  TORCH_CHECK(false, "lipo_if.", op, ": ", name, " must be 2-D ", doc, sizes, ", got shape ", t.sizes());
+}
+
+inline void check_scale(const char* op, double scale) {
+  TORCH_CHECK(scale != 0.0 && !std::isnan(scale), "lipo_if.", op, ": scale must be non-zero, got ", scale);
+}
+
+inline void check_writable(const char* op, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(
+      t.is_contiguous(), "lipo_if.", op, ": ", name, " must be contiguous (the op writes through it), got strides ",
+      t.strides());
+}
+
+// ---------------------------------------------------------------------------------------------
+// linear_grad_dot: act [n, in], out_grad [n, out], vec_weight [k, out, in], vec_bias [k, out]?
+inline void check_linear_grad_dot(
     const at::Tensor& act, const at::Tensor& out_grad, const at::Tensor& vec_weight,
     const std::optional<at::Tensor>& vec_bias) {
-  TORCH_CHECK(act.dim() == 2, "lipo_if.linear_grad_dot: act must be 2-D [n, in], got shape ", act.sizes());
+  const char* op = "linear_grad_dot";
+  check_matrix(op, act, "act", "[n, in]", -1, -1);
+  check_float_dtype(op, act, "act");
+  check_matrix(op, out_grad, "out_grad", "[n, out]", act.size(0), -1);
+  check_same(op, out_grad, "out_grad", act, "act");
   TORCH_CHECK(
-      out_grad.dim() == 2, "lipo_if.linear_grad_dot: out_grad must be 2-D [n, out], got shape ", out_grad.sizes());
-  TORCH_CHECK(
-      vec_weight.dim() == 3, "lipo_if.linear_grad_dot: vec_weight must be 3-D [k, out, in], got shape ",
+      vec_weight.dim() == 3 && vec_weight.size(1) == out_grad.size(1) && vec_weight.size(2) == act.size(1), "lipo_if.",
+      op, ": vec_weight must be [k, out, in] = [k, ", out_grad.size(1), ", ", act.size(1), "], got shape ",
       vec_weight.sizes());
-  check_float_dtype(act, "linear_grad_dot: act");
-  check_same(out_grad, act, "linear_grad_dot: out_grad", "act");
-  check_same(vec_weight, act, "linear_grad_dot: vec_weight", "act");
-  TORCH_CHECK(
-      out_grad.size(0) == act.size(0), "lipo_if.linear_grad_dot: out_grad must have n = ", act.size(0),
-      " rows like act, got shape ", out_grad.sizes());
-  TORCH_CHECK(
-      vec_weight.size(1) == out_grad.size(1) && vec_weight.size(2) == act.size(1),
-      "lipo_if.linear_grad_dot: vec_weight must be [k, out, in] = [k, ", out_grad.size(1), ", ", act.size(1),
-      "], got shape ", vec_weight.sizes());
+  check_same(op, vec_weight, "vec_weight", act, "act");
   if (vec_bias.has_value()) {
-    const at::Tensor& b = *vec_bias;
-    check_same(b, act, "linear_grad_dot: vec_bias", "act");
-    TORCH_CHECK(
-        b.dim() == 2 && b.size(0) == vec_weight.size(0) && b.size(1) == out_grad.size(1),
-        "lipo_if.linear_grad_dot: vec_bias must be [k, out] = [", vec_weight.size(0), ", ", out_grad.size(1),
-        "], got shape ", b.sizes());
+    check_matrix(op, *vec_bias, "vec_bias", "[k, out]", vec_weight.size(0), out_grad.size(1));
+    check_same(op, *vec_bias, "vec_bias", act, "act");
   }
 }
 
-// Checks the lissa_step contract: h, v, hvp of one shape, dtype and device; scale != 0.
-inline void check_lissa_step_inputs(
-    const at::Tensor& h, const at::Tensor& v, const at::Tensor& hvp, double scale) {
-  check_float_dtype(h, "lissa_step: h");
-  check_same(v, h, "lissa_step: v", "h");
-  check_same(hvp, h, "lissa_step: hvp", "h");
-  TORCH_CHECK(
-      v.sizes() == h.sizes() && hvp.sizes() == h.sizes(), "lipo_if.lissa_step: h, v and hvp must have one shape, got ",
-      h.sizes(), ", ", v.sizes(), ", ", hvp.sizes());
-  TORCH_CHECK(scale != 0.0, "lipo_if.lissa_step: scale must be non-zero");
+// lissa_step / lissa_step_update: h, v, hvp of one shape, dtype and device; scale != 0.
+inline void check_lissa_step(const char* op, const at::Tensor& h, const at::Tensor& v, const at::Tensor& hvp, double scale) {
+  check_float_dtype(op, h, "h");
+  TORCH_CHECK(v.sizes() == h.sizes(), "lipo_if.", op, ": v must have the shape of h ", h.sizes(), ", got ", v.sizes());
+  TORCH_CHECK(hvp.sizes() == h.sizes(), "lipo_if.", op, ": hvp must have the shape of h ", h.sizes(), ", got ", hvp.sizes());
+  check_same(op, v, "v", h, "h");
+  check_same(op, hvp, "hvp", h, "h");
+  check_scale(op, scale);
 }
 
-// Checks the sparse_linear contract: x [n, in], weight [out, in], bias [out] (optional).
-inline void check_sparse_linear_inputs(
-    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2, "lipo_if.sparse_linear: x must be 2-D [n, in], got shape ", x.sizes());
-  TORCH_CHECK(weight.dim() == 2, "lipo_if.sparse_linear: weight must be 2-D [out, in], got shape ", weight.sizes());
-  check_float_dtype(x, "sparse_linear: x");
-  check_same(weight, x, "sparse_linear: weight", "x");
-  TORCH_CHECK(
-      weight.size(1) == x.size(1), "lipo_if.sparse_linear: weight must be [out, in] with in = ", x.size(1),
-      " (columns of x), got shape ", weight.sizes());
+// linear_strided: x [n, in], weight_t [in, out], bias [out]?
+inline void check_linear_strided(const at::Tensor& x, const at::Tensor& weight_t, const std::optional<at::Tensor>& bias) {
+  const char* op = "linear_strided";
+  check_matrix(op, x, "x", "[n, in]", -1, -1);
+  check_float_dtype(op, x, "x");
+  check_matrix(op, weight_t, "weight_t", "[in, out]", x.size(1), -1);
+  check_same(op, weight_t, "weight_t", x, "x");
   if (bias.has_value()) {
-    const at::Tensor& b = *bias;
-    check_same(b, x, "sparse_linear: bias", "x");
     TORCH_CHECK(
-        b.dim() == 1 && b.size(0) == weight.size(0), "lipo_if.sparse_linear: bias must be [out] = [", weight.size(0),
-        "], got shape ", b.sizes());
+        bias->dim() == 1 && bias->size(0) == weight_t.size(1), "lipo_if.", op, ": bias must be [out] = [",
+        weight_t.size(1), "], got shape ", bias->sizes());
+    check_same(op, *bias, "bias", x, "x");
   }
 }
 
-// Checks the sparse_linear_weight_grad contract: x [n, in], grad_out [n, out].
-inline void check_sparse_linear_weight_grad_inputs(const at::Tensor& x, const at::Tensor& grad_out) {
-  TORCH_CHECK(x.dim() == 2, "lipo_if.sparse_linear_weight_grad: x must be 2-D [n, in], got shape ", x.sizes());
-  TORCH_CHECK(
-      grad_out.dim() == 2, "lipo_if.sparse_linear_weight_grad: grad_out must be 2-D [n, out], got shape ",
-      grad_out.sizes());
-  check_float_dtype(x, "sparse_linear_weight_grad: x");
-  check_same(grad_out, x, "sparse_linear_weight_grad: grad_out", "x");
-  TORCH_CHECK(
-      grad_out.size(0) == x.size(0), "lipo_if.sparse_linear_weight_grad: grad_out must have n = ", x.size(0),
-      " rows like x, got shape ", grad_out.sizes());
+// linear_weight_grad_strided: x [n, in], grad_out [n, out]; out [in, out] contiguous (.out overload).
+inline void check_linear_weight_grad_strided(
+    const at::Tensor& x, const at::Tensor& grad_out, const at::Tensor* out = nullptr) {
+  const char* op = "linear_weight_grad_strided";
+  check_matrix(op, x, "x", "[n, in]", -1, -1);
+  check_float_dtype(op, x, "x");
+  check_matrix(op, grad_out, "grad_out", "[n, out]", x.size(0), -1);
+  check_same(op, grad_out, "grad_out", x, "x");
+  if (out != nullptr) {
+    check_matrix(op, *out, "out", "[in, out]", x.size(1), grad_out.size(1));
+    check_same(op, *out, "out", x, "x");
+    check_writable(op, *out, "out");
+  }
 }
 
-// The `out` of sparse_linear_weight_grad_into: [in, out], the inputs' dtype and device, contiguous
-// (the kernels write through its data pointer; a view of a larger buffer is fine).
-inline void check_weight_grad_out(const at::Tensor& x, const at::Tensor& grad_out, const at::Tensor& out) {
-  TORCH_CHECK(
-      out.dim() == 2 && out.size(0) == x.size(1) && out.size(1) == grad_out.size(1),
-      "lipo_if.sparse_linear_weight_grad_into: out must be [in, out] = [", x.size(1), ", ", grad_out.size(1),
-      "], got shape ", out.sizes());
-  check_same(out, x, "sparse_linear_weight_grad_into: out", "x");
-  TORCH_CHECK(out.is_contiguous(), "lipo_if.sparse_linear_weight_grad_into: out must be contiguous");
-}
-
-// A CSR matrix given as three tensors (lipo_if.ops.CsrMatrix): ptr [n_rows + 1] int64 (row i's
-// entries are cols / vals[ptr[i] .. ptr[i+1])), cols [nnz] int64 column indices, vals [nnz] of
-// `dtype_ref`'s dtype; and `rows` [B] int64, the rows an op reads. All on `dtype_ref`'s device.
-// Index *values* are checked by the kernels where they read them.
-inline void check_csr_rows_inputs(
+// A CSR matrix as three tensors (lipo_if.ops.CsrMatrix): ptr [n_rows + 1] int64, cols [nnz] int64,
+// vals [nnz] of ref's dtype; rows [B] int64, the rows an op reads; all on ref's device.
+inline void check_csr_rows(
     const char* op, const at::Tensor& ptr, const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& rows,
-    const at::Tensor& dtype_ref, const char* ref_name) {
+    const at::Tensor& ref, const char* ref_name) {
   TORCH_CHECK(ptr.dim() == 1 && ptr.size(0) >= 1, "lipo_if.", op, ": ptr must be 1-D [n_rows + 1], got shape ", ptr.sizes());
   TORCH_CHECK(cols.dim() == 1, "lipo_if.", op, ": cols must be 1-D [nnz], got shape ", cols.sizes());
   TORCH_CHECK(
       vals.dim() == 1 && vals.size(0) == cols.size(0), "lipo_if.", op, ": vals must be 1-D [nnz] = [", cols.size(0),
       "] like cols, got shape ", vals.sizes());
   TORCH_CHECK(rows.dim() == 1, "lipo_if.", op, ": rows must be 1-D [B], got shape ", rows.sizes());
-  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{ptr, "ptr"}, {cols, "cols"}, {rows, "rows"}}) {
-    TORCH_CHECK(t.scalar_type() == at::kLong, "lipo_if.", op, ": ", name, " must be int64, got ", t.scalar_type());
+  const std::pair<const at::Tensor*, const char*> index[] = {{&ptr, "ptr"}, {&cols, "cols"}, {&rows, "rows"}};
+  for (const auto& [t, name] : index) {
+    TORCH_CHECK(t->scalar_type() == at::kLong, "lipo_if.", op, ": ", name, " must be int64, got ", t->scalar_type());
     TORCH_CHECK(
-        t.device() == dtype_ref.device(), "lipo_if.", op, ": ", name, " is on device ", t.device(), " but ", ref_name,
-        " is on device ", dtype_ref.device(), "; all inputs must be on one device");
+        t->device() == ref.device(), "lipo_if.", op, ": ", name, " is on device ", t->device(), " but ", ref_name,
+        " is on device ", ref.device(), "; all inputs must be on one device");
   }
-  check_float_dtype(dtype_ref, ref_name);
-  check_same(vals, dtype_ref, "vals", ref_name);
+  check_same(op, vals, "vals", ref, ref_name);
 }
 
-// csr_linear: weight_t [in, out] (the transposed Linear weight), init [B, out] or None.
-// dense_x [B, nd] (values of the dense columns of the minibatch rows) with dense_cols [nd] int64
-// (distinct, in [0, in)) on ref's device: both or neither.
-inline void check_dense_x(
-    const char* op, const std::optional<at::Tensor>& dense_x, const std::optional<at::Tensor>& dense_cols,
-    int64_t B, const at::Tensor& ref, const char* ref_name) {
-  if (!dense_x.has_value()) return;
-  TORCH_CHECK(dense_cols.has_value(), "lipo_if.", op, ": dense_x needs dense_cols (the columns it holds)");
-  check_same(*dense_x, ref, (std::string(op) + ": dense_x").c_str(), ref_name);
-  TORCH_CHECK(
-      dense_x->dim() == 2 && dense_x->size(0) == B && dense_x->size(1) == dense_cols->size(0),
-      "lipo_if.", op, ": dense_x must be [B, nd] = [", B, ", ", dense_cols->size(0), "], got shape ", dense_x->sizes());
-}
-
-// dense_cols as used by the kernels: a 1-D int64 tensor on ref's device, every entry in [0, in).
+// dense_cols [nd]: the input columns kept out of the CSR matrix (lipo_if.ops.split_csr) — 1-D int64 on
+// ref's device, distinct, every entry in [0, in). The one check of dense_cols, for both CSR ops and
+// both devices (CUDA: a few reductions and one host sync).
 inline void check_dense_cols(const char* op, const at::Tensor& dense_cols, const at::Tensor& ref, int64_t in) {
   TORCH_CHECK(
-      dense_cols.dim() == 1 && dense_cols.scalar_type() == at::kLong && dense_cols.device() == ref.device(),
-      "lipo_if.", op, ": dense_cols must be a 1-D int64 tensor on the inputs' device, got ", dense_cols.scalar_type(),
-      " of shape ", dense_cols.sizes(), " on ", dense_cols.device());
-  if (dense_cols.numel() > 0 && dense_cols.device().is_cpu()) {
+      dense_cols.dim() == 1 && dense_cols.scalar_type() == at::kLong && dense_cols.device() == ref.device(), "lipo_if.",
+      op, ": dense_cols must be a 1-D int64 tensor on ", ref.device(), ", got ", dense_cols.scalar_type(), " of shape ",
+      dense_cols.sizes(), " on ", dense_cols.device());
+  const int64_t nd = dense_cols.numel();
+  if (nd == 0) return;
+  if (dense_cols.device().is_cpu()) {
     const at::Tensor dc = dense_cols.contiguous();
     const int64_t* p = dc.data_ptr<int64_t>();
-    for (int64_t k = 0; k < dc.numel(); ++k)
+    std::vector<uint8_t> seen(static_cast<size_t>(std::max<int64_t>(in, 0)), 0);
+    for (int64_t k = 0; k < nd; ++k) {
       TORCH_CHECK(p[k] >= 0 && p[k] < in, "lipo_if.", op, ": dense_cols[", k, "] = ", p[k], " is out of range [0, ", in, ")");
+      TORCH_CHECK(!seen[static_cast<size_t>(p[k])], "lipo_if.", op, ": dense_cols repeats column ", p[k], " (at [", k, "])");
+      seen[static_cast<size_t>(p[k])] = 1;
+    }
+    return;
+  }
+  const at::Tensor sorted = std::get<0>(dense_cols.sort());
+  std::vector<at::Tensor> ok = {sorted.select(0, 0).ge(0), sorted.select(0, nd - 1).lt(in)};
+  if (nd > 1) ok.push_back(sorted.slice(0, 1).gt(sorted.slice(0, 0, nd - 1)).all());
+  TORCH_CHECK(
+      at::stack(ok).all().item<bool>(), "lipo_if.", op, ": dense_cols must be distinct columns in [0, ", in,
+      "), got min ", sorted.select(0, 0).item<int64_t>(), ", max ", sorted.select(0, nd - 1).item<int64_t>());
+}
+
+// The dense columns' values of the minibatch: dense_x [B, nd] (linear_csr, lissa_step_update.csr) or
+// their gradient rows dense_grad [nd, out] (lissa_step_update.csr); each goes with dense_cols.
+inline void check_dense_part(
+    const char* op, const std::optional<at::Tensor>& dense_cols, const std::optional<at::Tensor>& dense_x,
+    const std::optional<at::Tensor>& dense_grad, int64_t B, int64_t in, int64_t out, const at::Tensor& ref,
+    const char* ref_name, const char* values_name) {
+  TORCH_CHECK(
+      !(dense_x.has_value() && dense_grad.has_value()), "lipo_if.", op,
+      ": give dense_grad or dense_x (dense_grad is formed from dense_x), not both");
+  const bool values = dense_x.has_value() || dense_grad.has_value();
+  TORCH_CHECK(
+      dense_cols.has_value() == values, "lipo_if.", op, ": dense_cols and its values (", values_name,
+      ") go together, got dense_cols ", dense_cols.has_value() ? "given" : "None", " and ", values_name, " ",
+      values ? "given" : "None");
+  if (!values) return;
+  check_dense_cols(op, *dense_cols, ref, in);
+  const int64_t nd = dense_cols->size(0);
+  if (dense_x.has_value()) {
+    check_matrix(op, *dense_x, "dense_x", "[B, nd]", B, nd);
+    check_same(op, *dense_x, "dense_x", ref, ref_name);
+  } else {
+    check_matrix(op, *dense_grad, "dense_grad", "[nd, out]", nd, out);
+    check_same(op, *dense_grad, "dense_grad", ref, ref_name);
   }
 }
 
-inline void check_csr_linear_inputs(
+// linear_csr: X[rows] (CSR) times weight_t [in, out], + init [B, out]?, + dense_x · weight_t[dense_cols].
+inline void check_linear_csr(
     const at::Tensor& ptr, const at::Tensor& cols, const at::Tensor& vals, const at::Tensor& rows,
-    const at::Tensor& weight_t, const std::optional<at::Tensor>& init, const std::optional<at::Tensor>& dense_x,
-    const std::optional<at::Tensor>& dense_cols) {
-  TORCH_CHECK(weight_t.dim() == 2, "lipo_if.csr_linear: weight_t must be 2-D [in, out], got shape ", weight_t.sizes());
-  check_csr_rows_inputs("csr_linear", ptr, cols, vals, rows, weight_t, "weight_t");
+    const at::Tensor& weight_t, const std::optional<at::Tensor>& init, const std::optional<at::Tensor>& dense_cols,
+    const std::optional<at::Tensor>& dense_x) {
+  const char* op = "linear_csr";
+  check_matrix(op, weight_t, "weight_t", "[in, out]", -1, -1);
+  check_float_dtype(op, weight_t, "weight_t");
+  check_csr_rows(op, ptr, cols, vals, rows, weight_t, "weight_t");
   if (init.has_value()) {
-    check_same(*init, weight_t, "csr_linear: init", "weight_t");
-    TORCH_CHECK(
-        init->dim() == 2 && init->size(0) == rows.size(0) && init->size(1) == weight_t.size(1),
-        "lipo_if.csr_linear: init must be [B, out] = [", rows.size(0), ", ", weight_t.size(1), "], got shape ",
-        init->sizes());
+    check_matrix(op, *init, "init", "[B, out]", rows.size(0), weight_t.size(1));
+    check_same(op, *init, "init", weight_t, "weight_t");
   }
-  TORCH_CHECK(
-      dense_x.has_value() == dense_cols.has_value(), "lipo_if.csr_linear: dense_x and dense_cols go together (both or neither)");
-  if (dense_cols.has_value()) check_dense_cols("csr_linear", *dense_cols, weight_t, weight_t.size(0));
-  check_dense_x("csr_linear", dense_x, dense_cols, rows.size(0), weight_t, "weight_t");
+  check_dense_part(op, dense_cols, dense_x, std::nullopt, rows.size(0), weight_t.size(0), weight_t.size(1), weight_t, "weight_t", "dense_x");
 }
 
-// csr_lissa_update_: h (updated in place, contiguous) and v [in, out]; grad_out [B, out];
-// dense_cols [nd] int64 and dense_grad [nd, out], both or neither; scale != 0.
-inline void check_csr_lissa_update_inputs(
+// lissa_step_update.csr: h (in place, contiguous) and v [in, out]; grad_out [B, out]; scale != 0;
+// dense_cols with dense_grad [nd, out] or dense_x [B, nd].
+inline void check_lissa_step_update_csr(
     const at::Tensor& h, const at::Tensor& v, const at::Tensor& ptr, const at::Tensor& cols, const at::Tensor& vals,
-    const at::Tensor& rows, const at::Tensor& grad_out, const std::optional<at::Tensor>& dense_cols,
-    const std::optional<at::Tensor>& dense_grad, double scale, const std::optional<at::Tensor>& dense_x) {
-  const char* op = "csr_lissa_update_";
-  TORCH_CHECK(h.dim() == 2, "lipo_if.csr_lissa_update_: h must be 2-D [in, out], got shape ", h.sizes());
-  TORCH_CHECK(h.is_contiguous(), "lipo_if.csr_lissa_update_: h must be contiguous (it is updated in place)");
-  check_csr_rows_inputs(op, ptr, cols, vals, rows, h, "h");
-  check_same(v, h, "csr_lissa_update_: v", "h");
-  check_same(grad_out, h, "csr_lissa_update_: grad_out", "h");
-  TORCH_CHECK(v.sizes() == h.sizes(), "lipo_if.csr_lissa_update_: v must have the shape of h ", h.sizes(), ", got ", v.sizes());
+    const at::Tensor& rows, const at::Tensor& grad_out, double scale, const std::optional<at::Tensor>& dense_cols,
+    const std::optional<at::Tensor>& dense_grad, const std::optional<at::Tensor>& dense_x) {
+  const char* op = "lissa_step_update.csr";
+  check_matrix(op, h, "h", "[in, out]", -1, -1);
+  check_float_dtype(op, h, "h");
+  check_writable(op, h, "h");
+  TORCH_CHECK(v.sizes() == h.sizes(), "lipo_if.", op, ": v must have the shape of h ", h.sizes(), ", got ", v.sizes());
+  check_same(op, v, "v", h, "h");
+  check_csr_rows(op, ptr, cols, vals, rows, h, "h");
+  check_matrix(op, grad_out, "grad_out", "[B, out]", rows.size(0), h.size(1));
+  check_same(op, grad_out, "grad_out", h, "h");
+  check_scale(op, scale);
+  check_dense_part(op, dense_cols, dense_x, dense_grad, rows.size(0), h.size(0), h.size(1), h, "h", "dense_grad or dense_x");
+}
+
+// split_csr: x [n, in] float32 / float64.
+inline void check_split_csr(const at::Tensor& x) {
+  check_matrix("split_csr", x, "x", "[n, in]", -1, -1);
+  check_float_dtype("split_csr", x, "x");
+}
+
+// The device a kernel was registered for (the dispatcher routes by the inputs' device; this only
+// guards direct calls with inputs on several devices, which check_same reports first).
+inline void check_device(const char* op, const at::Tensor& t, bool cuda) {
   TORCH_CHECK(
-      grad_out.dim() == 2 && grad_out.size(0) == rows.size(0) && grad_out.size(1) == h.size(1),
-      "lipo_if.csr_lissa_update_: grad_out must be [B, out] = [", rows.size(0), ", ", h.size(1), "], got shape ",
-      grad_out.sizes());
-  TORCH_CHECK(
-      !(dense_grad.has_value() && dense_x.has_value()),
-      "lipo_if.csr_lissa_update_: give dense_grad or dense_x (it is computed from dense_x), not both");
-  TORCH_CHECK(
-      dense_cols.has_value() == (dense_grad.has_value() || dense_x.has_value()),
-      "lipo_if.csr_lissa_update_: dense_cols goes with dense_grad or dense_x (both or neither)");
-  if (dense_cols.has_value()) check_dense_cols(op, *dense_cols, h, h.size(0));
-  check_dense_x(op, dense_x, dense_cols, rows.size(0), h, "h");
-  if (dense_grad.has_value()) {
-    check_same(*dense_grad, h, "csr_lissa_update_: dense_grad", "h");
-    TORCH_CHECK(
-        dense_grad->dim() == 2 && dense_grad->size(0) == dense_cols->size(0) && dense_grad->size(1) == h.size(1),
-        "lipo_if.csr_lissa_update_: dense_grad must be [nd, out] = [", dense_cols->size(0), ", ", h.size(1),
-        "], got shape ", dense_grad->sizes());
-  }
-  TORCH_CHECK(scale != 0.0, "lipo_if.csr_lissa_update_: scale must be non-zero");
+      t.is_cuda() == cuda, "lipo_if.", op, " (", cuda ? "CUDA" : "CPU", " kernel): inputs must be on ",
+      cuda ? "a CUDA device" : "CPU", ", got ", t.device());
 }
 
 }  // namespace lipo_if

@@ -2,7 +2,8 @@
 
 Same names and signatures as :mod:`lipo_if.ops`, so tests and benchmarks can swap the two
 modules. These are also the fallback that :mod:`lipo_if.ops` uses when the compiled extension
-``lipo_if._C`` is not built. No input validation here (``lipo_if.ops`` does it).
+``lipo_if._C`` is not built (or has no kernel for the inputs' device). No input validation here:
+the checks live in the C++ operators (``csrc/checks.h``) only.
 
 :func:`mlp_grad_dot_vmap` is the *materializing* reference (``torch.func.vmap(grad)`` per-sample
 gradients) used by the benchmarks and tests only: it is what the fused kernel avoids.
@@ -13,6 +14,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 from torch.func import functional_call, grad, vmap
+
+from . import split_policy
 
 
 def linear_grad_dot(
@@ -40,16 +43,24 @@ def lissa_step(
     return h_new, torch.linalg.vector_norm(h_new - h)
 
 
-def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T + bias`` ``[n, out]`` (dense GEMM): x ``[n, in]``, weight ``[out, in]``, bias ``[out]``."""
-    return torch.nn.functional.linear(x, weight, bias)
+def lissa_step_update(h: torch.Tensor, v: torch.Tensor, hvp: torch.Tensor, damping: float, scale: float) -> torch.Tensor:
+    """The :func:`lissa_step` formula written into ``h``; returns float64 ``[‖h_new − h‖², ‖h_new‖²]``."""
+    h_new = v + (1.0 - damping) * h - hvp / scale
+    sums = torch.stack([((h_new - h).double() ** 2).sum(), (h_new.double() ** 2).sum()])
+    h.copy_(h_new)
+    return sums
 
 
-def sparse_linear_weight_grad(
-    x: torch.Tensor, grad_out: torch.Tensor, out: torch.Tensor | None = None
+def linear_strided(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight_t + bias`` ``[n, out]`` (dense GEMM): x ``[n, in]``, weight_t ``[in, out]``, bias ``[out]``."""
+    return torch.nn.functional.linear(x, weight_t.t(), bias)
+
+
+def linear_weight_grad_strided(
+    x: torch.Tensor, grad_out: torch.Tensor, *, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``x.T @ grad_out`` ``[in, out]`` (dense GEMM): x ``[n, in]``, grad_out ``[n, out]``; written
-    into ``out`` (contiguous ``[in, out]``) when given."""
+    into ``out`` (contiguous ``[in, out]``) and returned when given."""
     if out is None:
         return x.T @ grad_out
     return torch.mm(x.T, grad_out, out=out)
@@ -59,8 +70,8 @@ class CsrMatrix(NamedTuple):
     """A ``[n_rows, n_cols]`` matrix in compressed sparse rows, as plain tensors (one device).
 
     Row ``i``'s entries are ``cols[ptr[i]:ptr[i+1]]`` (int64 column indices, increasing) with values
-    ``vals[ptr[i]:ptr[i+1]]``. Built once by :func:`csr_from_dense`; read by ``csr_linear`` and
-    ``csr_lissa_update_``, which take a row subset per call.
+    ``vals[ptr[i]:ptr[i+1]]``. Built once by ``split_csr`` (or :func:`csr_from_dense`); read by
+    ``linear_csr`` and ``lissa_step_update_csr``, which take a row subset per call.
     """
 
     ptr: torch.Tensor   # [n_rows + 1] int64
@@ -96,29 +107,19 @@ def csr_from_dense(
     return CsrMatrix(ptr, cols.contiguous(), x[rows, cols], x.shape[1])
 
 
-#: Input columns non-zero in more than this fraction of the rows (standardized descriptors, the
-#: most frequent fingerprint bits) are "dense columns" of :func:`csr_split` (a GEMM's part); the
-#: kernels use the same value (kDenseColumnDensity in csrc/split_policy.h).
-DENSE_COLUMN_DENSITY = 0.3
-#: Fewer rows than this: no dense columns (kMinRowsForSplit).
-MIN_ROWS_FOR_SPLIT = 32
-#: When the columns left are denser than this overall, every column is dense (kSparseMaxDensity).
-SPARSE_MAX_DENSITY = 0.15
-
-
-def csr_split(x: torch.Tensor) -> tuple[torch.Tensor, CsrMatrix]:
+def split_csr(x: torch.Tensor) -> tuple[torch.Tensor, CsrMatrix]:
     """``(dense_cols, csr)``: the columns of ``x`` ``[n, in]`` non-zero in more than
     ``DENSE_COLUMN_DENSITY`` of the rows (int64, increasing; none below ``MIN_ROWS_FOR_SPLIT``
     rows) and the :class:`CsrMatrix` of the others — or every column dense and no entries when
-    those are denser than ``SPARSE_MAX_DENSITY`` overall."""
+    those are denser than ``SPARSE_MAX_DENSITY`` overall (:mod:`lipo_if.split_policy`)."""
     n, in_dim = x.shape
     nonzero = (x != 0).nonzero()  # one pass over x; counts and CSR both come from it
     counts = torch.bincount(nonzero[:, 1], minlength=in_dim)
-    dense = counts > DENSE_COLUMN_DENSITY * n
-    if n < MIN_ROWS_FOR_SPLIT:
+    dense = counts > split_policy.DENSE_COLUMN_DENSITY * n
+    if n < split_policy.MIN_ROWS_FOR_SPLIT:
         dense[:] = False
     sparse_cells = n * int((~dense).sum())
-    if sparse_cells and int(counts[~dense].sum()) > SPARSE_MAX_DENSITY * sparse_cells:
+    if sparse_cells and int(counts[~dense].sum()) > split_policy.SPARSE_MAX_DENSITY * sparse_cells:
         dense[:] = True
     dense_cols = dense.nonzero()[:, 0]
     return dense_cols, csr_from_dense(x, dense_cols, nonzero)
@@ -135,9 +136,9 @@ def _csr_rows_dense(csr: CsrMatrix, rows: torch.Tensor) -> torch.Tensor:
     return dense.index_put_((batch, csr.cols[entries]), csr.vals[entries], accumulate=True)
 
 
-def csr_linear(
+def linear_csr(
     csr: CsrMatrix, rows: torch.Tensor, weight_t: torch.Tensor, init: torch.Tensor | None = None,
-    dense_x: torch.Tensor | None = None, dense_cols: torch.Tensor | None = None,
+    dense_cols: torch.Tensor | None = None, dense_x: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``X[rows] @ weight_t (+ init) (+ dense_x @ weight_t[dense_cols])`` ``[B, out]`` by densifying
     the B rows and one GEMM."""
@@ -147,23 +148,20 @@ def csr_linear(
     return y if init is None else y + init
 
 
-def csr_lissa_update_(
+def lissa_step_update_csr(
     h: torch.Tensor, v: torch.Tensor, csr: CsrMatrix, rows: torch.Tensor, grad_out: torch.Tensor, damping: float,
     scale: float, dense_cols: torch.Tensor | None = None, dense_grad: torch.Tensor | None = None,
     dense_x: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``G = X[rows]ᵀ grad_out`` (+ dense_grad — or ``dense_xᵀ grad_out`` — at rows dense_cols)
-    formed explicitly, then the :func:`lissa_step` formula written into ``h``; returns float64
+    formed explicitly, then :func:`lissa_step_update` with ``hvp = G``; returns float64
     ``[‖h_new − h‖², ‖h_new‖²]``."""
     if dense_x is not None:
         dense_grad = dense_x.T @ grad_out
     g = _csr_rows_dense(csr, rows).T @ grad_out
     if dense_cols is not None:
         g.index_add_(0, dense_cols, dense_grad)
-    h_new = v + (1.0 - damping) * h - g / scale
-    sums = torch.stack([((h_new - h).double() ** 2).sum(), (h_new.double() ** 2).sum()])
-    h.copy_(h_new)
-    return sums
+    return lissa_step_update(h, v, g, damping, scale)
 
 
 def mlp_grad_dot_vmap(

@@ -1,13 +1,15 @@
 """Compile-check every CUDA source of the extension with ``nvcc -c`` (no GPU needed).
 
 Usage: ``python tools/cuda_check.py [files.cu ...]`` (default: ``csrc/cuda/*.cu``).
-Uses torch's include paths and the Python include dir, writes objects to a temporary directory,
+Uses torch's include paths, the Python include dir and the split policy of lipo_if/split_policy.py;
+writes objects to a temporary directory,
 prints PASS/FAIL per file and exits non-zero when any file fails or nvcc is missing.
 """
 from __future__ import annotations
 
 import glob
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -23,11 +25,13 @@ def nvcc_command(source: str, obj: str) -> list[str]:
     from torch.utils.cpp_extension import include_paths
 
     includes = [f"-I{p}" for p in [*include_paths(), sysconfig.get_paths()["include"]]]
+    policy = runpy.run_path(os.path.join(ROOT, "lipo_if", "split_policy.py"))["compile_definitions"]()
     return [
         "nvcc", "-c", source, "-o", obj, *includes,
         "-std=c++17", "-O3", "--expt-relaxed-constexpr",
         "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", "-DTORCH_EXTENSION_NAME=_C", "-DWITH_CUDA",
         "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+        *(f"-D{name}={value}" for name, value in policy),
         "-Xcompiler", "-fPIC",
     ]
 

@@ -14,7 +14,7 @@
 //    sample accumulate y = b_j + Σ_c act[i, c] · Wt_j[c, :] (Wt_j = W_j^T, rows contiguous over
 //    `out`) one register block of output columns at a time, and dot it with out_grad[i]. Cost
 //    nnz·out per (i, j) instead of in·out. Fingerprint inputs (≈3 % bits set) are the case this
-//    is for. Shares the micro-kernel of sparse_linear (sparse_rows.h).
+//    is for. Shares the micro-kernel of linear_strided (sparse_rows.h).
 //  * dense: blocks of samples, T = act_block @ W_flat^T (one GEMM for all k, [b, k·out]) then a
 //    fused row-wise dot with out_grad (bias folded in). This is the "GEMM + row sum" formulation
 //    at the BLAS floor; the block bounds the temporary to kDenseTempElems elements.
@@ -146,8 +146,8 @@ void dense_kernel(
 at::Tensor linear_grad_dot_cpu(
     const at::Tensor& act_in, const at::Tensor& out_grad_in, const at::Tensor& vec_weight_in,
     const std::optional<at::Tensor>& vec_bias_in) {
-  check_linear_grad_dot_inputs(act_in, out_grad_in, vec_weight_in, vec_bias_in);
-  TORCH_CHECK(act_in.device().is_cpu(), "lipo_if.linear_grad_dot (CPU kernel): inputs must be on CPU");
+  check_linear_grad_dot(act_in, out_grad_in, vec_weight_in, vec_bias_in);
+  check_device("linear_grad_dot", act_in, false);
   const at::Tensor act = act_in.contiguous();
   const at::Tensor out_grad = out_grad_in.contiguous();
   const at::Tensor vec_weight = vec_weight_in.contiguous();

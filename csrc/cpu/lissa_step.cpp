@@ -53,8 +53,8 @@ double lissa_chunk(
 
 std::tuple<at::Tensor, at::Tensor> lissa_step_cpu(
     const at::Tensor& h_in, const at::Tensor& v_in, const at::Tensor& hvp_in, double damping, double scale) {
-  check_lissa_step_inputs(h_in, v_in, hvp_in, scale);
-  TORCH_CHECK(h_in.device().is_cpu(), "lipo_if.lissa_step (CPU kernel): inputs must be on CPU");
+  check_lissa_step("lissa_step", h_in, v_in, hvp_in, scale);
+  check_device("lissa_step", h_in, false);
   const at::Tensor h = h_in.contiguous(), v = v_in.contiguous(), hvp = hvp_in.contiguous();
   at::Tensor h_new = at::empty_like(h, at::MemoryFormat::Contiguous);
   at::Tensor norm = at::empty({}, h.options());

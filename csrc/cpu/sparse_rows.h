@@ -1,4 +1,4 @@
-// Shared CPU machinery of the sparse-aware kernels (sparse_linear, sparse_linear_weight_grad,
+// Shared CPU machinery of the sparse-aware kernels (linear_strided, linear_weight_grad_strided,
 // linear_grad_dot): the one-pass compression of a dense row-major matrix into a column split
 // (mostly-non-zero columns, handled by BLAS) and the CSR of its other columns; a register-blocked
 // "gather + axpy" micro-kernel (many rows) and a column-grouped scatter (few rows).
@@ -374,7 +374,7 @@ inline at::Tensor rows_of(const at::Tensor& m, const at::Tensor& index) {
 
 // Runs `streaming` (a memory-bound kernel) and `gemm` (a BLAS product) side by side, one per
 // thread, when the pool has exactly two threads; otherwise one after the other, each with every
-// thread. Why: on the 2-core dev box the streaming kernels of the LiSSA step (csr_linear, the
+// thread. Why: on the 2-core dev box the streaming kernels of the LiSSA step (linear_csr, the
 // fused update) are as fast on one core as on two — memory bandwidth bounds them — while the small
 // dense-column GEMMs next to them are compute-bound: side by side, the GEMM is mostly hidden.
 // Inside the parallel region nested at::parallel_for calls run inline and MKL runs sequentially.

@@ -70,8 +70,8 @@ __global__ void linear_grad_dot_kernel(
 at::Tensor linear_grad_dot_cuda(
     const at::Tensor& act_in, const at::Tensor& out_grad_in, const at::Tensor& vec_weight_in,
     const std::optional<at::Tensor>& vec_bias_in) {
-  check_linear_grad_dot_inputs(act_in, out_grad_in, vec_weight_in, vec_bias_in);
-  TORCH_CHECK(act_in.is_cuda(), "lipo_if.linear_grad_dot (CUDA kernel): inputs must be on a CUDA device");
+  check_linear_grad_dot(act_in, out_grad_in, vec_weight_in, vec_bias_in);
+  check_device("linear_grad_dot", act_in, true);
   const c10::cuda::CUDAGuard guard(act_in.device());
   const at::Tensor act = act_in.contiguous();
   const at::Tensor out_grad = out_grad_in.contiguous();

@@ -61,8 +61,8 @@ __global__ void finalize_norm_kernel(const double* __restrict__ partial, int n_p
 
 std::tuple<at::Tensor, at::Tensor> lissa_step_cuda(
     const at::Tensor& h_in, const at::Tensor& v_in, const at::Tensor& hvp_in, double damping, double scale) {
-  check_lissa_step_inputs(h_in, v_in, hvp_in, scale);
-  TORCH_CHECK(h_in.is_cuda(), "lipo_if.lissa_step (CUDA kernel): inputs must be on a CUDA device");
+  check_lissa_step("lissa_step", h_in, v_in, hvp_in, scale);
+  check_device("lissa_step", h_in, true);
   const c10::cuda::CUDAGuard guard(h_in.device());
   const at::Tensor h = h_in.contiguous(), v = v_in.contiguous(), hvp = hvp_in.contiguous();
   at::Tensor h_new = at::empty_like(h, at::MemoryFormat::Contiguous);

@@ -22,15 +22,15 @@ or double backward (which rebuild an autograd graph on every call):
   ``q_{l−1} = (q_l W_l + s_l V_l) ⊙ m_{l−1}`` — the Gauss–Newton pass plus two small products
   per hidden layer (ReLU has no curvature, so there are no other terms);
 - the first layer (≈ 94 % of the parameters, input = fingerprint bits ≈ 3 % set + dense
-  descriptors) through :func:`lipo_if.ops.sparse_linear` and
-  :func:`lipo_if.ops.sparse_linear_weight_grad`, which touch only the non-zero inputs;
+  descriptors) through :func:`lipo_if.ops.linear_strided` and
+  :func:`lipo_if.ops.linear_weight_grad_strided`, which touch only the non-zero inputs;
 - activations and masks of every training row computed **once** at θ̂ (θ̂ is fixed during a
   solve) and gathered per minibatch.
 
 LiSSA steps (:meth:`NativeHessian.lissa_step_`) go one step further: the training inputs are split
 once into dense columns (one GEMM per step) and a CSR matrix of the rest (minibatch rows read by
 index, no per-step scan), and the first weight block's part of ``H h`` is never formed —
-:func:`lipo_if.ops.csr_lissa_update_` builds each of its rows from the minibatch's output
+:func:`lipo_if.ops.lissa_step_update_csr` builds each of its rows from the minibatch's output
 gradients and applies the LiSSA update in place, in one pass that also yields both norms.
 
 Two exact simplifications for products over training rows, both set at construction:
@@ -96,9 +96,9 @@ class SplitInput(NamedTuple):
 
 
 def _split_input(X: torch.Tensor) -> SplitInput:
-    """``X`` split by :func:`lipo_if.ops.csr_split` (dense columns + CSR of the rest), with the
+    """``X`` split by :func:`lipo_if.ops.split_csr` (dense columns + CSR of the rest), with the
     dense columns' values copied out once."""
-    dense_cols, csr = ops.csr_split(X)
+    dense_cols, csr = ops.split_csr(X)
     contiguous = dense_cols.numel() > 0 and int(dense_cols[-1] - dense_cols[0]) + 1 == dense_cols.numel()
     dense_range = slice(int(dense_cols[0]), int(dense_cols[-1]) + 1) if contiguous else None
     x_dense = X[:, dense_range] if dense_range is not None else X.index_select(1, dense_cols)
@@ -110,13 +110,13 @@ def _first_layer(
     x_dense: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``X[idx] Wᵀ + b`` ``[B, out]`` (all rows when idx is None) from the split input: the dense
-    columns by one GEMM, the rest by :func:`lipo_if.ops.csr_linear`. ``weight_t`` ``[in, out]``;
+    columns by one GEMM, the rest by :func:`lipo_if.ops.linear_csr`. ``weight_t`` ``[in, out]``;
     ``x_dense``: ``split.x_dense[idx]`` when the caller has it."""
     if x_dense is None:
         x_dense = split.x_dense if idx is None else split.x_dense.index_select(0, idx)
     rows = torch.arange(split.csr.n_rows, device=weight_t.device) if idx is None else idx
     if split.csr.nnz:  # dense columns' GEMM inside the op (beside the sparse part on a 2-thread CPU pool)
-        z = ops.csr_linear(split.csr, rows, weight_t, None, x_dense, split.dense_cols)
+        z = ops.linear_csr(split.csr, rows, weight_t, None, split.dense_cols, x_dense)
         return z.add_(bias)
     w_dense = weight_t[split.dense_range] if split.dense_range is not None else weight_t.index_select(0, split.dense_cols)
     return torch.addmm(bias, x_dense, w_dense)
@@ -177,7 +177,7 @@ class NativeHessian(CurvatureOperator):
         self.n_layers = len(op.model.layers)
         self.weights = [params[f"layers.{l}.weight"].contiguous() for l in range(self.n_layers)]
         self.biases = [params[f"layers.{l}.bias"].contiguous() for l in range(self.n_layers)]
-        self._w0t = self.weights[0].t().contiguous()  # [in, out]: read without a copy by sparse_linear
+        self._w0t = self.weights[0].t().contiguous()  # [in, out]: read without a copy by linear_strided
         self._shapes = list(op.block.shapes)
         self._sizes = [math.prod(s) for s in self._shapes]
         self._w0_shape = tuple(self._shapes[0])  # (out, in)
@@ -337,7 +337,7 @@ class NativeHessian(CurvatureOperator):
         (``r = f − y`` ``[n, 1]``, then ``(s W_l) ⊙ m_{l−1}``; empty for Gauss–Newton).
         ``split``: ``X`` already split (:func:`_split_input`), read instead of scanning ``X`` again."""
         with torch.no_grad():
-            first = (ops.sparse_linear(X, self._w0t.t(), self.biases[0]) if split is None
+            first = (ops.linear_strided(X, self._w0t, self.biases[0]) if split is None
                      else _first_layer(split, None, self._w0t, self.biases[0]))
             fwd = MLP(self.weights, self.biases).forward(X, first=first)
             signals = []
@@ -501,12 +501,12 @@ class NativeHessian(CurvatureOperator):
         first = True
         with torch.no_grad():
             for x, rows, coef in chunks:
-                dz = ops.sparse_linear(x, V[0].t(), V[1])
+                dz = ops.linear_strided(x, V[0], V[1])
                 q = self._tangent_backward(V, dz, rows, coef, O, first)
                 if first:  # the first block (≈94 % of p) is written in place, not copied
-                    ops.sparse_linear_weight_grad(x, q, out=O[0])
+                    ops.linear_weight_grad_strided(x, q, out=O[0])
                 else:
-                    O[0].add_(ops.sparse_linear_weight_grad(x, q))
+                    O[0].add_(ops.linear_weight_grad_strided(x, q))
                 first = False
             if first:  # no rows at all
                 out.zero_()
@@ -524,10 +524,10 @@ class NativeHessian(CurvatureOperator):
         with ``G_B`` the product of :meth:`matvec_internal` *without* the ``λ·h`` term (callers fold
         ``λ/scale`` into ``damping``, as the LiSSA solver does). Equal to ``matvec_internal`` +
         :func:`lipo_if.ops.lissa_step` up to rounding, but the first weight block's product is
-        never formed: :func:`lipo_if.ops.csr_lissa_update_` builds each of its rows from the
+        never formed: :func:`lipo_if.ops.lissa_step_update_csr` builds each of its rows from the
         minibatch's output gradients and applies the update at once (one pass over ≈95 % of ``p``
         instead of four), and the first layer's input is read from the training set compressed
-        at construction (:func:`lipo_if.ops.csr_linear`; dense columns by one GEMM).
+        at construction (:func:`lipo_if.ops.linear_csr`; dense columns by one GEMM).
 
         Returns ``(‖h_new − h‖₂, ‖h_new‖₂)`` as Python floats (one host sync).
         """
@@ -544,11 +544,7 @@ class NativeHessian(CurvatureOperator):
             # h is updated in place, so a LiSSA chain passes the same h and v every step: their
             # per-block views are built once per chain (≈40 small tensor ops a step otherwise).
             O = [None] + [c.view(shape) for c, shape in zip(torch.split(tail, self._sizes[1:]), self._shapes[1:])]
-            t = tail.numel()
-            no_rows = torch.zeros(0, dtype=torch.int64, device=h.device)
-            tail_args = (h[n0:].view(1, t), v[n0:].view(1, t),
-                         ops.CsrMatrix(torch.zeros(1, dtype=torch.int64, device=h.device), no_rows, h.new_empty(0), 1),
-                         no_rows, h.new_empty(0, t), torch.zeros(1, dtype=torch.int64, device=h.device), tail.view(1, t))
+            tail_args = (h[n0:], v[n0:], tail)
             cached = self._step_views = (h, v, self._views(h), self._views(v), tail, O, tail_args)
         V, Vv, O = cached[2], cached[3], cached[5]
         with torch.no_grad():
@@ -558,12 +554,10 @@ class NativeHessian(CurvatureOperator):
             # The dense columns' rows of G (x_denseᵀ q, a GEMM) are formed by the op itself, beside the
             # other rows' update on a 2-thread CPU pool.
             dense = (sparse_in.dense_cols, None, x_dense) if sparse_in.dense_cols.numel() else (None, None, None)
-            sums = ops.csr_lissa_update_(V[0], Vv[0], sparse_in.csr, idx, q, damping, scale, *dense)
-            # The other blocks (≈5 % of p, their product in `tail`): the same in-place update, as one
-            # [1, p − n₀] block whose whole "gradient" row is the dense row `tail` (no CSR entries).
-            h_tail, v_tail, no_csr, no_rows, no_grad, row_zero, tail_row = cached[6]
-            sums = sums + ops.csr_lissa_update_(
-                h_tail, v_tail, no_csr, no_rows, no_grad, damping, scale, row_zero, tail_row)
+            sums = ops.lissa_step_update_csr(V[0], Vv[0], sparse_in.csr, idx, q, damping, scale, *dense)
+            # The other blocks (≈5 % of p, their product in `tail`): the same in-place update.
+            h_tail, v_tail, tail = cached[6]
+            sums = sums + ops.lissa_step_update(h_tail, v_tail, tail, damping, scale)
             step_sq, h_sq = sums.tolist()
         return math.sqrt(step_sq), math.sqrt(h_sq)
 

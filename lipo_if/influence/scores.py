@@ -19,7 +19,7 @@ per-sample gradients:
   ``s · ∇ℓ(zᵢ) = Σ_l out_gradᵢᵀ S_W,l actᵢ + out_gradᵢ · s_b,l`` — one forward pass, a manual
   backward of ``ℓ = (f − y)²`` (``out_grad`` of the last layer = ``2(f − y)``) and per-layer
   contractions (:func:`lipo_if.ops.linear_grad_dot`; the first layer's forward by
-  :func:`lipo_if.ops.sparse_linear`, which skips the zero fingerprint bits).
+  :func:`lipo_if.ops.linear_strided`, which skips the zero fingerprint bits).
 """
 from __future__ import annotations
 
@@ -117,10 +117,10 @@ def _grad_dot_chunk(
         first_proj = None
         if fused is not None:  # sparse fingerprint input: only its non-zeros are multiplied
             width = mlp.biases[0].shape[0]
-            both = ops.sparse_linear(X, *fused)  # [c, (k+1)·out]
+            both = ops.linear_strided(X, *fused)  # [c, (k+1)·out]
             z, first_proj = both[:, :width], both[:, width:].reshape(X.shape[0], -1, width)
         else:
-            z = ops.sparse_linear(X, mlp.weights[0], mlp.biases[0])
+            z = ops.linear_strided(X, mlp.weights[0].t(), mlp.biases[0])
         fwd = mlp.forward(X, first=z)
         total = None
         for l, out_grad in mlp.backward(fwd, 2.0 * (fwd.output - y.unsqueeze(1)), stop=first):  # ∂(f − y)²/∂f first

@@ -1,5 +1,5 @@
-// CUDA kernels of lipo_if::sparse_linear (y = x Wᵀ + b) and lipo_if::sparse_linear_weight_grad
-// (xᵀ grad_out, [in, out]) over the non-zero entries of x only.
+// CUDA kernels of lipo_if::linear_strided (y = x weight_t + b) and lipo_if::linear_weight_grad_strided
+// (xᵀ grad_out, [in, out], also as .out) over the non-zero entries of a dense strided x only.
 //
 // Both kernels compact a tile of kThreads entries of x (a row segment for the forward, a column
 // segment for the gradient) into shared memory: each warp finds its non-zeros with __ballot_sync,
@@ -8,8 +8,6 @@
 // owns one output column o and sums val · M[idx, o] over the list — the reads of M (Wᵀ [in, out]
 // or grad_out [n, out]) are coalesced across the threads of a block. Every output element is
 // written exactly once. Indices are int64; the current stream is used.
-// csr_linear (rows of a CSR matrix times Wᵀ) reads its row's entries directly: one thread per
-// output column, as above.
 // Accumulation type: at::acc_type<scalar_t, /*is_cuda=*/true> (float for float, double for double).
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
@@ -22,7 +20,6 @@
 #include <torch/library.h>
 
 #include "../checks.h"
-#include "csr_checks.cuh"
 
 namespace lipo_if {
 namespace {
@@ -58,7 +55,7 @@ __device__ __forceinline__ int compact_tile(
 
 // grid (n, ceil(out / kThreads)): block (i, ob) computes y[i, ob·kThreads + tid].
 template <typename scalar_t>
-__global__ void sparse_linear_kernel(
+__global__ void linear_strided_kernel(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ wt, const scalar_t* __restrict__ bias,
     scalar_t* __restrict__ y, int64_t in, int64_t out) {
   using acc_t = at::acc_type<scalar_t, true>;
@@ -83,7 +80,7 @@ __global__ void sparse_linear_kernel(
 
 // grid (in, ceil(out / kThreads)): block (c, ob) computes result[c, ob·kThreads + tid] = Σ_i x[i, c] g[i, o].
 template <typename scalar_t>
-__global__ void sparse_weight_grad_kernel(
+__global__ void weight_grad_strided_kernel(
     const scalar_t* __restrict__ x, const scalar_t* __restrict__ g, scalar_t* __restrict__ result, int64_t n,
     int64_t in, int64_t out) {
   using acc_t = at::acc_type<scalar_t, true>;
@@ -105,23 +102,23 @@ __global__ void sparse_weight_grad_kernel(
   if (o < out) result[c * out + o] = static_cast<scalar_t>(acc);
 }
 
-at::Tensor sparse_linear_cuda(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias_in) {
-  check_sparse_linear_inputs(x_in, weight, bias_in);
-  TORCH_CHECK(x_in.is_cuda(), "lipo_if.sparse_linear (CUDA kernel): inputs must be on a CUDA device");
+at::Tensor linear_strided_cuda(const at::Tensor& x_in, const at::Tensor& weight_t, const std::optional<at::Tensor>& bias_in) {
+  check_linear_strided(x_in, weight_t, bias_in);
+  check_device("linear_strided", x_in, true);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
-  const at::Tensor wt = weight.t().contiguous();  // [in, out]; no copy for a transposed view
+  const at::Tensor wt = weight_t.contiguous();  // [in, out]; no copy when contiguous
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
-  const int64_t n = x.size(0), in = x.size(1), out = weight.size(0);
+  const int64_t n = x.size(0), in = x.size(1), out = wt.size(1);
   at::Tensor y = at::empty({n, out}, x.options());
   if (n == 0 || out == 0) return y;
-  TORCH_CHECK(n <= 2147483647, "lipo_if.sparse_linear (CUDA kernel): n must be < 2^31, got ", n);
+  TORCH_CHECK(n <= 2147483647, "lipo_if.linear_strided (CUDA kernel): n must be < 2^31, got ", n);
   const int64_t out_blocks = (out + kThreads - 1) / kThreads;
-  TORCH_CHECK(out_blocks <= 65535, "lipo_if.sparse_linear (CUDA kernel): out too large, got ", out);
+  TORCH_CHECK(out_blocks <= 65535, "lipo_if.linear_strided (CUDA kernel): out too large, got ", out);
   const dim3 blocks(static_cast<unsigned int>(n), static_cast<unsigned int>(out_blocks));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lipo_if_sparse_linear_cuda", [&] {
-    sparse_linear_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lipo_if_linear_strided_cuda", [&] {
+    linear_strided_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
         y.data_ptr<scalar_t>(), in, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -129,10 +126,8 @@ at::Tensor sparse_linear_cuda(const at::Tensor& x_in, const at::Tensor& weight, 
   return y;
 }
 
-void sparse_linear_weight_grad_into_cuda(const at::Tensor& x_in, const at::Tensor& grad_out_in, at::Tensor& result) {
-  check_sparse_linear_weight_grad_inputs(x_in, grad_out_in);
-  check_weight_grad_out(x_in, grad_out_in, result);
-  TORCH_CHECK(x_in.is_cuda(), "lipo_if.sparse_linear_weight_grad (CUDA kernel): inputs must be on a CUDA device");
+// Writes xᵀ grad_out into `result` (checked: [in, out], contiguous).
+void weight_grad_into(const at::Tensor& x_in, const at::Tensor& grad_out_in, at::Tensor& result) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor g = grad_out_in.contiguous();
@@ -142,84 +137,39 @@ void sparse_linear_weight_grad_into_cuda(const at::Tensor& x_in, const at::Tenso
     result.zero_();
     return;
   }
-  TORCH_CHECK(in <= 2147483647, "lipo_if.sparse_linear_weight_grad (CUDA kernel): in must be < 2^31, got ", in);
+  TORCH_CHECK(in <= 2147483647, "lipo_if.linear_weight_grad_strided (CUDA kernel): in must be < 2^31, got ", in);
   const int64_t out_blocks = (out + kThreads - 1) / kThreads;
-  TORCH_CHECK(out_blocks <= 65535, "lipo_if.sparse_linear_weight_grad (CUDA kernel): out too large, got ", out);
+  TORCH_CHECK(out_blocks <= 65535, "lipo_if.linear_weight_grad_strided (CUDA kernel): out too large, got ", out);
   const dim3 blocks(static_cast<unsigned int>(in), static_cast<unsigned int>(out_blocks));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lipo_if_sparse_linear_weight_grad_cuda", [&] {
-    sparse_weight_grad_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lipo_if_linear_weight_grad_strided_cuda", [&] {
+    weight_grad_strided_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), result.data_ptr<scalar_t>(), n, in, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-at::Tensor sparse_linear_weight_grad_cuda(const at::Tensor& x, const at::Tensor& grad_out) {
-  check_sparse_linear_weight_grad_inputs(x, grad_out);
+at::Tensor linear_weight_grad_strided_cuda(const at::Tensor& x, const at::Tensor& grad_out) {
+  check_linear_weight_grad_strided(x, grad_out);
+  check_device("linear_weight_grad_strided", x, true);
   at::Tensor result = at::empty({x.size(1), grad_out.size(1)}, x.options());
-  sparse_linear_weight_grad_into_cuda(x, grad_out, result);
+  weight_grad_into(x, grad_out, result);
   return result;
 }
 
-// grid (B, ceil(out / kThreads)): block (b, ob) computes y[b, o] = init[b, o] + Σ_t vals[t] · wt[cols[t], o]
-// over the entries of CSR row rows[b] (in stored order; reads of wt coalesced across o).
-template <typename scalar_t>
-__global__ void csr_linear_kernel(
-    const int64_t* __restrict__ ptr, const int64_t* __restrict__ cols, const scalar_t* __restrict__ vals,
-    const int64_t* __restrict__ rows, const scalar_t* __restrict__ wt, const scalar_t* __restrict__ init,
-    scalar_t* __restrict__ y, int64_t out) {
-  using acc_t = at::acc_type<scalar_t, true>;
-  const int64_t b = blockIdx.x;
-  const int64_t o = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x;
-  if (o >= out) return;
-  const int64_t r = rows[b];
-  acc_t acc = init != nullptr ? static_cast<acc_t>(init[b * out + o]) : acc_t(0);
-  for (int64_t t = ptr[r]; t < ptr[r + 1]; ++t) acc += static_cast<acc_t>(vals[t]) * static_cast<acc_t>(wt[cols[t] * out + o]);
-  y[b * out + o] = static_cast<scalar_t>(acc);
-}
-
-at::Tensor csr_linear_cuda(
-    const at::Tensor& ptr_in, const at::Tensor& cols_in, const at::Tensor& vals_in, const at::Tensor& rows_in,
-    const at::Tensor& weight_t_in, const std::optional<at::Tensor>& init_in, const std::optional<at::Tensor>& dense_x,
-    const std::optional<at::Tensor>& dense_cols) {
-  check_csr_linear_inputs(ptr_in, cols_in, vals_in, rows_in, weight_t_in, init_in, dense_x, dense_cols);
-  TORCH_CHECK(weight_t_in.is_cuda(), "lipo_if.csr_linear (CUDA kernel): inputs must be on a CUDA device");
-  const c10::cuda::CUDAGuard guard(weight_t_in.device());
-  const at::Tensor ptr = ptr_in.contiguous(), cols = cols_in.contiguous(), vals = vals_in.contiguous();
-  const at::Tensor rows = rows_in.contiguous(), wt = weight_t_in.contiguous();
-  const at::Tensor init = init_in.has_value() ? init_in->contiguous() : at::Tensor();
-  const int64_t B = rows.size(0), out = wt.size(1);
-  check_csr_indices_cuda("csr_linear", ptr, cols, rows, wt.size(0));
-  at::Tensor y = at::empty({B, out}, wt.options());
-  if (B == 0 || out == 0) return y;
-  TORCH_CHECK(B <= 2147483647, "lipo_if.csr_linear (CUDA kernel): B must be < 2^31, got ", B);
-  const int64_t out_blocks = (out + kThreads - 1) / kThreads;
-  TORCH_CHECK(out_blocks <= 65535, "lipo_if.csr_linear (CUDA kernel): out too large, got ", out);
-  const dim3 blocks(static_cast<unsigned int>(B), static_cast<unsigned int>(out_blocks));
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(wt.scalar_type(), "lipo_if_csr_linear_cuda", [&] {
-    csr_linear_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        ptr.data_ptr<int64_t>(), cols.data_ptr<int64_t>(), vals.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(),
-        wt.data_ptr<scalar_t>(), init.defined() ? init.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), out);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  if (dense_x.has_value() && dense_cols->numel() > 0) {  // the dense columns' part: one GEMM after the kernel
-    const at::Tensor dc = dense_cols->contiguous();
-    TORCH_CHECK(
-        dc.ge(0).logical_and(dc.lt(wt.size(0))).all().item<bool>(),
-        "lipo_if.csr_linear: dense_cols must be in [0, ", wt.size(0), ")");
-    y.addmm_(dense_x->contiguous(), wt.index_select(0, dc));
-  }
-  return y;
+at::Tensor& linear_weight_grad_strided_out_cuda(const at::Tensor& x, const at::Tensor& grad_out, at::Tensor& out) {
+  check_linear_weight_grad_strided(x, grad_out, &out);
+  check_device("linear_weight_grad_strided.out", x, true);
+  weight_grad_into(x, grad_out, out);
+  return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lipo_if, CUDA, m) {
-  m.impl("sparse_linear", &sparse_linear_cuda);
-  m.impl("sparse_linear_weight_grad", &sparse_linear_weight_grad_cuda);
-  m.impl("sparse_linear_weight_grad_into", &sparse_linear_weight_grad_into_cuda);
-  m.impl("csr_linear", &csr_linear_cuda);
+  m.impl("linear_strided", &linear_strided_cuda);
+  m.impl("linear_weight_grad_strided", &linear_weight_grad_strided_cuda);
+  m.impl("linear_weight_grad_strided.out", &linear_weight_grad_strided_out_cuda);
 }
 
 }  // namespace lipo_if

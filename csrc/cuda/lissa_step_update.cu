@@ -1,6 +1,7 @@
-// CUDA kernel of lipo_if::csr_lissa_update_ (see csrc/cpu/csr_lissa.cpp for the contract):
-//   G = X[rows]ᵀ grad_out (+ dense_grad at rows dense_cols),  h <- v + (1 - damping)·h - G / scale,
-//   returns float64 [2] = (||h_new - h||², ||h_new||²).
+// CUDA kernels of lipo_if::lissa_step_update (see csrc/cpu/lissa_step_update.cpp for the contract):
+//   default: h <- v + (1 - damping)·h - hvp / scale (update_kernel on hvp, passes 2 and 3 below);
+//   .csr:    the same with hvp = G = X[rows]ᵀ grad_out (+ dense_grad at rows dense_cols);
+//   both return float64 [2] = (||h_new - h||², ||h_new||²).
 //
 // Pass 1 (csr_scatter_kernel): G starts at zero (plus dense_grad by index_add_); block (b, ob)
 // adds vals[t]·grad_out[b, o] for the entries of CSR row rows[b] with atomicAdd (one thread per
@@ -94,46 +95,13 @@ __global__ void finalize_kernel(const double* __restrict__ partial, int n_partia
   }
 }
 
-at::Tensor csr_lissa_update_cuda(
-    at::Tensor& h, const at::Tensor& v_in, const at::Tensor& ptr_in, const at::Tensor& cols_in,
-    const at::Tensor& vals_in, const at::Tensor& rows_in, const at::Tensor& grad_out_in,
-    const std::optional<at::Tensor>& dense_cols_in, const std::optional<at::Tensor>& dense_grad_in, double damping,
-    double scale, const std::optional<at::Tensor>& dense_x) {
-  check_csr_lissa_update_inputs(
-      h, v_in, ptr_in, cols_in, vals_in, rows_in, grad_out_in, dense_cols_in, dense_grad_in, scale, dense_x);
-  TORCH_CHECK(h.is_cuda(), "lipo_if.csr_lissa_update_ (CUDA kernel): inputs must be on a CUDA device");
-  const c10::cuda::CUDAGuard guard(h.device());
-  const at::Tensor v = v_in.contiguous(), ptr = ptr_in.contiguous(), cols = cols_in.contiguous();
-  const at::Tensor vals = vals_in.contiguous(), rows = rows_in.contiguous(), q = grad_out_in.contiguous();
-  const int64_t in = h.size(0), out = h.size(1), B = rows.size(0);
-  check_csr_indices_cuda("csr_lissa_update_", ptr, cols, rows, in);
-  at::Tensor sums = at::zeros({2}, h.options().dtype(at::kDouble));
-  if (in == 0 || out == 0) return sums;
-  at::Tensor g = at::zeros({in, out}, h.options());
-  if (dense_cols_in.has_value() && dense_cols_in->numel() > 0) {
-    const at::Tensor dense_cols = dense_cols_in->contiguous();
-    const at::Tensor sorted = std::get<0>(dense_cols.sort());
-    const int64_t nd = sorted.size(0);
-    const at::Tensor ok = at::stack({sorted.select(0, 0).ge(0), sorted.select(0, nd - 1).lt(in),
-                                     nd > 1 ? sorted.slice(0, 1).gt(sorted.slice(0, 0, nd - 1)).all() : sorted.select(0, 0).ge(0)}).all();
-    TORCH_CHECK(ok.item<bool>(), "lipo_if.csr_lissa_update_: dense_cols must be distinct columns in [0, ", in, ")");
-    g.index_add_(0, dense_cols, dense_x.has_value() ? at::mm(dense_x->t(), q) : dense_grad_in->contiguous());
-  }
+// Passes 2 and 3: h <- v + keep·h - g / scale over numel elements, sums of squares into `sums`.
+void update_and_sum(at::Tensor& h, const at::Tensor& v, const at::Tensor& g, double damping, double scale, at::Tensor& sums) {
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t numel = in * out;
+  const int64_t numel = h.numel();
   const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxBlocks, (numel + kThreads - 1) / kThreads)));
   at::Tensor partial = at::empty({2 * blocks}, h.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "lipo_if_csr_lissa_update_cuda", [&] {
-    if (B > 0) {
-      TORCH_CHECK(B <= 2147483647, "lipo_if.csr_lissa_update_ (CUDA kernel): B must be < 2^31, got ", B);
-      const int64_t out_blocks = (out + kThreads - 1) / kThreads;
-      TORCH_CHECK(out_blocks <= 65535, "lipo_if.csr_lissa_update_ (CUDA kernel): out too large, got ", out);
-      const dim3 grid(static_cast<unsigned int>(B), static_cast<unsigned int>(out_blocks));
-      csr_scatter_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-          ptr.data_ptr<int64_t>(), cols.data_ptr<int64_t>(), vals.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(),
-          q.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), out);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "lipo_if_lissa_step_update_cuda", [&] {
     update_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         h.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), partial.data_ptr<double>(), numel,
         static_cast<scalar_t>(1.0 - damping), static_cast<scalar_t>(scale));
@@ -141,13 +109,62 @@ at::Tensor csr_lissa_update_cuda(
     finalize_kernel<<<1, kThreads, 0, stream>>>(partial.data_ptr<double>(), blocks, sums.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+at::Tensor lissa_step_update_cuda(at::Tensor& h, const at::Tensor& v_in, const at::Tensor& hvp_in, double damping, double scale) {
+  check_lissa_step("lissa_step_update", h, v_in, hvp_in, scale);
+  check_writable("lissa_step_update", h, "h");
+  check_device("lissa_step_update", h, true);
+  const c10::cuda::CUDAGuard guard(h.device());
+  const at::Tensor v = v_in.contiguous(), hvp = hvp_in.contiguous();
+  at::Tensor sums = at::zeros({2}, h.options().dtype(at::kDouble));
+  if (h.numel() == 0) return sums;
+  update_and_sum(h, v, hvp, damping, scale, sums);
+  return sums;
+}
+
+at::Tensor lissa_step_update_csr_cuda(
+    at::Tensor& h, const at::Tensor& v_in, const at::Tensor& ptr_in, const at::Tensor& cols_in,
+    const at::Tensor& vals_in, const at::Tensor& rows_in, const at::Tensor& grad_out_in, double damping, double scale,
+    const std::optional<at::Tensor>& dense_cols_in, const std::optional<at::Tensor>& dense_grad_in,
+    const std::optional<at::Tensor>& dense_x) {
+  check_lissa_step_update_csr(
+      h, v_in, ptr_in, cols_in, vals_in, rows_in, grad_out_in, scale, dense_cols_in, dense_grad_in, dense_x);
+  check_device("lissa_step_update.csr", h, true);
+  const c10::cuda::CUDAGuard guard(h.device());
+  const at::Tensor v = v_in.contiguous(), ptr = ptr_in.contiguous(), cols = cols_in.contiguous();
+  const at::Tensor vals = vals_in.contiguous(), rows = rows_in.contiguous(), q = grad_out_in.contiguous();
+  const int64_t in = h.size(0), out = h.size(1), B = rows.size(0);
+  check_csr_indices_cuda("lissa_step_update.csr", ptr, cols, rows, in);
+  at::Tensor sums = at::zeros({2}, h.options().dtype(at::kDouble));
+  if (in == 0 || out == 0) return sums;
+  at::Tensor g = at::zeros({in, out}, h.options());
+  if (dense_cols_in.has_value() && dense_cols_in->numel() > 0) {
+    const at::Tensor dense_cols = dense_cols_in->contiguous();  // distinct, in range: check_dense_cols
+    g.index_add_(0, dense_cols, dense_x.has_value() ? at::mm(dense_x->t(), q) : dense_grad_in->contiguous());
+  }
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "lipo_if_lissa_step_update_csr_cuda", [&] {
+    if (B > 0) {
+      TORCH_CHECK(B <= 2147483647, "lipo_if.lissa_step_update.csr (CUDA kernel): B must be < 2^31, got ", B);
+      const int64_t out_blocks = (out + kThreads - 1) / kThreads;
+      TORCH_CHECK(out_blocks <= 65535, "lipo_if.lissa_step_update.csr (CUDA kernel): out too large, got ", out);
+      const dim3 grid(static_cast<unsigned int>(B), static_cast<unsigned int>(out_blocks));
+      csr_scatter_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+          ptr.data_ptr<int64_t>(), cols.data_ptr<int64_t>(), vals.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(),
+          q.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), out);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  update_and_sum(h, v, g, damping, scale, sums);
   return sums;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lipo_if, CUDA, m) {
-  m.impl("csr_lissa_update_", &csr_lissa_update_cuda);
+  m.impl("lissa_step_update", &lissa_step_update_cuda);
+  m.impl("lissa_step_update.csr", &lissa_step_update_csr_cuda);
 }
 
 }  // namespace lipo_if

@@ -1,4 +1,4 @@
-// CUDA implementation of lipo_if::csr_split (contract in csrc/cpu/csr_split.cpp): the same policy
+// CUDA implementation of lipo_if::split_csr (contract in csrc/cpu/split_csr.cpp): the same policy
 // (csrc/split_policy.h), with ATen's device primitives — a one-off per training set, so a few
 // passes and host syncs (the decisions on the column counts) are fine here:
 //   non-zero mask -> column counts -> dense columns -> nonzero() of the other columns (row-major,
@@ -14,17 +14,15 @@
 
 #include <tuple>
 
+#include "../checks.h"
 #include "../split_policy.h"
 
 namespace lipo_if {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_split_cuda(const at::Tensor& x_in) {
-  TORCH_CHECK(x_in.dim() == 2, "lipo_if.csr_split: x must be 2-D [n, in], got shape ", x_in.sizes());
-  TORCH_CHECK(
-      x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
-      "lipo_if.csr_split: x must be float32 or float64, got ", x_in.scalar_type());
-  TORCH_CHECK(x_in.is_cuda(), "lipo_if.csr_split (CUDA): x must be on a CUDA device");
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> split_csr_cuda(const at::Tensor& x_in) {
+  check_split_csr(x_in);
+  check_device("split_csr", x_in, true);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const int64_t n = x.size(0), in = x.size(1);
@@ -53,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_split_cuda(const 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lipo_if, CUDA, m) {
-  m.impl("csr_split", &csr_split_cuda);
+  m.impl("split_csr", &split_csr_cuda);
 }
 
 }  // namespace lipo_if

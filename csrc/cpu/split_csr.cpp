@@ -1,13 +1,13 @@
-// CPU kernel of lipo_if::csr_split — the one-off compression of a layer input for the CSR ops:
+// CPU kernel of lipo_if::split_csr — the one-off compression of a layer input for the CSR ops:
 //
-//   csr_split(x [n, in]) -> (dense_cols [nd] int64, ptr [n + 1] int64, cols [nnz] int64, vals [nnz])
+//   split_csr(x [n, in]) -> (dense_cols [nd] int64, ptr [n + 1] int64, cols [nnz] int64, vals [nnz])
 //
 // dense_cols: the columns non-zero in more than kDenseColumnDensity of the rows (standardized
 // descriptors, the most frequent bits; needs n >= kMinRowsForSplit); ptr / cols / vals: the CSR
 // of the other columns (row-major, columns increasing within a row). When the columns left are
 // denser than kSparseMaxDensity overall, every column is dense and the CSR is empty. This is the
 // split the sparse kernels make per call (sparse::compress), done once for a training set whose
-// minibatches are then read by csr_linear / csr_lissa_update_: one parallel pass over x instead of
+// minibatches are then read by linear_csr / lissa_step_update.csr: one parallel pass over x instead of
 // the pure-PyTorch twin's nonzero() + per-entry gathers (≈4× faster on the real training set).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -33,17 +33,14 @@ at::Tensor to_tensor(const std::vector<V>& values, const at::TensorOptions& opti
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_split_cpu(const at::Tensor& x_in) {
-  TORCH_CHECK(x_in.dim() == 2, "lipo_if.csr_split: x must be 2-D [n, in], got shape ", x_in.sizes());
-  TORCH_CHECK(
-      x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
-      "lipo_if.csr_split: x must be float32 or float64, got ", x_in.scalar_type());
-  TORCH_CHECK(x_in.device().is_cpu(), "lipo_if.csr_split (CPU kernel): x must be on CPU");
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> split_csr_cpu(const at::Tensor& x_in) {
+  check_split_csr(x_in);
+  check_device("split_csr", x_in, false);
   const at::Tensor x = x_in.contiguous();
   const int64_t n = x.size(0), in = x.size(1);
   const at::TensorOptions index = x.options().dtype(at::kLong);
   at::Tensor dense_cols, ptr, cols, vals;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lipo_if_csr_split_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lipo_if_split_csr_cpu", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     sparse::ColumnSplit split;
     sparse::Csr<scalar_t> csr;
@@ -65,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_split_cpu(const a
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lipo_if, CPU, m) {
-  m.impl("csr_split", &csr_split_cpu);
+  m.impl("split_csr", &split_csr_cpu);
 }
 
 }  // namespace lipo_if
