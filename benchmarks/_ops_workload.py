@@ -11,6 +11,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from lipo_if import ops, ops_reference
+from lipo_if.influence.mlp import MLP
+
 N_BITS, N_DESC, HIDDEN = 2048, 200, (512, 128)
 FP_DENSITY = 0.03
 
@@ -60,8 +63,6 @@ def mlp_grad_dot(
         raise ValueError(f"vec needs weight and bias per layer ({2 * len(layers)} tensors), got {len(vec)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
-    from lipo_if import ops
-
     kernel = ops.linear_grad_dot if kernel is None else kernel
     fused = None
     if kernel is ops.linear_grad_dot:
@@ -76,36 +77,26 @@ def _mlp_grad_dot_chunk(
     layers: Sequence[torch.nn.Linear], vec: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor,
     kernel: Callable[..., torch.Tensor], fused: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> torch.Tensor:
-    from lipo_if import ops
-
+    """One chunk: the package's MLP engine (forward, backward) and ``kernel`` per layer."""
+    mlp = MLP([l.weight.detach() for l in layers], [l.bias.detach() for l in layers])
     with torch.no_grad():
-        inputs, masks, h, first_proj = [], [], X, None
-        for i, layer in enumerate(layers):
-            inputs.append(h)
-            if i == 0 and fused is not None:
-                both = ops.linear_strided(h, *fused)  # [n, 2·out]: forward | x Vᵀ + c
-                h, first_proj = both[:, :layer.out_features], both[:, layer.out_features:]
-            else:
-                h = layer(h)
-            if i < len(layers) - 1:
-                masks.append(h > 0)
-                h = torch.relu(h)
-        out_grad = 2.0 * (h - y.unsqueeze(1))  # ∂(f − y)²/∂f, [n, 1]
+        first, first_proj = None, None
+        if fused is not None:
+            width = layers[0].out_features
+            both = ops.linear_strided(X, *fused)  # [n, 2·out]: forward | x Vᵀ + c
+            first, first_proj = both[:, :width], both[:, width:]
+        fwd = mlp.forward(X, first=first)
         total = X.new_zeros(X.shape[0])
-        for i in range(len(layers) - 1, -1, -1):
+        for i, out_grad in mlp.backward(fwd, 2.0 * (fwd.output - y.unsqueeze(1))):  # ∂(f − y)²/∂f first
             if i == 0 and first_proj is not None:
                 total += (out_grad * first_proj).sum(1)
             else:
-                total += kernel(inputs[i], out_grad, vec[2 * i].unsqueeze(0), vec[2 * i + 1].unsqueeze(0))[:, 0]
-            if i > 0:  # back through layer i and the ReLU after layer i−1
-                out_grad = (out_grad @ layers[i].weight) * masks[i - 1]
+                total += kernel(fwd.inputs[i], out_grad, vec[2 * i].unsqueeze(0), vec[2 * i + 1].unsqueeze(0))[:, 0]
     return total
 
 
 def scoring_impls() -> dict:
     """name → callable(layers, vec, X, y) → [n] scores (s · ∇θ ℓ(zᵢ))."""
-    from lipo_if import ops_reference
-
     return {
         "ext": lambda L, v, X, y: mlp_grad_dot(L, v, X, y),
         "dense": lambda L, v, X, y: mlp_grad_dot(L, v, X, y, kernel=ops_reference.linear_grad_dot),
