@@ -256,9 +256,11 @@ def plot_scenario(name: str, summary: dict, per_seed: list[dict], path: Path) ->
 
 
 def render(report: dict) -> str:
+    retraining = ("fine-tuning θ̂ (the experiment's)" if report["meta"]["settings"].get("retrain", "finetune") == "finetune"
+                  else "from scratch")
     lines = ["# Does selection pay on pools with something to give?", "",
              f"Scenarios built from Lipophilicity (see `lipo_if/scenarios.py`); {report['meta']['settings']['seeds']} seeds each; "
-             f"retraining: {'fine-tuning θ̂ (the experiment' + chr(39) + 's)' if report['meta']['settings']['retrain'] == 'finetune' else 'from scratch'}; Δ = paired difference in test RMSE vs the same fine-tuning with nothing "
+             f"retraining: {retraining}; Δ = paired difference in test RMSE vs the same fine-tuning with nothing "
              "added (negative = better), 95 % t-interval over seeds; recovery = Δ / Δ(clean-pool oracle). Test-blind: everything but "
              "`clean_oracle` and `test_oracle`.", ""]
     for name, summary in report["scenarios"].items():
@@ -269,11 +271,11 @@ def render(report: dict) -> str:
             rec = "–" if not math.isfinite(e["recovery"]) else f"{e['recovery']:.0%}"
             lines.append(f"| {strategy} | {e['n_added']:.0f} | {e['corrupted_added']:.0f} | {e['delta']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | "
                          f"{e['p']:.2g} | {rec} | {e['val_delta']:+.4f} |")
+        shown = [d for d, v in summary["detection_auc"]["all"].items() if math.isfinite(v)]  # (ensemble_residual: ensembles only)
         lines += ["", "Wrong-label detection, mean AUC over seeds (corrupted vs clean rows):", "",
-                  "| corruptions | " + " | ".join(summary["detection_auc"]["all"]) + " |",
-                  "|---|" + "---|" * len(summary["detection_auc"]["all"])]
+                  "| corruptions | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
         for subset, row in summary["detection_auc"].items():
-            lines.append(f"| {subset} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
+            lines.append(f"| {subset} | " + " | ".join(f"{row[d]:.3f}" for d in shown) + " |")
         lines.append("")
     return "\n".join(lines)
 
