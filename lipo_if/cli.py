@@ -58,7 +58,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin is tuple:
-            kwargs.update(type=args[0] if args else str, nargs="+", metavar=f.name.upper())
+            kwargs.update(type=args[0] if args else str, nargs="*", metavar=f.name.upper())
         elif origin is typing.Union or (origin is not None and type(None) in args) or str(origin) == "<class 'types.UnionType'>":
             # e.g. float | str (scale="auto"): parse as float when possible
             kwargs["type"] = _float_or_str if float in args else str

@@ -87,9 +87,10 @@ class ExperimentConfig:
     influence_repeats: int = field(default=1, metadata={"help": "LiSSA chains averaged"})
     influence_batch_size: int = field(default=512, metadata={"help": "LiSSA minibatch size"})
     influence_max_iter: int = field(default=500, metadata={"help": "CG iteration limit"})
-    filter_z: tuple[float, ...] = field(default=(), metadata={"help": "suspicion thresholds (robust z, lipo_if.suspicion) of the "
-                                                                      "strategy 'filter': add every eligible row with suspicion ≤ z, z chosen per seed "
-                                                                      "on validation among these (empty = off)"})
+    filter_z: tuple[float, ...] = field(default=(1.5, 2.0, 2.5, 3.0), metadata={"help": "suspicion thresholds (lipo_if.suspicion: the "
+                                                                      "residual in validation spreads) of the strategy 'filter': add every eligible row with "
+                                                                      "suspicion ≤ z, z chosen per seed on validation among these — the strategy that paid on "
+                                                                      "the pools of `lipo-if benchmark` (benchmarks/RESULTS.md); empty = off"})
     ensemble: int = field(default=1, metadata={"help": "models per seed: > 1 trains an ensemble (same split, other initializations); "
                                                        "influence is the members' mean score, retraining retrains every member"})
 
