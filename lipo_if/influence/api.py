@@ -10,7 +10,8 @@
 
 :meth:`Influence.fit` computes ``s = (H + μI)⁻¹ ∇L_heldout`` once (every solver of
 :func:`~lipo_if.influence.solvers.solve` is an option: ``lissa``, ``cg``, ``direct`` and the
-function-space Woodbury solve ``function-space``); :meth:`Influence.scores` returns one row per
+function-space Woodbury solve ``function-space``; ``scorer="tracin"`` replaces the solve by TracIn-CP
+over the run's training checkpoints); :meth:`Influence.scores` returns one row per
 input molecule with the columns ``row, smiles, label, prediction, residual, score, excluded``:
 ``score(z) = −(1/n) s·∇ℓ(z)`` — the first-order change of the held-out MSE (logD²) when z is added
 to the ``n`` training molecules; **negative = helpful**. Rows are excluded (never scored) for an
@@ -162,7 +163,7 @@ class Influence:
         **settings: any other :class:`InfluenceConfig` field (damping, depth, batch_size, …).
     """
 
-    def __init__(self, run: Run, heldout: str = "validation", hessian: str = "gauss-newton", solver: str = "lissa",
+    def __init__(self, run: Run | Ensemble, heldout: str = "validation", hessian: str = "gauss-newton", solver: str = "lissa",
                  *, config: InfluenceConfig | None = None, **settings: Any) -> None:
         if config is None:
             config = InfluenceConfig(heldout=heldout, hessian=hessian, solver=solver, **settings)
@@ -405,7 +406,7 @@ class Influence:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, run: Run, config: InfluenceConfig | None = None) -> "Influence":
+    def load(cls, directory: str | Path, run: Run | Ensemble, config: InfluenceConfig | None = None) -> "Influence":
         """A fitted Influence from :meth:`save`'s files, without solving again.
 
         Raises ValueError when the files belong to another model, or — when ``config`` is given —
