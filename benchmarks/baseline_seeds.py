@@ -52,14 +52,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for (split, kind), runs in table.items():
         def ms(key: str) -> str:
-            values = [r[key] for r in runs]
+            values = [r[key] for r in runs if r.get(key) is not None and r[key] == r[key]]  # (no NaN: an ensemble has no ‖∇R‖)
+            if not values:
+                return "–"
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             return f"{statistics.mean(values):.3f} ± {sd:.3f}"
         epochs = [r["best_epoch"] for r in runs]
         print(f"| {split} | {kind} | {len(runs)} | {ms('test_rmse')} | {ms('test_mae')} | {ms('test_r2')} | {ms('val_rmse')} | {ms('final_objective_grad_norm')} | {min(epochs)}–{max(epochs)} |")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(rows, handle, indent=1)
+            json.dump(rows, handle, indent=1, default=str)
 
 
 if __name__ == "__main__":
