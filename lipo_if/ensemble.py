@@ -74,10 +74,6 @@ class Ensemble:
         """Mean of the members' predictions ``[n]`` (logD) for model inputs ``x`` ``[n, d]``."""
         return np.mean([predict_tensor(m.model, x) for m in self.members], axis=0)
 
-    def spread_tensor(self, x: torch.Tensor) -> np.ndarray:
-        """Standard deviation of the members' predictions ``[n]`` (ddof = 1)."""
-        return np.std([predict_tensor(m.model, x) for m in self.members], axis=0, ddof=1)
-
     def predict(self, smiles: Sequence[str]) -> np.ndarray:
         return np.mean([m.predict(smiles) for m in self.members], axis=0)
 

@@ -127,8 +127,3 @@ class Pool:
                 first_row[key] = int(row)
             reasons.append(reason)
         return reasons
-
-    def keys_of(self, rows: Sequence[int]) -> list[str]:
-        """Stereo-insensitive keys of ``rows`` (``row`` ids)."""
-        key_of = dict(zip(self.table["row"].astype(int), self.table["key"]))
-        return [key_of[int(r)] for r in rows]

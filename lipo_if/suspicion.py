@@ -33,8 +33,6 @@ import torch
 
 from .ensemble import Ensemble
 from .influence import Influence
-from .influence.function_space import FunctionSpaceSolver
-from .influence.mlp import MLP
 from .influence.self_influence import self_influence
 from .pool import Molecules, Pool
 from .select import MAD_TO_SD
@@ -96,13 +94,12 @@ def suspicion_table(inf: Influence, molecules: Molecules, detector: str = DEFAUL
     rows = table.loc[table["excluded"] == "", "row"].to_numpy(dtype=int)
     evidence = {name: np.full(len(table), np.nan) for name in ("leverage", "self_influence_raw")}
     if rows.size:
-        members = [(m, m.damping) for m in inf.members] if inf.members is not None else [(inf, inf.damping)]
+        members = inf.members if inf.members is not None else [inf]
         X, _ = pool.rows_features(inf.run.featurizer, rows)
         labels = torch.from_numpy(pool.labels_of(rows))
         si_sum, lev_sum = 0.0, 0.0
-        for member, damping in members:
-            mlp = MLP.from_model(member.run.model)
-            fs = FunctionSpaceSolver(mlp, member.run.tensors("train")[0], float(member.run.config.weight_decay), damping)
+        for member in members:
+            mlp, fs = member.function_space()
             si, lev, _ = self_influence(fs, mlp, X, labels)
             si_sum, lev_sum = si_sum + si.numpy(), lev_sum + lev.numpy()
         scored = (table["excluded"] == "").to_numpy()

@@ -181,6 +181,7 @@ class Influence:
         #: TracIn: the checkpoints' operators with η_k, and their held-out gradients (the scorer's "s")
         self._tracin: list | None = None
         self.heldout_grads: list[torch.Tensor] | None = None
+        self._function_space: tuple[MLP, FunctionSpaceSolver] | None = None
 
     def __repr__(self) -> str:
         state = "fitted" if self.fitted else "not fitted"
@@ -334,6 +335,16 @@ class Influence:
                 "counts": score_counts(table["excluded"].tolist(), scored), "most_helpful": helpful.to_dict(orient="records"),
                 "timings": dict(self.info.get("timings", {}))}
 
+    def function_space(self) -> tuple[MLP, FunctionSpaceSolver]:
+        """``(mlp, solver)``: the model in float64 and ``(H + μI)⁻¹`` in function space at this fit's
+        damping (Gauss–Newton), factorized once per fit and shared by :meth:`group_model` and the
+        leverage / self-influence of :mod:`lipo_if.suspicion`."""
+        if self._function_space is None:
+            mlp = MLP.from_model(self.run.model)
+            solver = FunctionSpaceSolver(mlp, self.run.tensors("train")[0], float(self.run.config.weight_decay), self.damping)
+            self._function_space = (mlp, solver)
+        return self._function_space
+
     # ------------------------------------------------------------------ the greedy guard's model
 
     def group_model(self, table: pd.DataFrame, molecules: Molecules) -> GroupModel:
@@ -358,12 +369,10 @@ class Influence:
         rows = candidates["row"].to_numpy(dtype=int)
         if rows.size == 0:
             return GroupModel(rows, np.zeros(0), np.zeros((0, 0)), {"damping": damping, "n": 0})
-        mlp = MLP.from_model(self.run.model)
-        X_train, _ = self.run.tensors("train")
+        mlp, fs = self.function_space()
         X_ho, y_ho = self.run.tensors(HELDOUT_PARTS[self.config.heldout])
         X_c, _ = pool.rows_features(self.run.featurizer, rows)
         y_c = torch.from_numpy(pool.labels_of(rows))  # float64, as the scores' residuals
-        fs = FunctionSpaceSolver(mlp, X_train, float(self.run.config.weight_decay), damping)
         with torch.no_grad():
             pred_ho, f_ho = mlp.tangent_factors(X_ho.to(torch.float64))
             pred_c, f_c = mlp.tangent_factors(X_c.to(torch.float64))

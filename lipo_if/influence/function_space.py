@@ -37,7 +37,7 @@ def ntk(fx: Factors, fy: Factors) -> torch.Tensor:
     return sum((dx @ dy.T) * (ax @ ay.T + 1.0) for (ax, dx), (ay, dy) in zip(fx, fy))
 
 
-def jacobian_vector(mlp: MLP, factors: Factors, vec: list[torch.Tensor]) -> torch.Tensor:
+def jacobian_vector(factors: Factors, vec: list[torch.Tensor]) -> torch.Tensor:
     """``J v`` ``[B]``: every row's ``∇f · v`` for ``vec`` = one tensor per parameter (weight, bias per layer)."""
     return sum(((a @ vec[2 * l].T) * d).sum(1) + d @ vec[2 * l + 1] for l, (a, d) in enumerate(factors))
 
@@ -77,7 +77,7 @@ class FunctionSpaceSolver:
     def solve(self, vec: list[torch.Tensor]) -> list[torch.Tensor]:
         """``(H + μI)⁻¹ v`` for ``v`` given per parameter (weight, bias per layer); same layout out."""
         with torch.no_grad():
-            Jv = jacobian_vector(self.mlp, self.train_factors, vec)
+            Jv = jacobian_vector(self.train_factors, vec)
             w = torch.cholesky_solve(Jv.unsqueeze(1), self.chol)[:, 0]
             back = jacobian_transpose(self.train_factors, w)
             return [(v - b) / self.c for v, b in zip(vec, back)]
