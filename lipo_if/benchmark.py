@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.stats import t as student_t
 from sklearn.metrics import roc_auc_score
 
@@ -43,7 +44,7 @@ from .runcache import config_hash, trained_run
 from .scenarios import SCENARIOS, Scenario, build_scenario
 from .select import eligible, guarded_pool, random_k, resolve_k, top_k
 from .stats import paired_stats
-from .suspicion import DETECTORS, suspicion_table
+from .suspicion import DETECTORS, refit_residual_z, suspicion_table
 from .train import FinetuneConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class BenchmarkConfig:
                                                                  "the experiment's) or scratch (a fresh initialization)", "choices": ("finetune", "scratch")})
     ensemble: int = field(default=1, metadata={"help": "models per base run: > 1 trains an ensemble (mean score, its standard error; "
                                                        "strategy influence_ucb adds only the confidently helpful rows)"})
+    refit_folds: int = field(default=2, metadata={"help": "folds of the refit detector (lipo_if.suspicion.refit_residual_z) behind "
+                                                          "the strategy filter_refit; 0 = off"})
 
     def __post_init__(self) -> None:
         self.scenarios = tuple(self.scenarios)
@@ -76,6 +79,7 @@ class BenchmarkConfig:
                   (self.k > 0, f"k must be positive, got {self.k}"), (len(self.filter_z) >= 1 and all(z > 0 for z in self.filter_z), "filter_z must be positive"),
                   (self.detector in DETECTORS, f"detector must be one of {', '.join(DETECTORS)}"),
                   (self.ensemble >= 1, f"ensemble must be ≥ 1, got {self.ensemble}"),
+                  (self.refit_folds == 0 or self.refit_folds >= 2, f"refit_folds must be 0 (off) or ≥ 2, got {self.refit_folds}"),
                   (self.retrain in ("finetune", "scratch"), f"retrain must be finetune or scratch, got {self.retrain!r}"),
                   (self.ensemble > 1 or self.detector != "ensemble_residual", "detector ensemble_residual needs ensemble > 1")]
         for ok, message in checks:
@@ -94,17 +98,16 @@ def _auc(truth: np.ndarray, values: np.ndarray) -> float:
     return float(roc_auc_score(truth[ok], values[ok]))
 
 
-def detection(scenario: Scenario, table) -> dict:
-    """AUC of every detector (and of −score, the influence ranking) for the known corruptions:
-    all of them, shifts only and swaps only (each against the clean rows)."""
+def detection(scenario: Scenario, table, extra: dict[str, np.ndarray] | None = None) -> dict:
+    """AUC of every detector (and of −score, the influence ranking; and of each ``extra`` detector,
+    values in pool order) for the known corruptions: all of them, shifts only and swaps only (each
+    against the clean rows)."""
     kinds = np.array(scenario.kind)
-    out = {}
-    for subset, mask in (("all", np.ones(len(kinds), bool)), ("shift", kinds != "swap"), ("swap", kinds != "shift")):
-        truth = scenario.corrupted[mask]
-        row = {name: _auc(truth, table[f"{name}_suspicion"].to_numpy(dtype=float)[mask]) for name in DETECTORS}
-        row["influence_score"] = _auc(truth, -table["score"].to_numpy(dtype=float)[mask])
-        out[subset] = row
-    return out
+    values = {name: table[f"{name}_suspicion"].to_numpy(dtype=float) for name in DETECTORS}
+    values["influence_score"] = -table["score"].to_numpy(dtype=float)
+    values.update(extra or {})
+    return {subset: {name: _auc(scenario.corrupted[mask], v[mask]) for name, v in values.items()}
+            for subset, mask in (("all", np.ones(len(kinds), bool)), ("shift", kinds != "swap"), ("swap", kinds != "shift"))}
 
 
 def found_vs_inspected(scenario: Scenario, values: np.ndarray, points: int = 20) -> list[tuple[float, float]]:
@@ -164,10 +167,20 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
         extra.append(("influence_ucb", top_k(bound[bound["score"] < 0], k)))
     for name, rows in extra:
         results[name] = {**retrain(rows), "rows": rows}
+    refit = None
+    if config.refit_folds:  # a second look, by models that learnt from the rows the filter trusts
+        pool_rows = eligible(table)["row"].to_numpy(dtype=int)
+        z2 = refit_residual_z(base, scenario.pool, pool_rows, kept, ft, config.refit_folds, seed=scenario.seed)
+        refit = table["row"].map(pd.Series(z2, index=pool_rows)).to_numpy(dtype=float)  # NaN: not eligible
+        for z in config.filter_z:
+            rows = [int(r) for r, v in zip(pool_rows, z2) if v <= z]
+            results[f"filter_refit@{z:g}"] = {**retrain(rows), "rows": rows}
+        z_refit = min(config.filter_z, key=lambda z: results[f"filter_refit@{z:g}"]["val_rmse"])  # validation only
+        results["filter_refit"] = {**results[f"filter_refit@{z_refit:g}"], "z": z_refit}
     for entry in results.values():
         rows = entry.pop("rows")
         entry["corrupted_added"] = int(scenario.corrupted[rows].sum()) if rows else 0
-    out = {"scenario": scenario.name, "seed": scenario.seed, "results": results, "detection": detection(scenario, table),
+    out = {"scenario": scenario.name, "seed": scenario.seed, "results": results, "detection": detection(scenario, table, {"refit_residual": refit} if refit is not None else None),
            "found_vs_inspected": {name: found_vs_inspected(scenario, table[f"{name}_suspicion"].to_numpy(dtype=float))
                                   for name in DETECTORS if np.isfinite(table[f"{name}_suspicion"].to_numpy(dtype=float)).any()},
            "n_pool": len(scenario.pool), "n_corrupted": int(scenario.corrupted.sum()), "n_base_train": len(scenario.split.train),
@@ -195,10 +208,11 @@ def summarize(seed_results: list[dict]) -> dict:
             "val_delta": float(np.mean([r["val_rmse"] - b["val_rmse"] for r, b in zip(rows, base)])),
             "recovery": d["mean"] / clean["mean"] if clean["mean"] < 0 else float("nan"),
         }
-    for name in ("all", "random_matched"):
-        if "filter" in out["strategies"]:
-            out["strategies"]["filter"][f"vs_{name}"] = paired_stats(
-                [s["results"]["filter"]["test_rmse"] for s in seed_results], [s["results"][name]["test_rmse"] for s in seed_results])
+    for method in ("filter", "filter_refit"):
+        for name in ("all", "random_matched", "random"):
+            if method in out["strategies"]:
+                out["strategies"][method][f"vs_{name}"] = paired_stats(
+                    [s["results"][method]["test_rmse"] for s in seed_results], [s["results"][name]["test_rmse"] for s in seed_results])
     def mean_auc(values: list[float]) -> float:
         finite = [v for v in values if v is not None and math.isfinite(v)]
         return float(np.mean(finite)) if finite else float("nan")

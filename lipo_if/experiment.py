@@ -59,7 +59,7 @@ from .runcache import config_hash, fitted_influence, trained_run
 from .suspicion import suspicion_table
 from .select import GUARDS, SelectionConfig, eligible, guarded_pool, random_k, residual_outliers, select, top_k, uses_greedy
 from .stats import aggregate, fidelity
-from .strategies import DIAGNOSTIC_NOTE, GUARD_STRATEGY, METRICS, Selection
+from .strategies import DIAGNOSTIC_NOTE, GUARD_STRATEGY, METHODS, METRICS, Selection
 from .train import FinetuneConfig, Run, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ class ExperimentConfig:
                                                                       "the pools of `lipo-if benchmark` (benchmarks/RESULTS.md); empty = off"})
     ensemble: int = field(default=1, metadata={"help": "models per seed: > 1 trains an ensemble (same split, other initializations); "
                                                        "influence is the members' mean score, retraining retrains every member"})
+    method: str = field(default="filter", metadata={"help": "the selection the report's 'influence' entry holds: filter (the suspicion "
+                                                             "filter, the winner of `lipo-if benchmark`) or influence_topk (top-k by influence, "
+                                                             "k chosen on validation)", "choices": METHODS})
 
     def __post_init__(self) -> None:
         self.k = tuple(float(k) for k in self.k)
@@ -114,6 +117,8 @@ class ExperimentConfig:
              "influence_depth, influence_repeats and influence_batch_size must be ≥ 1"),
             (self.ensemble >= 1, f"ensemble must be ≥ 1, got {self.ensemble}"),
             (all(z > 0 for z in self.filter_z), f"filter_z must be positive, got {list(self.filter_z)}"),
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}"),
+            (self.method != "filter" or bool(self.filter_z), "method filter needs filter_z thresholds"),
         ]
         for ok, message in checks:
             if not ok:
@@ -162,7 +167,7 @@ def plan_selections(val_scores: pd.DataFrame, test_scores: pd.DataFrame | None, 
     for z in config.filter_z:  # retrained each; "filter" is the one of lowest validation RMSE (run_seed)
         plans.append(Selection(f"filter@{z:g}", None, [int(r) for r, v in zip(pool["row"], pool["suspicion"]) if v <= z]))
     for k in config.k:
-        plans.append(Selection("influence", k, chosen(config.guard, k=k)))
+        plans.append(Selection("influence_topk", k, chosen(config.guard, k=k)))
         for guard in config.compare_guards:
             if guard != config.guard:
                 plans.append(Selection(GUARD_STRATEGY[guard], k, chosen(guard, k=k)))
@@ -332,7 +337,7 @@ def run_experiment(
                            featurizer_config, progress=progress, members=config.ensemble)
         first_table = fitted_influence(base, config.influence_config("validation"), seed_dir / "influence_val").scores(pool)
 
-    report = aggregate(seed_results, config.k)
+    report = aggregate(seed_results, config.k, config.method)
     report["fidelity"] = fidelity(seed_results)
     report["meta"] = {
         "data": data_path, "external": external_path, "n_seeds": len(seed_results), "seeds": config.seed_list,

@@ -24,12 +24,22 @@ def _fmt_diff(d: dict | None) -> tuple[str, str]:
     return f"{d['mean']:+.4f} ± {_fmt(d['std'], 4)}", _fmt(d["p_ttest"], 2)
 
 
+def _method_phrase(report: dict) -> str:
+    """What the report's ``influence`` entry (the method a user gets) did, in words."""
+    inf = report["influence"]
+    if inf.get("method", "influence_topk") == "filter":
+        return (f"The default selection, the suspicion filter (every eligible molecule whose label lies within z validation "
+                f"spreads of the model's prediction, z chosen on validation; the strategy that paid on the pools of "
+                f"`lipo-if benchmark`), added {inf['n_added']:.0f} molecules on average and")
+    return f"Adding the {report.get('headline_k')} most helpful external molecules by influence (k chosen on validation)"
+
+
 def conclusion(report: dict) -> str:
     """The plain sentence(s) of what the numbers mean."""
     k = report.get("headline_k")
     inf, base = report.get("influence"), report.get("baseline")
     if not inf or not base:
-        return "Not enough results to compare influence selection with the baseline."
+        return "Not enough results to compare the selection with the baseline."
     n = len(base["per_seed"])
     d = inf["test_rmse_diff_vs_baseline"]
     rnd, allx, orc = report.get("random"), report.get("all_external"), report.get("oracle")
@@ -42,13 +52,11 @@ def conclusion(report: dict) -> str:
     lost = [name for name, ok in beats.items() if not ok]
     significant = math.isfinite(d["p_ttest"]) and d["p_ttest"] < 0.05
     parts = [
-        f"Adding the {k} most helpful external molecules by influence (k chosen on validation) changed test RMSE by "
-        f"{d['mean']:+.4f} ± {_fmt(d['std'], 4)} vs the same fine-tuning with nothing added "
-        f"(mean ± std over {n} seed{'s' if n != 1 else ''}, paired t-test p = {_fmt(d['p_ttest'], 2)})."
+        f"{_method_phrase(report)} changed test RMSE by {d['mean']:+.4f} ± {_fmt(d['std'], 4)} vs the same fine-tuning with "
+        f"nothing added (mean ± std over {n} seed{'s' if n != 1 else ''}, paired t-test p = {_fmt(d['p_ttest'], 2)})."
     ]
     if lost:
-        parts.append(f"On mean test RMSE influence selection did **not** beat {', '.join(lost)}"
-                     + (f" (it did beat {', '.join(won)})." if won else "."))
+        parts.append(f"On mean test RMSE it did **not** beat {', '.join(lost)}" + (f" (it did beat {', '.join(won)})." if won else "."))
     else:
         parts.append(f"On mean test RMSE it beat {', '.join(won)}.")
     if not significant:
@@ -58,22 +66,19 @@ def conclusion(report: dict) -> str:
         parts.append(f"Random-{k}: {rnd['test_rmse_diff_vs_baseline']['mean']:+.4f}.")
     if allx and allx.get("test_rmse_diff_vs_baseline"):
         parts.append(f"All external ({allx['n_added']:.0f} molecules): {allx['test_rmse_diff_vs_baseline']['mean']:+.4f}.")
-    flt = report.get("filter")
-    if flt and flt.get("test_rmse_diff_vs_baseline"):
-        fd = flt["test_rmse_diff_vs_baseline"]
-        parts.append(f"The suspicion filter (every eligible molecule whose label lies within z validation spreads of the model's "
-                     f"prediction, z chosen on validation; the strategy that paid on the noisy and low-data pools of "
-                     f"`lipo-if benchmark`) added {flt['n_added']:.0f} molecules and changed test RMSE by {fd['mean']:+.4f} "
-                     f"(p = {_fmt(fd['p_ttest'], 2)}).")
+    topk = report.get("influence_topk")
+    if inf.get("method") == "filter" and topk and topk.get("test_rmse_diff_vs_baseline"):
+        parts.append(f"Top-{k} by influence: {topk['test_rmse_diff_vs_baseline']['mean']:+.4f} "
+                     f"(p = {_fmt(topk['test_rmse_diff_vs_baseline']['p_ttest'], 2)}).")
     if orc and orc.get("test_rmse_diff_vs_baseline"):
         o = orc["test_rmse_diff_vs_baseline"]["mean"]
         if o >= 0:
             tail = " (no gain to recover)."
         elif d["mean"] >= 0:
-            tail = "; influence selection recovered none of it."
+            tail = "; the selection recovered none of it."
         else:
-            tail = f"; influence selection recovered {d['mean'] / o:.0%} of it."
-        parts.append(f"The leaky oracle (ranks by influence on the test set; a ceiling, not a method) changed it by {o:+.4f}" + tail)
+            tail = f"; the selection gained {d['mean'] / o:.0%} of that."
+        parts.append(f"The leaky oracle (top-{k} by influence on the test set; a ceiling, not a method) changed it by {o:+.4f}" + tail)
     return " ".join(parts)
 
 
@@ -112,15 +117,16 @@ def render_markdown(report: dict) -> str:
         "| strategy | k | added | test RMSE | Δ vs baseline | p | val RMSE |",
         "|---|---|---|---|---|---|---|",
     ]
-    order = ["original", "baseline", "influence", "influence_unguarded", "influence_residual", "influence_greedy",
+    order = ["original", "baseline", "influence", "influence_topk", "influence_unguarded", "influence_residual", "influence_greedy",
              "influence_residual_greedy", "crossfit", "influence_threshold", "filter", "random", "all_external", "oracle"]
     for name in order:
         entry = report.get(name)
         if not entry:
             continue
         diff, p = _fmt_diff(entry.get("test_rmse_diff_vs_baseline"))
-        label = f"{name} (diagnostic, sees test)" if name == "oracle" else name
-        lines.append(f"| {label} | {entry.get('k', '–') if name in K_STRATEGIES else '–'} | {entry['n_added']:.0f} | "
+        label = (f"{name} (diagnostic, sees test)" if name == "oracle" else
+                 f"**influence** (= {entry.get('method')}, the default)" if name == "influence" else name)
+        lines.append(f"| {label} | {entry.get('k', '–') if name in K_STRATEGIES or entry.get('method') in K_STRATEGIES else '–'} | {entry['n_added']:.0f} | "
                      f"{_fmt(entry['test_rmse_mean'])} ± {_fmt(entry['test_rmse_std'])} | {diff} | {p} | {_fmt(entry['val_rmse_mean'])} |")
     lines += ["", "**What it means.** " + report["conclusion"], ""]
     if any(len(report.get(n, {}).get("by_k", {})) > 1 for n in K_STRATEGIES):
@@ -185,7 +191,7 @@ def plot_rmse_vs_k(report: dict, ks: Sequence[float], path: Path) -> None:
     fig = new_figure(11.0, 4.4)
     ax_abs, ax_diff = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     xs = np.arange(len(ks))
-    styles = {"influence": ("tab:blue", "o"), "influence_unguarded": ("tab:cyan", "s"), "influence_residual": ("tab:olive", "P"),
+    styles = {"influence_topk": ("tab:blue", "o"), "influence_unguarded": ("tab:cyan", "s"), "influence_residual": ("tab:olive", "P"),
               "influence_greedy": ("tab:purple", "D"), "influence_residual_greedy": ("tab:pink", "v"), "crossfit": ("tab:orange", "*"),
               "random": ("tab:gray", "^"), "oracle": ("tab:red", "x")}
     for i, name in enumerate(K_STRATEGIES):
@@ -250,7 +256,7 @@ def plot_predicted_vs_actual(seed_results: list[dict], fid: dict, path: Path) ->
     """Σ first-order scores of each retrained group vs its actual change of validation MSE."""
     fig = new_figure(5.6, 5.0)
     ax = fig.add_subplot()
-    colors = {"influence": "tab:blue", "influence_unguarded": "tab:cyan", "influence_greedy": "tab:purple",
+    colors = {"influence_topk": "tab:blue", "influence_unguarded": "tab:cyan", "influence_greedy": "tab:purple",
               "influence_residual_greedy": "tab:pink", "influence_residual": "tab:olive", "crossfit": "tab:orange",
               "random": "tab:gray", "oracle": "tab:red", "all_external": "tab:green", "influence_threshold": "tab:brown"}
     lo, hi = np.inf, -np.inf

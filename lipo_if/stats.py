@@ -43,8 +43,10 @@ def _summarize(rows: list[dict], seeds: list[int], baseline: list[dict] | None) 
     return out
 
 
-def aggregate(seed_results: list[dict], ks: Sequence[float]) -> dict:
-    """The strategy entries of ``report.json`` from the per-seed results (``ks``: the experiment's k values)."""
+def aggregate(seed_results: list[dict], ks: Sequence[float], method: str = "filter") -> dict:
+    """The strategy entries of ``report.json`` from the per-seed results (``ks``: the experiment's k
+    values). ``influence`` is a copy of the ``method`` entry (:data:`~lipo_if.strategies.METHODS`;
+    ``influence_topk`` when ``method`` was not run), with ``method`` naming it."""
     seeds = [s["seed"] for s in seed_results]
 
     def rows_of(strategy: str, k: float | None) -> list[dict]:
@@ -69,7 +71,7 @@ def aggregate(seed_results: list[dict], ks: Sequence[float]) -> dict:
             if rows:
                 by_k.setdefault(name, {})[k_label(k)] = _summarize(rows, seeds, baseline)
     # The headline k: lowest mean validation RMSE of the influence selection (validation only).
-    val_by_k = {label: entry["val_rmse_mean"] for label, entry in by_k.get("influence", {}).items()}
+    val_by_k = {label: entry["val_rmse_mean"] for label, entry in by_k.get("influence_topk", {}).items()}
     headline = min(val_by_k, key=val_by_k.get) if val_by_k else None
     for name, entries in by_k.items():
         report[name] = {**entries[headline], "k": headline, "by_k": entries}
@@ -82,6 +84,10 @@ def aggregate(seed_results: list[dict], ks: Sequence[float]) -> dict:
         report["oracle"]["note"] = DIAGNOSTIC_NOTE
     report["headline_k"] = headline
     report["recovery"] = recovery(by_k)
+    method = method if method in report else "influence_topk"
+    if method in report:
+        report["influence"] = {**report[method], "method": method}
+    report["method"] = method
     return report
 
 

@@ -103,7 +103,7 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
             "--filter-z", "1.5", "3"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
-    for key in ("original", "baseline", "influence", "random", "all_external", "oracle", "influence_unguarded", "influence_greedy",
+    for key in ("original", "baseline", "influence", "influence_topk", "random", "all_external", "oracle", "influence_unguarded", "influence_greedy",
                 "influence_residual_greedy", "crossfit", "influence_threshold"):
         entry = report[key]
         for field in ("test_rmse_mean", "test_rmse_std", "val_rmse_mean", "per_seed", "n_added"):
@@ -111,17 +111,20 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
         assert len(entry["per_seed"]) == 2
         assert all(np.isfinite(p["test_rmse"]) for p in entry["per_seed"])
     assert report["baseline"]["n_added"] == 0
-    assert report["influence"]["k"] in ("2", "4") and set(report["influence"]["by_k"]) == {"2", "4"}
+    assert report["influence_topk"]["k"] in ("2", "4") and set(report["influence_topk"]["by_k"]) == {"2", "4"}
+    # the report's `influence` is the default method, the suspicion filter, number for number
+    assert report["method"] == "filter" and report["influence"]["method"] == "filter"
+    assert {k: v for k, v in report["influence"].items() if k != "method"} == report["filter"]
     assert report["random"]["by_k"]["4"]["n_added"] == 4
-    assert "p_ttest" in report["influence"]["test_rmse_diff_vs_baseline"]
+    assert "p_ttest" in report["influence_topk"]["test_rmse_diff_vs_baseline"]
     assert "TEST" in report["oracle"]["note"]
     assert report["all_external"]["n_added"] == report["meta"]["n_eligible"][0]  # the two repeats and the invalid row never join
     for seed in (0, 1):  # the +12 label is dropped by the guard in both seeds
         assert WRONG_ROW in json.loads((out / f"seed_{seed}" / "results.json").read_text())["guard_dropped_rows"]
-    for s in report["influence"]["per_seed"]:
+    for s in report["influence_topk"]["per_seed"]:
         assert s["n_added"] == 4 or s["n_added"] == 2
     rec = report["recovery"]
-    assert {r["method"] for r in rec["rows"]} >= {"influence", "influence_greedy", "crossfit", "random"}
+    assert {r["method"] for r in rec["rows"]} >= {"influence_topk", "influence_greedy", "crossfit", "random"}
     assert rec["headline"]["method"] != "random" and {"fraction", "p_vs_oracle", "detectable", "delta_ci95"} <= set(rec["headline"])
     for seed in (0, 1):
         results = json.loads((out / f"seed_{seed}" / "results.json").read_text())
@@ -133,8 +136,8 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
     per_seed = [json.loads((out / f"seed_{seed}" / "results.json").read_text())["results"] for seed in (0, 1)]
     pick = lambda rs, name, k=None: next(r for r in rs if r["strategy"] == name and r["k"] == k)  # noqa: E731
     for k in ("2", "4"):
-        rows = [pick(rs, "influence", float(k)) for rs in per_seed]
-        entry = report["influence"]["by_k"][k]
+        rows = [pick(rs, "influence_topk", float(k)) for rs in per_seed]
+        entry = report["influence_topk"]["by_k"][k]
         assert entry["test_rmse_mean"] == pytest.approx(np.mean([r["test_rmse"] for r in rows]), rel=1e-12)
         assert entry["test_rmse_diff_vs_baseline"]["per_seed"] == pytest.approx(
             [r["test_rmse"] - pick(rs, "baseline")["test_rmse"] for r, rs in zip(rows, per_seed)], rel=1e-9)
@@ -153,7 +156,7 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
     assert again["influence"] == report["influence"] and again["recovery"] == report["recovery"]
     md = (out / "report.md").read_text()
     assert "oracle's gain" in md and "Headline (chosen on validation)" in md
-    assert "| influence |" in md and "What it means" in md and report["conclusion"] in md
+    assert "| **influence** (= filter, the default) |" in md and "| influence_topk |" in md and "What it means" in md and report["conclusion"] in md
     for png in ("rmse_vs_k.png", "score_hist.png", "predicted_vs_actual.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # a second invocation reuses the finished seeds and rewrites the same report

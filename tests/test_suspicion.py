@@ -14,7 +14,7 @@ from lipo_if.influence.mlp import MLP
 from lipo_if.influence.scores import per_sample_grads
 from lipo_if.influence.self_influence import self_influence
 from lipo_if.scenarios import corrupt
-from lipo_if.suspicion import inspect, robust_z, suspicion_table
+from lipo_if.suspicion import inspect, refit_residual_z, robust_z, suspicion_table
 
 from test_experiment import WRONG_ROW, tiny_data, tiny_run  # noqa: F401 — fixtures
 
@@ -78,6 +78,38 @@ def test_suspicion_of_a_table_is_the_residual_in_validation_spreads(tiny_run, ti
     np.testing.assert_allclose(robust_z(np.array([1.0, 2.0, 3.0, 10.0])), np.abs(np.array([1.0, 2.0, 3.0, 10.0]) - 2.5) / 1.4826, rtol=1e-12)
 
 
+def test_refit_residual_is_cross_fitted_and_ranks_the_crafted_wrong_labels_first(tiny_run, tiny_data):  # noqa: F811
+    """The refit detector: each fold is judged by a model fine-tuned on the *other* folds' trusted
+    rows (recomputed here independently), in validation spreads; the ±10 / +12 labels come first."""
+    from lipo_if.ensemble import finetune
+    from lipo_if.pool import Pool
+    from lipo_if.train import FinetuneConfig, predict_tensor
+
+    _, external = tiny_data
+    frame = pd.read_csv(external)
+    frame.loc[7, "Label"] += 10.0
+    frame.loc[8, "Label"] -= 10.0
+    pool = Pool.from_frame(frame)
+    rows = [int(r) for r in pool.table.loc[pool.valid, "row"]]
+    kept = [r for r in rows if r not in (7, 8, WRONG_ROW)]
+    config = FinetuneConfig(finetune_epochs=2, seed=0)
+    z = refit_residual_z(tiny_run, pool, rows, kept, config, folds=2, seed=3)
+    assert sorted(np.asarray(rows)[np.argsort(-z)[:3]].tolist()) == sorted([7, 8, WRONG_ROW])
+    fold_of = np.random.default_rng(3).permutation(len(rows)) % 2
+    residual, spread = np.empty(len(rows)), np.empty(len(rows))
+    for f in (0, 1):
+        judged = fold_of == f
+        model = finetune(tiny_run, pool, config, progress=False, rows=[r for r, g in zip(rows, fold_of) if g != f and r in kept])
+        x, y = pool.rows_features(tiny_run.featurizer, [r for r, j in zip(rows, judged) if j])
+        residual[judged] = predict_tensor(model.model, x) - y.double().numpy()
+        xv, yv = model.tensors("val")
+        rv = predict_tensor(model.model, xv) - yv.double().numpy()
+        spread[judged] = 1.4826 * np.median(np.abs(rv - np.median(rv)))
+    np.testing.assert_allclose(z, np.abs(residual - np.median(residual)) / spread, rtol=1e-9)
+    with pytest.raises(ValueError, match="folds"):
+        refit_residual_z(tiny_run, pool, rows, kept, config, folds=1)
+
+
 def test_corruptions_are_known_by_construction():
     rng = np.random.default_rng(0)
     labels = rng.normal(2.0, 1.2, size=200)
@@ -116,10 +148,13 @@ def test_benchmark_end_to_end_on_a_tiny_dataset(tmp_path):
     report = json.loads((out / "benchmark.json").read_text())
     summary = report["scenarios"]["noisy"]
     per_seed = report["per_seed"]["noisy"]
-    for name in ("baseline", "all", "random", "influence", "filter", "clean_oracle", "test_oracle", "random_matched"):
+    for name in ("baseline", "all", "random", "influence", "filter", "filter_refit", "clean_oracle", "test_oracle", "random_matched"):
         deltas = [s["results"][name]["test_rmse"] - s["results"]["baseline"]["test_rmse"] for s in per_seed]
         assert summary["strategies"][name]["delta"] == pytest.approx(np.mean(deltas), abs=1e-12)
     assert summary["strategies"]["clean_oracle"]["corrupted_added"] == 0
     assert summary["strategies"]["all"]["n_added"] == np.mean([s["n_pool"] for s in per_seed])
-    assert 0.0 <= summary["detection_auc"]["all"]["residual"] <= 1.0
+    assert 0.0 <= summary["detection_auc"]["all"]["residual"] <= 1.0 and 0.0 <= summary["detection_auc"]["all"]["refit_residual"] <= 1.0
+    for s in per_seed:  # filter_refit: the refit filter@z of lowest validation RMSE
+        chosen = min((r for name, r in s["results"].items() if name.startswith("filter_refit@")), key=lambda r: r["val_rmse"])
+        assert s["results"]["filter_refit"]["test_rmse"] == chosen["test_rmse"]
     assert "## noisy" in (out / "report.md").read_text()
