@@ -68,8 +68,11 @@ class BenchmarkConfig:
                                                                  "the experiment's) or scratch (a fresh initialization)", "choices": ("finetune", "scratch")})
     ensemble: int = field(default=1, metadata={"help": "models per base run: > 1 trains an ensemble (mean score, its standard error; "
                                                        "strategy influence_ucb adds only the confidently helpful rows)"})
-    refit_folds: int = field(default=2, metadata={"help": "folds of the refit detector (lipo_if.suspicion.refit_residual_z) behind "
-                                                          "the strategy filter_refit; 0 = off"})
+    min_similarity: float = field(default=InfluenceConfig.min_similarity, metadata={
+        "help": "applicability domain: pool molecules below this nearest-neighbour Tanimoto similarity to the base training set are never selected (0 = off)"})
+    refit_folds: int = field(default=0, metadata={"help": "folds of the refit detector (lipo_if.suspicion.refit_residual_z) behind "
+                                                          "the strategy filter_refit (2: 2 + len(filter_z) more retrainings a seed); "
+                                                          "0 = off, the default: it did not pay (benchmarks/RESULTS.md)"})
 
     def __post_init__(self) -> None:
         self.scenarios = tuple(self.scenarios)
@@ -88,7 +91,7 @@ class BenchmarkConfig:
 
     def influence_config(self, heldout: str) -> InfluenceConfig:
         return InfluenceConfig(heldout=heldout, hessian="gauss-newton", solver="function-space", damping=self.damping,
-                               progress=False)
+                               min_similarity=self.min_similarity, progress=False)
 
 
 def _auc(truth: np.ndarray, values: np.ndarray) -> float:
@@ -183,7 +186,7 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
     out = {"scenario": scenario.name, "seed": scenario.seed, "results": results, "detection": detection(scenario, table, {"refit_residual": refit} if refit is not None else None),
            "found_vs_inspected": {name: found_vs_inspected(scenario, table[f"{name}_suspicion"].to_numpy(dtype=float))
                                   for name in DETECTORS if np.isfinite(table[f"{name}_suspicion"].to_numpy(dtype=float)).any()},
-           "n_pool": len(scenario.pool), "n_corrupted": int(scenario.corrupted.sum()), "n_base_train": len(scenario.split.train),
+           "n_pool": len(scenario.pool), "n_eligible": int(len(eligible(table))), "n_corrupted": int(scenario.corrupted.sum()), "n_base_train": len(scenario.split.train),
            "damping": inf.damping, "n_retrainings": len(done), "seconds": round(time.perf_counter() - clock, 1)}
     atomic_write_json(seed_dir / "results.json", out)
     return out

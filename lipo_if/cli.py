@@ -94,7 +94,8 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "", *
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="directory holding lipophilicity.csv (default: $LIPO_IF_DATA, then the download cache)")
     parser.add_argument("--data", help="explicit path of the Lipophilicity CSV (overrides --data-dir)")
-    parser.add_argument("--strict", action="store_true", help="fail on invalid SMILES instead of dropping them")
+    parser.add_argument("--strict", action="store_true", help="fail on a rejected row (invalid SMILES, a structure rule of "
+                        "lipo_if.standardize, a label outside the plausible logD range) instead of excluding it")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -157,7 +158,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_influence(args: argparse.Namespace) -> int:
     config = dataclass_from_args(InfluenceConfig, args, progress=not args.quiet)
-    pool = Pool.read(args.external, config.smiles_col, config.label_col)  # a bad file fails before the solve
+    pool = Pool.read(args.external, config.smiles_col, config.label_col, strict=args.strict)  # a bad file fails before the solve
     run = load_run(args.run, data_path=args.data)
     inf = Influence(run, config=config).fit()
     summary = write_scores(inf, inf.scores(pool), args.out, source=str(args.external))
@@ -173,7 +174,7 @@ def _cmd_influence(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    pool = Pool.read(args.external)
+    pool = Pool.read(args.external, strict=args.strict)
     run = load_run(args.run, data_path=args.data)
     table = inspect(run, pool, damping=args.damping, detector=args.detector, progress=not args.quiet)
     atomic_write_text(args.out, table[INSPECT_COLUMNS].to_csv(index=False, float_format="%.6g"))
@@ -263,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external", required=True, help="CSV of candidate molecules (SMILES and label columns)")
     p.add_argument("--out", required=True, help="scores CSV to write")
     p.add_argument("--data", help="Lipophilicity CSV if it moved since training")
+    p.add_argument("--strict", action="store_true", help="fail on an external label outside the plausible logD range "
+                   "(lipo_if.standardize.LOGD_RANGE) instead of excluding the row")
     add_dataclass_arguments(p, InfluenceConfig, skip=("progress",), group="influence and LiSSA settings")
     p.set_defaults(func=_cmd_influence)
 
@@ -273,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external", required=True, help="CSV of molecules (SMILES and label columns)")
     p.add_argument("--out", required=True, help="CSV to write")
     p.add_argument("--training-out", help="also inspect the run's training molecules and write their table here")
+    p.add_argument("--strict", action="store_true", help="fail on an external label outside the plausible logD range "
+                   "(lipo_if.standardize.LOGD_RANGE) instead of excluding the row")
     p.add_argument("--damping", type=_float_or_str, default="auto", help="damping μ of the curvature (default: auto = 0.02·λmax)")
     p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS, help=f"detector behind suspicion (default: {DEFAULT_DETECTOR})")
     p.add_argument("--data", help="Lipophilicity CSV if it moved since training")
@@ -355,7 +360,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     report = run_experiment(
         path, args.external, args.out, config, dataclass_from_args(TrainConfig, args),
         dataclass_from_args(FinetuneConfig, args), dataclass_from_args(FeaturizerConfig, args, prefix="fp_"),
-        progress=not args.quiet,
+        progress=not args.quiet, strict=args.strict,
     )
     print(report["conclusion"])
     print(f"report written to {Path(args.out) / 'report.md'} (and report.json, plots)")

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_write_text
+from .standardize import LOGD_RANGE, PARSE_HEAVY_ATOM_LIMIT, _rdkit, label_reason, standardize
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +47,11 @@ class DataError(ValueError):
 # --------------------------------------------------------------------------- SMILES handling
 
 
-def _rdkit():
-    from rdkit import Chem, RDLogger
-
-    RDLogger.DisableLog("rdApp.*")  # invalid SMILES are reported by us, once, not by RDKit per row
-    return Chem
-
-
-def canonicalize(smiles: str) -> tuple[str, str] | None:
-    """Return ``(isomeric canonical SMILES, stereo-insensitive key)`` or None if RDKit rejects it."""
-    Chem = _rdkit()
-    if not isinstance(smiles, str) or not smiles.strip():
-        return None
-    mol = Chem.MolFromSmiles(smiles.strip())
-    if mol is None:
-        return None
-    canonical = Chem.MolToSmiles(mol, isomericSmiles=True)
-    key = Chem.MolToSmiles(mol, isomericSmiles=False)
-    return canonical, key
+def canonicalize(smiles: str, tautomer: bool = False) -> tuple[str, str] | None:
+    """``(standardized isomeric canonical SMILES, stereo-insensitive key)``, or None when the
+    structure is rejected (:func:`lipo_if.standardize.standardize` says why)."""
+    canonical, key, reason = standardize(smiles, tautomer)
+    return None if reason else (canonical, key)
 
 
 def stereo_insensitive_key(smiles: str) -> str:
@@ -133,14 +121,16 @@ def read_molecule_csv(
     smiles_col: str | None = None,
     label_col: str | None = None,
     require_label: bool = True,
+    **hygiene,
 ) -> pd.DataFrame:
-    """Read a CSV of molecules, one output row per input row (see :func:`molecule_table`).
+    """Read a CSV of molecules, one output row per input row (see :func:`molecule_table`, whose
+    keyword arguments ``hygiene`` passes on).
 
     Raises :class:`DataError` for a missing or empty file, a missing column, or a label that is
     empty, NaN, infinite or not a number (a bad label is never silently dropped).
     """
     path = Path(path)
-    return molecule_table(_read_table(path), path, smiles_col, label_col, require_label)
+    return molecule_table(_read_table(path), path, smiles_col, label_col, require_label, **hygiene)
 
 
 def molecule_table(
@@ -149,14 +139,21 @@ def molecule_table(
     smiles_col: str | None = None,
     label_col: str | None = None,
     require_label: bool = True,
+    label_range: tuple[float, float] | None = LOGD_RANGE,
+    strict: bool = False,
+    tautomer: bool = False,
+    max_heavy_atoms: int = PARSE_HEAVY_ATOM_LIMIT,
 ) -> pd.DataFrame:
-    """Parse a table of strings (a CSV's cells) into molecules, one output row per input row.
+    """Parse a table of strings (a CSV's cells) into standardized molecules, one output row per input row.
 
     Returns a DataFrame with columns ``row`` (0-based data row), ``smiles_input`` (as given),
-    ``smiles`` (isomeric canonical SMILES, ``""`` if invalid), ``key`` (stereo-insensitive
-    canonical SMILES, ``""`` if invalid), ``label`` (float; NaN only when ``require_label`` is
-    False and the table has no label column) and ``error`` (``""`` or why the row is unusable).
-    ``path`` names the source in error messages.
+    ``smiles`` (standardized isomeric canonical SMILES, ``""`` if rejected), ``key`` (its
+    stereo-insensitive form, ``""`` if rejected), ``label`` (float; NaN only when
+    ``require_label`` is False and the table has no label column) and ``error`` (``""`` or why the
+    row is unusable: the structure rules of :mod:`lipo_if.standardize`, or a label outside
+    ``label_range`` (None = no range check)). ``strict``: a label outside the range raises
+    :class:`DataError` instead. ``tautomer``, ``max_heavy_atoms``: see
+    :func:`~lipo_if.standardize.standardize`. ``path`` names the source in error messages.
     """
     frame = frame.rename(columns=lambda c: str(c).strip())
     smiles_name = _pick_column(list(frame.columns), smiles_col, SMILES_COLUMNS, "SMILES", path)
@@ -171,11 +168,12 @@ def molecule_table(
     records = []
     for row, smiles_text in enumerate(frame[smiles_name].tolist()):
         label = _parse_label(frame[label_name].iat[row], path, row, label_name) if label_name else float("nan")
-        parsed = canonicalize(smiles_text)
-        if parsed is None:
-            records.append((row, smiles_text, "", "", label, "invalid SMILES"))
-        else:
-            records.append((row, smiles_text, parsed[0], parsed[1], label, ""))
+        canonical, key, reason = standardize(smiles_text, tautomer, max_heavy_atoms)
+        bad_label = label_reason(label, label_range) if label_name else ""
+        if bad_label and strict:
+            raise DataError(f"{path}: row {row} (line {row + 2}), column {label_name!r}: {bad_label} "
+                            f"(run without --strict to exclude such rows)")
+        records.append((row, smiles_text, canonical, key, label, reason or bad_label))
     return pd.DataFrame.from_records(records, columns=["row", "smiles_input", "smiles", "key", "label", "error"])
 
 
@@ -232,15 +230,15 @@ def clean_molecules(table: pd.DataFrame, source: str, strict: bool = False, dedu
     if len(invalid) and strict:
         first = invalid.iloc[0]
         raise DataError(
-            f"{source}: {len(invalid)} invalid SMILES (first: row {int(first['row'])}, {first['smiles_input']!r}); "
+            f"{source}: {len(invalid)} rejected rows (first: row {int(first['row'])}, {first['smiles_input']!r}: {first['error']}); "
             f"fix or remove them, or run without --strict to drop them"
         )
     if len(invalid):
-        examples = ", ".join(f"row {int(r.row)} {r.smiles_input!r}" for r in invalid.head(5).itertuples())
-        log.warning("%s: dropped %d invalid SMILES (%s%s)", source, len(invalid), examples, ", …" if len(invalid) > 5 else "")
+        examples = ", ".join(f"row {int(r.row)} {r.smiles_input!r}: {r.error}" for r in invalid.head(5).itertuples())
+        log.warning("%s: dropped %d rejected rows (%s%s)", source, len(invalid), examples, ", …" if len(invalid) > 5 else "")
     valid = table[table["error"] == ""]
     if len(valid) == 0:
-        raise DataError(f"{source}: no valid molecules (all {len(table)} SMILES failed to parse)")
+        raise DataError(f"{source}: no valid molecules (all {len(table)} rows rejected; first: {table['error'].iat[0]})")
 
     groups: dict[str, list[int]] = defaultdict(list)
     for position, key in enumerate(valid["key"].tolist()):
@@ -269,6 +267,7 @@ def clean_molecules(table: pd.DataFrame, source: str, strict: bool = False, dedu
         "n_rows": int(len(table)),
         "n_invalid": int(len(invalid)),
         "invalid_rows": [int(r) for r in invalid["row"].head(20)],
+        "rejected_reasons": {str(k): int(v) for k, v in invalid["error"].value_counts().items()},
         "n_duplicate_groups": len(dup_groups),
         "n_duplicate_rows": int(sum(len(v) for v in dup_groups.values())),
         "deduplicated": dedupe,

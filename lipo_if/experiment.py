@@ -54,7 +54,7 @@ from .featurize import FeaturizerConfig
 from .influence import InfluenceConfig, write_scores
 from .io import atomic_write_json, atomic_write_text
 from .pool import Pool
-from .report import conclusion, plot_predicted_vs_actual, plot_rmse_vs_k, plot_score_hist, render_markdown
+from .report import conclusion, plot_predicted_vs_actual, plot_rmse_vs_k, plot_score_hist, plot_score_vs_similarity, render_markdown
 from .runcache import config_hash, fitted_influence, trained_run
 from .suspicion import suspicion_table
 from .select import GUARDS, SelectionConfig, eligible, guarded_pool, random_k, residual_outliers, select, top_k, uses_greedy
@@ -93,6 +93,9 @@ class ExperimentConfig:
                                                                       "the pools of `lipo-if benchmark` (benchmarks/RESULTS.md); empty = off"})
     ensemble: int = field(default=1, metadata={"help": "models per seed: > 1 trains an ensemble (same split, other initializations); "
                                                        "influence is the members' mean score, retraining retrains every member"})
+    min_similarity: float = field(default=InfluenceConfig.min_similarity, metadata={
+        "help": "applicability domain (lipo_if.domain): external molecules whose nearest-neighbour Tanimoto similarity to the "
+                "training set is below this are scored but never selected (0 = off)"})
     method: str = field(default="filter", metadata={"help": "the selection the report's 'influence' entry holds: filter (the suspicion "
                                                              "filter, the winner of `lipo-if benchmark`) or influence_topk (top-k by influence, "
                                                              "k chosen on validation)", "choices": METHODS})
@@ -138,11 +141,11 @@ class ExperimentConfig:
         the solver ``function-space`` at the given damping)."""
         if self.influence_backend == "ntk":
             return InfluenceConfig(heldout=heldout, hessian="gauss-newton", solver="function-space",
-                                   damping=float(self.influence_damping), progress=progress)
+                                   damping=float(self.influence_damping), min_similarity=self.min_similarity, progress=progress)
         return InfluenceConfig(
             heldout=heldout, hessian=self.influence_hessian, solver=self.influence_solver, damping=self.influence_damping,
             depth=self.influence_depth, repeats=self.influence_repeats, batch_size=self.influence_batch_size,
-            max_iter=self.influence_max_iter, progress=progress,
+            max_iter=self.influence_max_iter, min_similarity=self.min_similarity, progress=progress,
         )
 
 
@@ -301,8 +304,10 @@ def run_experiment(
     finetune_config: FinetuneConfig | None = None,
     featurizer_config: FeaturizerConfig | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> dict:
-    """Run every seed (reusing finished ones), aggregate, write the report files; returns the report."""
+    """Run every seed (reusing finished ones), aggregate, write the report files; returns the report.
+    ``strict``: an external label outside the plausible logD range fails the run instead of being excluded."""
     from tqdm.auto import tqdm
 
     config = config or ExperimentConfig()
@@ -311,7 +316,7 @@ def run_experiment(
     out = Path(out_dir)
     data_path = str(Path(data_path).resolve())
     external_path = str(Path(external_path).resolve())
-    pool = Pool.read(external_path)  # parsed once for the whole experiment; a bad file fails here, named
+    pool = Pool.read(external_path, strict=strict)  # parsed once for the whole experiment; a bad file fails here, named
     dataset = load_dataset(data_path)
     settings_hash = config_hash(config, train_config, finetune_config, featurizer_config)
     start = time.perf_counter()
@@ -362,5 +367,6 @@ def run_experiment(
     plot_rmse_vs_k(report, config.k, out / "rmse_vs_k.png")
     plot_score_hist(first_table, config.guard, config.guard_z, report.get("headline_k"), out / "score_hist.png")
     plot_predicted_vs_actual(seed_results, report["fidelity"], out / "predicted_vs_actual.png")
+    plot_score_vs_similarity(first_table, config.min_similarity, out / "score_vs_similarity.png")
     return report
 

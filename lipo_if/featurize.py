@@ -139,6 +139,51 @@ class RDKitDescriptorFeaturizer:
         return out
 
 
+# --------------------------------------------------------------------------- the time guard
+
+#: Molecules with more heavy atoms than this are first featurized in a watched child process
+#: (Lipophilicity's largest has 115, its 99th percentile 44; below this size no descriptor is slow).
+GUARDED_HEAVY_ATOMS = 80
+#: Seconds a guarded molecule may take to featurize before it is excluded.
+FEATURIZE_TIMEOUT_S = 20.0
+
+
+def _featurize_in_child(parts: list, smiles: str) -> None:
+    for part in parts:
+        part([smiles])
+
+
+def slow_molecules(featurizer: "Featurizer", smiles: Sequence[str], timeout: float = FEATURIZE_TIMEOUT_S,
+                   guarded_from: int = GUARDED_HEAVY_ATOMS) -> dict[int, str]:
+    """``{position: reason}`` of the SMILES whose featurization does not finish within ``timeout``
+    seconds (or crashes), so that no single molecule can stall a run.
+
+    RDKit holds the interpreter while it computes a descriptor, so a thread or an alarm cannot
+    interrupt it: each molecule above ``guarded_from`` heavy atoms is featurized once in a forked
+    child process that is killed at the deadline. Smaller ones are not watched (they cost
+    milliseconds), nor are SMILES that do not parse (the parser's error says why)."""
+    import multiprocessing
+
+    from rdkit import Chem
+
+    context = multiprocessing.get_context("fork")
+    out: dict[int, str] = {}
+    for position, smi in enumerate(smiles):
+        mol = Chem.MolFromSmiles(smi) if smi else None
+        if mol is None or mol.GetNumHeavyAtoms() <= guarded_from:
+            continue
+        child = context.Process(target=_featurize_in_child, args=(featurizer._parts, smi), daemon=True)
+        child.start()
+        child.join(timeout)
+        if child.is_alive():
+            child.kill()
+            child.join()
+            out[position] = f"featurization took longer than {timeout:g} s ({mol.GetNumHeavyAtoms()} heavy atoms)"
+        elif child.exitcode != 0:
+            out[position] = f"featurization failed (exit code {child.exitcode})"
+    return out
+
+
 # --------------------------------------------------------------------------- the cache
 
 

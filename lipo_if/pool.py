@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from .data import DataError, molecule_table, read_molecule_csv
+from .featurize import FEATURIZE_TIMEOUT_S, slow_molecules
 
 #: What :meth:`Pool.coerce` accepts.
 Molecules = Union["Pool", str, os.PathLike, pd.DataFrame, tuple]
@@ -30,22 +31,25 @@ class Pool:
     (stereo-insensitive canonical), ``label`` (float, logD units) and ``error`` (``""`` or why the
     row is unusable). ``source`` names where the molecules came from (a path or ``"<memory>"``)."""
 
-    def __init__(self, table: pd.DataFrame, source: str = "<memory>") -> None:
+    def __init__(self, table: pd.DataFrame, source: str = "<memory>", featurize_timeout: float = FEATURIZE_TIMEOUT_S) -> None:
         self.table = table.reset_index(drop=True)
         self.source = source
-        self._features: dict[int, tuple[Any, torch.Tensor]] = {}
+        #: seconds one molecule may take to featurize (:func:`~lipo_if.featurize.slow_molecules`)
+        self.featurize_timeout = featurize_timeout
+        self._features: dict[int, tuple[Any, np.ndarray, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def read(cls, path: str | os.PathLike, smiles_col: str | None = None, label_col: str | None = None) -> "Pool":
-        """Parse a CSV file (errors as :class:`~lipo_if.data.DataError` naming file, row and column)."""
-        return cls(read_molecule_csv(path, smiles_col, label_col), str(path))
+    def read(cls, path: str | os.PathLike, smiles_col: str | None = None, label_col: str | None = None, **hygiene) -> "Pool":
+        """Parse a CSV file (errors as :class:`~lipo_if.data.DataError` naming file, row and column;
+        ``hygiene``: the options of :func:`~lipo_if.data.molecule_table`, e.g. ``strict=True``)."""
+        return cls(read_molecule_csv(path, smiles_col, label_col, **hygiene), str(path))
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, smiles_col: str | None = None, label_col: str | None = None) -> "Pool":
+    def from_frame(cls, frame: pd.DataFrame, smiles_col: str | None = None, label_col: str | None = None, **hygiene) -> "Pool":
         """Parse a DataFrame holding a SMILES and a label column (detected like a file's)."""
-        return cls(molecule_table(frame.astype(str), Path("<DataFrame>"), smiles_col, label_col), "<DataFrame>")
+        return cls(molecule_table(frame.astype(str), Path("<DataFrame>"), smiles_col, label_col, **hygiene), "<DataFrame>")
 
     @classmethod
     def from_smiles(cls, smiles: Sequence[str], labels: Sequence[float]) -> "Pool":
@@ -76,17 +80,31 @@ class Pool:
 
     @property
     def valid(self) -> np.ndarray:
-        """bool ``[n]``: rows RDKit parsed."""
+        """bool ``[n]``: rows whose molecule passed parsing and standardization (and, once
+        featurized, the time guard)."""
         return (self.table["error"] == "").to_numpy()
 
     def features(self, featurizer) -> torch.Tensor:
-        """Model input ``[n_valid, d]`` float32 of the valid rows (table order), once per featurizer."""
+        """Model input ``[n_valid, d]`` float32 of the valid rows (table order), once per featurizer.
+
+        A molecule whose featurization exceeds :attr:`featurize_timeout` becomes invalid here, its
+        ``error`` saying so (:func:`~lipo_if.featurize.slow_molecules`)."""
         key = id(featurizer)
         if key not in self._features:
+            valid_index = np.flatnonzero(self.valid)
+            slow = slow_molecules(featurizer, self.table["smiles"].to_numpy()[valid_index].tolist(), self.featurize_timeout)
+            for position, reason in slow.items():
+                self.table.loc[valid_index[position], "error"] = reason
+            rows = self.table.loc[self.valid, "row"].to_numpy(dtype=int)
             smiles = self.table.loc[self.valid, "smiles"].tolist()
             x = torch.from_numpy(featurizer.transform(smiles)) if smiles else torch.zeros(0, featurizer.dim)
-            self._features[key] = (featurizer, x)  # the featurizer is kept so that its id stays unique
-        return self._features[key][1]
+            self._features[key] = (featurizer, rows, x)  # the featurizer is kept so that its id stays unique
+        _, rows, x = self._features[key]
+        current = self.table.loc[self.valid, "row"].to_numpy(dtype=int)
+        if not np.array_equal(rows, current):  # another featurizer's guard excluded a row since
+            at = {int(r): i for i, r in enumerate(rows)}
+            x = x.index_select(0, torch.tensor([at[int(r)] for r in current], dtype=torch.int64))
+        return x
 
     def rows_features(self, featurizer, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(X [k, d], y [k] float32)`` of the valid rows ``rows`` (``row`` ids), in the order given."""
@@ -108,18 +126,21 @@ class Pool:
         """``row`` id → position among the valid rows (the row order of :meth:`features`)."""
         return {int(r): i for i, r in enumerate(self.table.loc[self.valid, "row"])}
 
-    def exclusions(self, split_keys: dict[str, set[str]] | None) -> list[str]:
+    def exclusions(self, split_keys: dict[str, set[str]] | None, domain=None) -> list[str]:
         """Why each row is not scored (``""`` = scored), in table order.
 
-        Precedence: the parser's error (e.g. "invalid SMILES"), then membership of a split in the
-        order of ``split_keys`` (e.g. ``{"validation": …, "test": …, "training": …}``, stereo-
-        insensitive keys; None = no overlap check), then repetition of an earlier scored row
-        ("duplicate row of row N", N = its ``row``).
+        Precedence: the parser's error (e.g. "invalid SMILES", a structure rule of
+        :mod:`lipo_if.standardize`, an implausible label), then the run's ``domain``
+        (:class:`~lipo_if.domain.Domain`: foreign elements, too many heavy atoms; None = no such
+        check), then membership of a split in the order of ``split_keys`` (e.g. ``{"validation": …,
+        "test": …, "training": …}``, stereo-insensitive keys of the standardized molecules; None = no
+        overlap check), then repetition of an earlier scored row ("duplicate row of row N", N = its ``row``).
         """
         reasons: list[str] = []
         first_row: dict[str, int] = {}
-        for row, key, error in zip(self.table["row"], self.table["key"], self.table["error"]):
-            reason = error or next(
+        outside = domain.reasons(self.table["smiles"].tolist()) if domain is not None else [""] * len(self.table)
+        for row, key, error, beyond in zip(self.table["row"], self.table["key"], self.table["error"], outside):
+            reason = error or beyond or next(
                 (f"duplicate of a {name} molecule" for name, keys in (split_keys or {}).items() if key in keys), "")
             if not reason and key in first_row:
                 reason = f"duplicate row of row {first_row[key]}"

@@ -161,7 +161,9 @@ def render_markdown(report: dict) -> str:
            f"(first order {fid['second_order']['mean_predicted_first_order']:+.4f}) vs actual {fid['second_order']['mean_actual']:+.4f}."
            if fid.get("second_order") else ""), "",
         "Plots: `score_hist.png` (scores and the selection cut-off), `rmse_vs_k.png` (test RMSE vs k, error bars = std over seeds), "
-        "`predicted_vs_actual.png` (predicted vs actual change of validation loss for the selected groups).", "",
+        "`predicted_vs_actual.png` (predicted vs actual change of validation loss for the selected groups), "
+        "`score_vs_similarity.png` (score against the nearest-neighbour similarity to the training set, seed "
+        f"{meta['seeds'][0]}; below {meta['experiment_config'].get('min_similarity', 0):g} a molecule is out of domain and never selected).", "",
     ]
     return "\n".join(lines)
 
@@ -248,6 +250,27 @@ def plot_score_hist(scores: pd.DataFrame, guard: str, guard_z: float, headline_k
     ax.axvline(0, color="gray", lw=0.8)
     ax.set_xlabel("influence score: predicted Δ validation MSE (logD²); negative = helpful")
     ax.set_ylabel("external molecules")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_score_vs_similarity(scores: pd.DataFrame, min_similarity: float, path: Path) -> None:
+    """Influence score of every scored molecule against its nearest-neighbour Tanimoto similarity
+    to the training set (:mod:`lipo_if.domain`), with the applicability-domain threshold."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    scored = scores[scores["excluded"].fillna("").astype(str) == ""]
+    sim = scored["nn_similarity"].to_numpy(dtype=float)
+    score = scored["score"].to_numpy(dtype=float)
+    inside = scored["in_domain"].astype(bool).to_numpy()
+    ax.scatter(sim[inside], score[inside], s=10, color="tab:blue", alpha=0.7, label=f"in domain ({int(inside.sum())})")
+    if (~inside).any():
+        ax.scatter(sim[~inside], score[~inside], s=10, color="tab:red", alpha=0.7, label=f"out of domain, not selected ({int((~inside).sum())})")
+    if min_similarity > 0:
+        ax.axvline(min_similarity, color="black", ls="--", lw=0.8, label=f"threshold {min_similarity:g}")
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set_xlabel("nearest-neighbour Tanimoto similarity to the training set (Morgan r2, 2048 bits)")
+    ax.set_ylabel("influence score (predicted Δ validation MSE; < 0 = helpful)")
     ax.legend(fontsize=8)
     save_figure(fig, path)
 

@@ -169,9 +169,12 @@ def normalize_scores(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def eligible(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows that may be selected: not excluded and with a finite score, in table order."""
+    """Rows that may be selected: not excluded, with a finite score and — where the table has the
+    column — in the run's applicability domain (``in_domain``, :mod:`lipo_if.domain`), in table order."""
     table = normalize_scores(table)
     mask = (table["excluded"] == "") & np.isfinite(table["score"].to_numpy(dtype=float))
+    if "in_domain" in table:
+        mask &= table["in_domain"].astype(bool).to_numpy()
     return table[mask]
 
 

@@ -43,8 +43,9 @@ from .train import FinetuneConfig, Run, predict_tensor
 DETECTORS: tuple[str, ...] = ("residual", "self_influence", "leverage", "ensemble_residual")
 DEFAULT_DETECTOR = "residual"
 #: The columns ``lipo-if inspect`` writes: the verdict, then its evidence.
-INSPECT_COLUMNS = ["row", "smiles", "label", "suspicion", "prediction", "residual", "residual_z", "leverage",
-                   "self_influence_raw", *(f"{name}_suspicion" for name in DETECTORS), "score", "excluded"]
+INSPECT_COLUMNS = ["row", "smiles", "label", "suspicion", "smiles_standardized", "prediction", "residual", "residual_z", "leverage",
+                   "self_influence_raw", *(f"{name}_suspicion" for name in DETECTORS), "score", "nn_similarity", "n_neighbors",
+                   "in_domain", "excluded"]
 
 
 def validation_spread(run: Run | Ensemble) -> float:

@@ -24,11 +24,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import DataError, MoleculeDataset, Split, canonicalize, load_dataset, make_split
+from .data import DataError, MoleculeDataset, Split, load_dataset, make_split
 from .io import atomic_write_bytes, atomic_write_text
 from .featurize import Featurizer, FeaturizerConfig
 from .model import MLPRegressor, ModelConfig, build_model, objective
 from .pool import Molecules, Pool
+from .standardize import standardize
 
 log = logging.getLogger(__name__)
 
@@ -259,13 +260,14 @@ class Run:
         return torch.from_numpy(self.featurizer.transform(list(smiles)))
 
     def predict(self, smiles: Sequence[str]) -> np.ndarray:
-        """Predicted logD7.4 for each SMILES (canonicalized first; invalid SMILES raise DataError)."""
+        """Predicted logD7.4 for each SMILES (standardized first, :mod:`lipo_if.standardize`; a
+        rejected structure raises DataError with the reason)."""
         canonical = []
         for s in smiles:
-            parsed = canonicalize(s)
-            if parsed is None:
-                raise DataError(f"invalid SMILES {s!r}")
-            canonical.append(parsed[0])
+            std, _, reason = standardize(s)
+            if reason:
+                raise DataError(f"SMILES {s!r}: {reason}")
+            canonical.append(std)
         return predict_tensor(self.model, self.featurize(canonical))
 
     def evaluate(self) -> dict:

@@ -42,12 +42,12 @@ def test_invalid_smiles_dropped_and_reported(tmp_path, caplog):
         ds = load_dataset(path)
     assert ds.smiles == ["CCO", "CCN"]
     assert ds.report["n_invalid"] == 2 and ds.report["invalid_rows"] == [1, 2]
-    assert "dropped 2 invalid SMILES" in caplog.text and "row 1 'C1CC'" in caplog.text
+    assert "dropped 2 rejected rows" in caplog.text and "row 1 'C1CC': invalid SMILES" in caplog.text
 
 
 def test_invalid_smiles_strict_fails(tmp_path):
     path = write_csv(tmp_path / "a.csv", "smiles,exp", ["CCO,1", "C1CC,2"])
-    with pytest.raises(DataError, match=r"a\.csv: 1 invalid SMILES \(first: row 1, 'C1CC'\)"):
+    with pytest.raises(DataError, match=r"a\.csv: 1 rejected rows \(first: row 1, 'C1CC': invalid SMILES\)"):
         load_dataset(path, strict=True)
 
 

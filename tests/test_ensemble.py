@@ -60,7 +60,7 @@ def test_retraining_an_ensemble_retrains_every_member(tiny_ensemble, tiny_data):
 def test_ensemble_influence_is_the_members_mean_with_its_standard_error(tiny_ensemble, tiny_data, tmp_path):  # noqa: F811
     _, external = tiny_data
     pool = Pool.read(external)
-    settings = dict(solver="cg", damping=0.1, tol=1e-10, progress=False)
+    settings = dict(solver="cg", damping=0.1, tol=1e-10, min_similarity=0.0, progress=False)  # (domain: tests of its own)
     inf = Influence(tiny_ensemble, **settings).fit()
     table = inf.scores(pool)
     each = np.stack([Influence(m, **settings).fit().scores(pool)["score"].to_numpy() for m in tiny_ensemble.members])

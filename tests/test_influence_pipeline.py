@@ -88,6 +88,9 @@ class FakeRun:
     def keys(self, part: str) -> list[str]:
         return [canonicalize(s)[1] for s in SPLITS[part]]
 
+    def smiles(self, part: str) -> list[str]:
+        return [canonicalize(s)[0] for s in SPLITS[part]]
+
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +108,9 @@ def external(tmp_path: Path) -> Path:
             ("CCCO", 0.4),  # 5: a validation molecule
             ("CCCCN", 0.9),  # 6: a test molecule
             ("CCCCCC", 2.5),  # 7: a training molecule
-            ("CCCCCCCC", 3.3), ("Clc1ccccc1", 2.3), ("NCCO", -1.0)]
+            ("CCCCCCCC", 3.3),
+            ("Clc1ccccc1", 2.3),  # 9: chlorine, an element the training set lacks
+            ("NCCO", -1.0)]
     path = tmp_path / "external.csv"
     pd.DataFrame(rows, columns=["smiles", "label"]).to_csv(path, index=False)
     return path
@@ -125,14 +130,16 @@ def test_pipeline_end_to_end(run, external, tmp_path):
     out = tmp_path / "out" / "scores.csv"
     summary = run_influence(run, external, quiet(solver="cg", tol=1e-10), out)
     frame = pd.read_csv(out, keep_default_na=False)
-    assert list(frame.columns) == ["row", "smiles", "label", "prediction", "residual", "score", "excluded"]
+    assert list(frame.columns) == ["row", "smiles", "smiles_standardized", "label", "prediction", "residual", "score",
+                                   "nn_similarity", "n_neighbors", "in_domain", "excluded"]
     assert frame["row"].tolist() == list(range(11))
     expected = {3: "invalid SMILES", 4: "duplicate row of row 0", 5: "duplicate of a validation molecule",
-                6: "duplicate of a test molecule", 7: "duplicate of a training molecule"}
+                6: "duplicate of a test molecule", 7: "duplicate of a training molecule",
+                9: "element Cl not in the training set (C, N, O)"}
     assert {i: r for i, r in enumerate(frame["excluded"]) if r} == expected
     scored = frame[frame["excluded"] == ""]
     assert (frame.loc[list(expected), "score"] == "").all()  # excluded rows: empty score
-    assert scored["score"].astype(float).notna().all() and len(scored) == 6
+    assert scored["score"].astype(float).notna().all() and len(scored) == 5
     assert frame.loc[3, "prediction"] == "" and frame.loc[4, "prediction"] != ""  # invalid: no prediction
     pred = scored["prediction"].astype(float)
     assert np.allclose(scored["residual"].astype(float), pred - scored["label"].astype(float), atol=1e-8)
@@ -151,7 +158,7 @@ def test_pipeline_end_to_end(run, external, tmp_path):
     assert paths["histogram"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = json.loads(paths["summary"].read_text())
     assert written["counts"] == summary["counts"]
-    assert summary["counts"]["rows"] == 11 and summary["counts"]["scored"] == 6
+    assert summary["counts"]["rows"] == 11 and summary["counts"]["scored"] == 5
     assert summary["counts"]["excluded_by_reason"]["duplicate row"] == 1
     assert summary["selection_saw_test_set"] is False and summary["n_train"] == 16 and summary["n_heldout"] == 4
     assert summary["solver"]["converged"] and summary["solver"]["info"]["lambda_max"] > 0
@@ -164,7 +171,7 @@ def test_pipeline_lissa_test_heldout_and_no_overlap_exclusion(run, external, tmp
     summary = run_influence(run, external, quiet(heldout="test", exclude_overlap=False, depth=300), out)
     frame = pd.read_csv(out, keep_default_na=False)
     assert frame["excluded"].tolist()[3:5] == ["invalid SMILES", "duplicate row of row 0"]
-    assert (frame["excluded"] == "").sum() == 9  # split members are scored when overlap is allowed
+    assert (frame["excluded"] == "").sum() == 8  # split members are scored when overlap is allowed (not row 9's Cl)
     assert summary["selection_saw_test_set"] is True
     assert any("saw the test set" in w for w in summary["warnings"])
     info = summary["solver"]["info"]
@@ -218,7 +225,7 @@ def test_scores_of_a_file_a_dataframe_lists_and_a_pool_are_the_same(run, externa
     from_pool = inf.scores(pool)
     for other in (from_frame, from_lists, from_pool):
         pd.testing.assert_frame_equal(other, from_file)
-    assert from_file["score"].notna().sum() == 6 and np.isfinite(from_file["score"].dropna()).all()
+    assert from_file["score"].notna().sum() == 5 and np.isfinite(from_file["score"].dropna()).all()
     assert inf.scores(pool) is not from_pool and pool.features(run.featurizer) is pool.features(run.featurizer)  # featurized once
 
 

@@ -87,7 +87,7 @@ def test_save_load_roundtrip(tmp_path, trained):
     x, y = loaded.tensors("val")
     assert x.shape == (len(run.split.val), run.featurizer.dim) and y.dtype == torch.float32
     assert loaded.keys("test") == [run.dataset.keys[i] for i in run.split.test]
-    with pytest.raises(DataError, match="invalid SMILES 'C1CC'"):
+    with pytest.raises(DataError, match="SMILES 'C1CC': invalid SMILES"):
         loaded.predict(["C1CC"])
 
 

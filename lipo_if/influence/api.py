@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lipo_if.domain import Domain
 from lipo_if.ensemble import Ensemble
 from lipo_if.io import atomic_write_bytes, atomic_write_json
 from lipo_if.pool import Molecules, Pool
@@ -57,7 +58,8 @@ log = logging.getLogger(__name__)
 
 #: ``heldout`` names → the run's split part names.
 HELDOUT_PARTS = {"validation": "val", "test": "test"}
-OUTPUT_COLUMNS = ["row", "smiles", "label", "prediction", "residual", "score", "excluded"]
+OUTPUT_COLUMNS = ["row", "smiles", "smiles_standardized", "label", "prediction", "residual", "score", "nn_similarity",
+                  "n_neighbors", "in_domain", "excluded"]
 #: ``precision`` choices (torch dtype names).
 PRECISIONS = ("float64", "float32")
 #: ``scorer`` choices.
@@ -113,6 +115,13 @@ class InfluenceConfig(SolverConfig):
                           "half the bytes (LiSSA ≈1.4× faster on the dev box) at ≈1e-7 relative rounding, far below "
                           "LiSSA's minibatch noise; float64 for fidelity studies", "choices": PRECISIONS},
     )
+    min_similarity: float = field(
+        default=0.3,
+        metadata={"help": "applicability domain: a molecule whose nearest-neighbour Tanimoto similarity to the training set "
+                          "(Morgan r2, 2048 bits) is below this is scored but not selected (in_domain false; 0 = off)"},
+    )
+    neighbor_similarity: float = field(default=0.5, metadata={"help": "Tanimoto at or above which a training molecule counts in n_neighbors"})
+    max_heavy_atoms: int = field(default=0, metadata={"help": "molecules with more heavy atoms are not scored (0 = 1.5 × the largest training molecule)"})
     smiles_col: str | None = field(default=None, metadata={"help": "SMILES column of the external CSV (auto if unset)"})
     label_col: str | None = field(default=None, metadata={"help": "label column of the external CSV (auto if unset)"})
 
@@ -125,6 +134,11 @@ class InfluenceConfig(SolverConfig):
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size}")
+        for name in ("min_similarity", "neighbor_similarity"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_heavy_atoms < 0:
+            raise ValueError(f"max_heavy_atoms must be ≥ 0 (0 = from the training set), got {self.max_heavy_atoms}")
 
     @property
     def param_names(self) -> list[str] | None:
@@ -182,6 +196,15 @@ class Influence:
         self._tracin: list | None = None
         self.heldout_grads: list[torch.Tensor] | None = None
         self._function_space: tuple[MLP, FunctionSpaceSolver] | None = None
+        self._domain: Domain | None = None
+
+    @property
+    def domain(self) -> Domain:
+        """The run's applicability domain (:mod:`lipo_if.domain`), from its training molecules."""
+        if self._domain is None:
+            run = self.run.members[0] if isinstance(self.run, Ensemble) else self.run  # (members share the split)
+            self._domain = Domain.from_smiles(run.smiles("train"), self.config.max_heavy_atoms, self.config.neighbor_similarity)
+        return self._domain
 
     def __repr__(self) -> str:
         state = "fitted" if self.fitted else "not fitted"
@@ -290,12 +313,17 @@ class Influence:
             return self._ensemble_scores(pool)
         op = self.operator
         table = pool.table
-        reasons = pool.exclusions(self.run.split_keys() if self.config.exclude_overlap else None)
-        out = pd.DataFrame({"row": table["row"], "smiles": table["smiles_input"], "label": table["label"],
-                            "prediction": np.nan, "residual": np.nan, "score": np.nan, "excluded": reasons})
+        if pool.valid.any():
+            X = pool.features(self.run.featurizer)  # first: its time guard may exclude a molecule
+        reasons = pool.exclusions(self.run.split_keys() if self.config.exclude_overlap else None, self.domain)
+        nn, neighbors = self.domain.similarity(table["smiles"].tolist())
+        scored = np.array([r == "" for r in reasons], dtype=bool)
+        out = pd.DataFrame({"row": table["row"], "smiles": table["smiles_input"], "smiles_standardized": table["smiles"],
+                            "label": table["label"], "prediction": np.nan, "residual": np.nan, "score": np.nan,
+                            "nn_similarity": nn, "n_neighbors": neighbors,
+                            "in_domain": scored & (np.nan_to_num(nn, nan=-1.0) >= self.config.min_similarity), "excluded": reasons})
         valid = pool.valid
         if valid.any():
-            X = pool.features(self.run.featurizer)
             y = torch.tensor(table.loc[valid, "label"].to_numpy(dtype=float), dtype=op.dtype)
             with torch.no_grad():
                 pred = torch.cat([op.predict(op.theta, X[i:i + self.config.chunk_size].to(op.dtype))
