@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.add_argument("--seed", type=int, default=0, help="first seed (seeds are SEED, SEED+1, …)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the demo's 3)")
+    p.add_argument("--ensemble", type=int, default=1, help="models per seed (> 1: an ensemble of initializations; ≈ M× the time)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -282,9 +282,11 @@ def load_dataset(
     label_col: str | None = None,
     strict: bool = False,
     dedupe: bool = True,
+    tautomer: bool = False,
 ) -> MoleculeDataset:
-    """Read, validate and clean a molecule CSV (see :func:`read_molecule_csv`, :func:`clean_molecules`)."""
-    table = read_molecule_csv(path, smiles_col=smiles_col, label_col=label_col)
+    """Read, validate and clean a molecule CSV (see :func:`read_molecule_csv`, :func:`clean_molecules`).
+    ``tautomer``: standardize to RDKit's canonical tautomer too (then do so for every table of the run)."""
+    table = read_molecule_csv(path, smiles_col=smiles_col, label_col=label_col, tautomer=tautomer)
     return clean_molecules(table, source=str(path), strict=strict, dedupe=dedupe)
 
 

@@ -77,10 +77,10 @@ def run_demo(args: argparse.Namespace) -> int:
     if not external.exists():
         raise DataError(f"{external}: file not found; put external.csv next to lipophilicity.csv or pass --data-dir DIR")
     seeds = getattr(args, "seeds", None) or DEMO_EXPERIMENT["seeds"]
-    config = ExperimentConfig(**{**DEMO_EXPERIMENT, "seeds": seeds, "first_seed": args.seed})
+    config = ExperimentConfig(**{**DEMO_EXPERIMENT, "seeds": seeds, "first_seed": args.seed, "ensemble": getattr(args, "ensemble", 1)})
     finetune = FinetuneConfig(**DEMO_FINETUNE)
     out = Path(args.out)
-    minutes = estimate_for(config) / 60
+    minutes = estimate_for(config) * config.ensemble / 60
     print(f"[demo] data: {path}\n[demo] external: {external}")
     _threads_for_load()
     print(f"[demo] {config.seeds} seeds × (train → influence on validation (+ test-set oracle, diagnostic) → select k={list(config.k)} "

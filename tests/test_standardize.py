@@ -164,3 +164,12 @@ def test_a_5000_atom_chain_does_not_stall_the_influence_command(tiny_run, tiny_d
     tail = written["excluded"].tolist()[-4:]
     assert tail[0].startswith("5000 heavy atoms") and "no carbon" in tail[1] and "dummy atom" in tail[2] and "no carbon" in tail[3]
     assert (written["score"].iloc[-4:] == "").all() and len(written) == len(frame)  # nothing lost, nothing scored
+
+
+def test_the_canonical_tautomer_is_an_option():
+    """Off by default (the keto and enol forms stay two molecules); on, they are one."""
+    keto, enol = "CC(=O)C", "CC(O)=C"
+    assert standardize(keto)[0] != standardize(enol)[0]
+    assert standardize(keto, tautomer=True)[0] == standardize(enol, tautomer=True)[0]
+    table = molecule_table(pd.DataFrame({"smiles": [keto, enol], "label": ["0.1", "0.2"]}), "<test>", tautomer=True)
+    assert table["key"].nunique() == 1
