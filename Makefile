@@ -18,7 +18,7 @@ export LIPO_IF_DATA
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench bench-pairs bench-peers bench-cleanlab cuda-check clean ext
+.PHONY: install test demo bench bench-pairs bench-peers bench-cleanlab bench-chemprop cuda-check clean ext
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,17 @@ bench-cleanlab: install
 		$(if $(LIPO_IF_DATA),--data-dir $(LIPO_IF_DATA))
 	.venv-cleanlab/bin/python benchmarks/peers/bench_cleanlab.py --workload runs/peers/cleanlab_workload.npz \
 		--json runs/peers/cleanlab.json $(CLEANLAB_ARGS)
+
+# Task-1 peer: chemprop 2.3.1's D-MPNN (its defaults, 50 epochs) on lipo_if's own splits, from its own venv
+# (torch pinned first so pip keeps the CPU build); the splits are written with the project venv; results in runs/peers/.
+bench-chemprop: install
+	test -x .venv-chemprop/bin/python || $(PYTHON) -m venv .venv-chemprop
+	.venv-chemprop/bin/python -m pip install -q $(TORCH_PIN)
+	.venv-chemprop/bin/python -m pip install -q 'chemprop==2.3.1'
+	test -d runs/peers/chemprop_splits || $(PY) benchmarks/peers/bench_chemprop.py --prepare runs/peers/chemprop_splits \
+		$(if $(LIPO_IF_DATA),--data-dir $(LIPO_IF_DATA)) --seeds 0 1 2 3 4 --splits random scaffold
+	.venv-chemprop/bin/python benchmarks/peers/bench_chemprop.py --run runs/peers/chemprop_splits \
+		--json runs/peers/chemprop.json $(CHEMPROP_ARGS)
 
 cuda-check:
 	$(PY) tools/cuda_check.py

@@ -18,15 +18,18 @@ from typing import Any, Callable, Sequence
 
 from . import __version__, backend
 from .benchmark import BenchmarkConfig, run_benchmark
-from .data import DataError, load_dataset, read_molecule_csv, resolve_lipophilicity_path
+from .data import DataError, load_dataset, molecule_table, read_molecule_csv, resolve_lipophilicity_path
 from .ensemble import finetune, train_ensemble
 from .demo import run_demo
 from .experiment import ExperimentConfig, run_experiment
 from .featurize import FeaturizerConfig
-from .influence import Influence, InfluenceConfig, InfluenceSolverError, write_scores
+from .influence import InfluenceConfig, InfluenceSolverError
+from .influence.outputs import output_paths
 from .io import atomic_write_text
 from .pool import Pool
 from .rundir import load_run
+from .runcache import fitted_influence
+from .stream import StreamConfig, read_chunks, score_file
 from .suspicion import DEFAULT_DETECTOR, DETECTORS, INSPECT_COLUMNS, inspect
 from .train import FinetuneConfig, TrainConfig, train_run
 from .validate import ValidateConfig, run_validation
@@ -158,10 +161,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_influence(args: argparse.Namespace) -> int:
     config = dataclass_from_args(InfluenceConfig, args, progress=not args.quiet)
-    pool = Pool.read(args.external, config.smiles_col, config.label_col, strict=args.strict)  # a bad file fails before the solve
+    stream = dataclass_from_args(StreamConfig, args)
+    first = next(read_chunks(args.external, 100))  # a bad file fails before the solve: columns, first rows
+    molecule_table(first[1], Path(args.external), config.smiles_col, config.label_col, strict=args.strict)
     run = load_run(args.run, data_path=args.data)
-    inf = Influence(run, config=config).fit()
-    summary = write_scores(inf, inf.scores(pool), args.out, source=str(args.external))
+    solved = output_paths(args.out)["csv"]
+    inf = fitted_influence(run, config, solved.with_name(solved.stem + "_influence"))  # saved once, reused on resume
+    summary = score_file(inf, args.external, args.out, stream, strict=args.strict, progress=not args.quiet)
     counts = summary.get("counts", {})
     print(f"influence of {counts.get('scored', '?')} of {counts.get('rows', '?')} external rows on the {config.heldout} loss "
           f"written to {args.out}")
@@ -267,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on an external label outside the plausible logD range "
                    "(lipo_if.standardize.LOGD_RANGE) instead of excluding the row")
     add_dataclass_arguments(p, InfluenceConfig, skip=("progress",), group="influence and LiSSA settings")
+    add_dataclass_arguments(p, StreamConfig, group="pools of any size (lipo_if.stream)")
     p.set_defaults(func=_cmd_influence)
 
     p = sub.add_parser("inspect", help="which labels look wrong: suspicion of every external (and training) molecule",

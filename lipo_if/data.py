@@ -143,6 +143,7 @@ def molecule_table(
     strict: bool = False,
     tautomer: bool = False,
     max_heavy_atoms: int = PARSE_HEAVY_ATOM_LIMIT,
+    first_row: int = 0,
 ) -> pd.DataFrame:
     """Parse a table of strings (a CSV's cells) into standardized molecules, one output row per input row.
 
@@ -153,7 +154,8 @@ def molecule_table(
     row is unusable: the structure rules of :mod:`lipo_if.standardize`, or a label outside
     ``label_range`` (None = no range check)). ``strict``: a label outside the range raises
     :class:`DataError` instead. ``tautomer``, ``max_heavy_atoms``: see
-    :func:`~lipo_if.standardize.standardize`. ``path`` names the source in error messages.
+    :func:`~lipo_if.standardize.standardize`. ``path`` names the source in error messages;
+    ``first_row``: the data row of the table's first row (a chunk of a larger file).
     """
     frame = frame.rename(columns=lambda c: str(c).strip())
     smiles_name = _pick_column(list(frame.columns), smiles_col, SMILES_COLUMNS, "SMILES", path)
@@ -166,8 +168,9 @@ def molecule_table(
         label_name = None
 
     records = []
-    for row, smiles_text in enumerate(frame[smiles_name].tolist()):
-        label = _parse_label(frame[label_name].iat[row], path, row, label_name) if label_name else float("nan")
+    for position, smiles_text in enumerate(frame[smiles_name].tolist()):
+        row = first_row + position
+        label = _parse_label(frame[label_name].iat[position], path, row, label_name) if label_name else float("nan")
         canonical, key, reason = standardize(smiles_text, tautomer, max_heavy_atoms)
         bad_label = label_reason(label, label_range) if label_name else ""
         if bad_label and strict:

@@ -309,9 +309,19 @@ class Featurizer:
 
     def transform(self, smiles: Sequence[str]) -> np.ndarray:
         """Model input ``[n, dim]`` float32: fingerprints as they are, descriptors standardized and clipped."""
+        return self.model_input(self.raw(smiles))
+
+    def raw_uncached(self, smiles: Sequence[str]) -> np.ndarray:
+        """:meth:`raw` without the disk cache (what a worker process computes for a chunk of a large pool)."""
+        smiles = list(smiles)
+        if not smiles:
+            return np.zeros((0, self.dim))
+        return np.concatenate([part(smiles).astype(np.float64) for part in self._parts], axis=1)
+
+    def model_input(self, raw: np.ndarray) -> np.ndarray:
+        """Raw features ``[n, dim]`` (:meth:`raw`) → model input ``[n, dim]`` float32."""
         if self.mean is None and self.n_sparse < self.dim:
             raise RuntimeError("Featurizer.transform called before fit(): descriptor statistics are unknown")
-        raw = self.raw(smiles)
         if self.n_sparse < self.dim:
             dense = raw[:, self.n_sparse:]
             dense = np.where(np.isnan(dense), self.mean, dense)

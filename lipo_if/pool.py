@@ -61,6 +61,17 @@ class Pool:
         return cls(molecule_table(frame, Path("<memory>"), "smiles", "label"), "<memory>")
 
     @classmethod
+    def featurized(cls, table: pd.DataFrame, source: str, featurizer, x: torch.Tensor) -> "Pool":
+        """A pool whose valid rows (table order) are already featurized for ``featurizer`` (``x``
+        ``[n_valid, d]``, e.g. by the worker processes of :mod:`lipo_if.stream`)."""
+        pool = cls(table, source)
+        rows = pool.table.loc[pool.valid, "row"].to_numpy(dtype=int)
+        if x.shape[0] != rows.size:
+            raise ValueError(f"{rows.size} valid rows but {x.shape[0]} feature rows")
+        pool._features[id(featurizer)] = (featurizer, rows, x)
+        return pool
+
+    @classmethod
     def coerce(cls, molecules: Molecules, smiles_col: str | None = None, label_col: str | None = None) -> "Pool":
         """A Pool from a Pool, a path, a DataFrame or a ``(smiles, labels)`` pair."""
         if isinstance(molecules, Pool):

@@ -1,6 +1,7 @@
 """The files ``lipo-if influence`` writes for one scores table, atomically.
 
-- ``<out>.csv``: ``row, smiles, label, prediction, residual, score, excluded``;
+- ``<out>.csv``: :data:`~lipo_if.influence.api.OUTPUT_COLUMNS` (input and standardized SMILES, label,
+  prediction, residual, score, the applicability domain, ``excluded``), an ensemble's columns after;
 - ``<out stem>_hist.png``: histogram of the scores;
 - ``<out stem>_summary.json``: settings, λmax/scale/damping, convergence trace, counts, timings.
 """
@@ -25,7 +26,7 @@ def output_paths(out_csv: str | Path) -> dict[str, Path]:
             "summary": out.with_name(out.stem + "_summary.json")}
 
 
-def _histogram_png(scores: np.ndarray, title: str) -> bytes:
+def histogram_png(scores: np.ndarray, title: str) -> bytes:
     """PNG bytes of a score histogram (Agg canvas; no global matplotlib state touched)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -58,7 +59,7 @@ def write_scores(inf: Influence, table: pd.DataFrame, out_csv: str | Path, sourc
     columns = OUTPUT_COLUMNS + [c for c in table.columns if c not in OUTPUT_COLUMNS]  # an ensemble's score_se, …
     atomic_write_text(paths["csv"], table[columns].to_csv(index=False, float_format="%.10g"))
     title = f"{len(scores)} molecules · {config.hessian} · {config.solver} · held-out: {config.heldout}"
-    atomic_write_bytes(paths["histogram"], _histogram_png(scores, title))
+    atomic_write_bytes(paths["histogram"], histogram_png(scores, title))
     summary["timings"]["write_seconds"] = round(time.perf_counter() - clock, 4)
     summary["timings"]["total_seconds"] = round(sum(summary["timings"].values()), 4)
     atomic_write_json(paths["summary"], summary)
