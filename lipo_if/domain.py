@@ -53,42 +53,48 @@ class Domain:
         limit = max_heavy_atoms or math.ceil(1.5 * largest)
         return cls(elements, limit, [generator.GetFingerprint(m) for m in mols], neighbor_similarity, bool(max_heavy_atoms))
 
-    def reasons(self, smiles: Sequence[str]) -> list[str]:
-        """Why each (standardized, valid) SMILES is outside what the run can score (``""`` = fine)."""
-        Chem = _rdkit()
-        out = []
-        for s in smiles:
-            mol = Chem.MolFromSmiles(s) if s else None
-            if mol is None:
-                out.append("")  # the parser's error already says why
-                continue
-            foreign = sorted({a.GetSymbol() for a in mol.GetAtoms()} - self.elements)
-            heavy = mol.GetNumHeavyAtoms()
-            if foreign:
-                out.append(f"element{'s' if len(foreign) > 1 else ''} {', '.join(foreign)} not in the training set "
-                           f"({', '.join(sorted(self.elements))})")
-            elif heavy > self.max_heavy_atoms:
-                out.append(f"{heavy} heavy atoms, more than this run's limit of {self.max_heavy_atoms} "
-                           f"(1.5 × its largest training molecule)" if not self.limit_given else
-                           f"{heavy} heavy atoms, more than the limit of {self.max_heavy_atoms}")
-            else:
-                out.append("")
-        return out
+    def _reason(self, mol) -> str:
+        foreign = sorted({a.GetSymbol() for a in mol.GetAtoms()} - self.elements)
+        if foreign:
+            return (f"element{'s' if len(foreign) > 1 else ''} {', '.join(foreign)} not in the training set "
+                    f"({', '.join(sorted(self.elements))})")
+        heavy = mol.GetNumHeavyAtoms()
+        if heavy > self.max_heavy_atoms:
+            return (f"{heavy} heavy atoms, more than the limit of {self.max_heavy_atoms}" if self.limit_given else
+                    f"{heavy} heavy atoms, more than this run's limit of {self.max_heavy_atoms} (1.5 × its largest training molecule)")
+        return ""
 
-    def similarity(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``(nn_similarity [n] float64, n_neighbors [n] int64)`` of each SMILES against the training
-        set (NaN / -1 for a SMILES that does not parse)."""
+    def _neighbours(self, mol, generator) -> tuple[float, int]:
         from rdkit import DataStructs
 
+        sims = np.asarray(DataStructs.BulkTanimotoSimilarity(generator.GetFingerprint(mol), self.fingerprints))
+        return float(sims.max()), int((sims >= self.neighbor_similarity).sum())
+
+    def assess(self, smiles: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``(reasons, nn_similarity [n] float64, n_neighbors [n] int64)`` of each (standardized)
+        SMILES, each parsed once: why it is outside what the run can score (``""`` = fine; also
+        for a SMILES that does not parse — the parser's error already says why), its largest
+        Tanimoto similarity to a training molecule and its count of training neighbours (NaN / -1
+        where it does not parse)."""
         Chem = _rdkit()
         generator = _fingerprint_generator()
+        reasons = [""] * len(smiles)
         nn = np.full(len(smiles), np.nan)
         count = np.full(len(smiles), -1, dtype=np.int64)
         for i, s in enumerate(smiles):
             mol = Chem.MolFromSmiles(s) if s else None
-            if mol is None:
-                continue
-            sims = np.asarray(DataStructs.BulkTanimotoSimilarity(generator.GetFingerprint(mol), self.fingerprints))
-            nn[i] = float(sims.max())
-            count[i] = int((sims >= self.neighbor_similarity).sum())
+            if mol is not None:
+                reasons[i] = self._reason(mol)
+                nn[i], count[i] = self._neighbours(mol, generator)
+        return reasons, nn, count
+
+    def reasons(self, smiles: Sequence[str]) -> list[str]:
+        """The ``reasons`` of :meth:`assess` alone."""
+        Chem = _rdkit()
+        mols = [Chem.MolFromSmiles(s) if s else None for s in smiles]
+        return [self._reason(m) if m is not None else "" for m in mols]
+
+    def similarity(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(nn_similarity, n_neighbors)`` of :meth:`assess` alone."""
+        _, nn, count = self.assess(smiles)
         return nn, count

@@ -137,19 +137,19 @@ class Pool:
         """``row`` id → position among the valid rows (the row order of :meth:`features`)."""
         return {int(r): i for i, r in enumerate(self.table.loc[self.valid, "row"])}
 
-    def exclusions(self, split_keys: dict[str, set[str]] | None, domain=None) -> list[str]:
+    def exclusions(self, split_keys: dict[str, set[str]] | None, outside: Sequence[str] | None = None) -> list[str]:
         """Why each row is not scored (``""`` = scored), in table order.
 
         Precedence: the parser's error (e.g. "invalid SMILES", a structure rule of
-        :mod:`lipo_if.standardize`, an implausible label), then the run's ``domain``
-        (:class:`~lipo_if.domain.Domain`: foreign elements, too many heavy atoms; None = no such
-        check), then membership of a split in the order of ``split_keys`` (e.g. ``{"validation": …,
+        :mod:`lipo_if.standardize`, an implausible label), then ``outside``: the run's domain
+        reasons per row (:meth:`lipo_if.domain.Domain.assess`: foreign elements, too many heavy
+        atoms; None = no such check), then membership of a split in the order of ``split_keys`` (e.g. ``{"validation": …,
         "test": …, "training": …}``, stereo-insensitive keys of the standardized molecules; None = no
         overlap check), then repetition of an earlier scored row ("duplicate row of row N", N = its ``row``).
         """
         reasons: list[str] = []
         first_row: dict[str, int] = {}
-        outside = domain.reasons(self.table["smiles"].tolist()) if domain is not None else [""] * len(self.table)
+        outside = outside if outside is not None else [""] * len(self.table)
         for row, key, error, beyond in zip(self.table["row"], self.table["key"], self.table["error"], outside):
             reason = error or beyond or next(
                 (f"duplicate of a {name} molecule" for name, keys in (split_keys or {}).items() if key in keys), "")

@@ -106,9 +106,13 @@ def read_chunks(path: str | os.PathLike, chunk_rows: int, skip_rows: int = 0) ->
 _WORKER: dict = {}
 
 
-def _init_worker(featurizer, smiles_col, label_col, source) -> None:
-    torch.set_num_threads(1)
+def _configure(featurizer, smiles_col, label_col, source) -> None:
     _WORKER.update(featurizer=featurizer, smiles_col=smiles_col, label_col=label_col, source=source)
+
+
+def _init_worker(featurizer, smiles_col, label_col, source) -> None:
+    torch.set_num_threads(1)  # a worker process: the cores are shared among the workers
+    _configure(featurizer, smiles_col, label_col, source)
 
 
 def _prepare(job: tuple[int, pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray, list[int]]:
@@ -130,36 +134,35 @@ def _split(first: int, frame: pd.DataFrame, pieces: int) -> list[tuple[int, pd.D
     return [(first + i, frame.iloc[i:i + size].reset_index(drop=True)) for i in range(0, len(frame), size)]
 
 
+def _featurize_deferred(featurizer, table: pd.DataFrame, raw: np.ndarray, deferred: list[int], timeout: float) -> np.ndarray:
+    """Raw features of all valid rows of a worker's piece: ``raw`` holds those of the rows not
+    ``deferred``; the deferred (large) ones are featurized here under the time guard, and those that
+    time out are marked in ``table["error"]`` and left out."""
+    valid_index = np.flatnonzero((table["error"] == "").to_numpy())
+    smiles = table["smiles"].to_numpy()[valid_index]
+    slow = slow_molecules(featurizer, [smiles[i] for i in deferred], timeout, guarded_from=-1)
+    for j, reason in slow.items():
+        table.loc[valid_index[deferred[j]], "error"] = reason
+    quick = [i for j, i in enumerate(deferred) if j not in slow]
+    rows = np.empty((valid_index.size, featurizer.dim))
+    rows[np.setdiff1d(np.arange(valid_index.size), deferred)] = raw
+    rows[quick] = featurizer.raw_uncached([smiles[i] for i in quick])
+    return np.delete(rows, [deferred[j] for j in slow], axis=0)
+
+
 def prepare_chunk(pool_of_workers, featurizer, first: int, frame: pd.DataFrame, n_pieces: int, timeout: float,
                   smiles_col: str | None, label_col: str | None, source: str) -> tuple[pd.DataFrame, torch.Tensor]:
     """The chunk's table (standardized, rules applied, the time guard's exclusions included) and the
-    model input ``[n_valid, d]`` of its valid rows."""
+    model input ``[n_valid, d]`` of its valid rows; ``pool_of_workers`` None: in this process."""
     jobs = _split(first, frame, n_pieces)
     if pool_of_workers is None:
-        _init_worker(featurizer, smiles_col, label_col, source) if not _WORKER else None
+        _configure(featurizer, smiles_col, label_col, source)
         parts = [_prepare(job) for job in jobs]
     else:
         parts = pool_of_workers.map(_prepare, jobs)
-    tables, raws = [], []
-    for table, raw, deferred in parts:
-        if deferred:  # large molecules: featurized here, under the time guard
-            valid_index = np.flatnonzero((table["error"] == "").to_numpy())
-            smiles = table["smiles"].to_numpy()[valid_index]
-            slow = slow_molecules(featurizer, [smiles[i] for i in deferred], timeout, guarded_from=-1)
-            full = np.empty((valid_index.size, featurizer.dim))
-            keep_mask = np.ones(valid_index.size, bool)
-            keep_mask[deferred] = False
-            full[keep_mask] = raw
-            quick = [i for j, i in enumerate(deferred) if j not in slow]
-            if quick:
-                full[quick] = featurizer.raw_uncached([smiles[i] for i in quick])
-            for j, reason in slow.items():
-                table.loc[valid_index[deferred[j]], "error"] = reason
-            timed_out = [deferred[j] for j in slow]
-            raw = np.delete(full, timed_out, axis=0)
-        tables.append(table)
-        raws.append(raw)
-    table = pd.concat(tables, ignore_index=True)
+    raws = [_featurize_deferred(featurizer, table, raw, deferred, timeout) if deferred else raw
+            for table, raw, deferred in parts]
+    table = pd.concat([table for table, _, _ in parts], ignore_index=True)
     raw = np.concatenate(raws) if raws else np.zeros((0, featurizer.dim))
     return table, torch.from_numpy(featurizer.model_input(raw))
 
@@ -273,7 +276,6 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
     scores = np.asarray(scores_done, dtype=float)
     summary = inf.summary(pd.DataFrame({"row": [], "smiles": [], "score": [], "excluded": []}), str(path))
     summary["counts"] = score_counts(list(reasons_done.elements()), scores)
-    summary.pop("most_helpful", None)
     summary["most_helpful"] = _most_helpful(out)
     summary["outputs"] = {k: str(p) for k, p in paths.items()}
     summary["stream"] = {**asdict(config), "chunks": state["chunks"], "rows": state["rows_done"],

@@ -82,3 +82,20 @@ def test_a_killed_run_resumes_to_the_same_output(tiny_run, tmp_path, sig):  # no
     assert out.read_bytes() == reference.read_bytes()  # no row lost, none duplicated, same numbers
     assert json.loads(output_paths(out)["summary"].read_text())["counts"] == json.loads(output_paths(reference)["summary"].read_text())["counts"]
     assert not progress.exists()
+
+
+def test_large_molecules_come_back_to_the_time_guard(tiny_run):  # noqa: F811
+    """Molecules above the guard's size are featurized in the main process under the time guard: the
+    features equal the one-table path's, and a molecule past the deadline is excluded with the reason."""
+    from lipo_if.stream import prepare_chunk
+
+    smiles = ["CCO", "C" * 120, "CCCO", "c1ccccc1" * 15, "C1CC", "CCCCO"]
+    frame = pd.DataFrame({"smiles": smiles, "label": ["0.5"] * len(smiles)})
+    featurizer = tiny_run.featurizer
+    table, x = prepare_chunk(None, featurizer, 0, frame, 2, 60.0, None, None, "<test>")
+    valid = table["error"] == ""
+    assert valid.tolist() == [True, True, True, True, False, True]
+    assert x.numpy().tobytes() == featurizer.transform(table.loc[valid, "smiles"].tolist()).tobytes()
+    table, x = prepare_chunk(None, featurizer, 0, frame, 2, 1e-4, None, None, "<test>")
+    assert table.loc[1, "error"].startswith("featurization took longer than") and table.loc[3, "error"].startswith("featurization took")
+    assert x.numpy().tobytes() == featurizer.transform(["CCO", "CCCO", "CCCCO"]).tobytes()

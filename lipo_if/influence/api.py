@@ -315,8 +315,8 @@ class Influence:
         table = pool.table
         if pool.valid.any():
             X = pool.features(self.run.featurizer)  # first: its time guard may exclude a molecule
-        reasons = pool.exclusions(self.run.split_keys() if self.config.exclude_overlap else None, self.domain)
-        nn, neighbors = self.domain.similarity(table["smiles"].tolist())
+        outside, nn, neighbors = self.domain.assess(table["smiles"].tolist())
+        reasons = pool.exclusions(self.run.split_keys() if self.config.exclude_overlap else None, outside)
         scored = np.array([r == "" for r in reasons], dtype=bool)
         out = pd.DataFrame({"row": table["row"], "smiles": table["smiles_input"], "smiles_standardized": table["smiles"],
                             "label": table["label"], "prediction": np.nan, "residual": np.nan, "score": np.nan,
