@@ -274,9 +274,7 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
     os.replace(partial, out)
     keys_file.unlink(missing_ok=True)
     scores = np.asarray(scores_done, dtype=float)
-    summary = inf.summary(pd.DataFrame({"row": [], "smiles": [], "score": [], "excluded": []}), str(path))
-    summary["counts"] = score_counts(list(reasons_done.elements()), scores)
-    summary["most_helpful"] = _most_helpful(out)
+    summary = inf.digest(str(path), score_counts(list(reasons_done.elements()), scores), _most_helpful(out))
     summary["outputs"] = {k: str(p) for k, p in paths.items()}
     summary["stream"] = {**asdict(config), "chunks": state["chunks"], "rows": state["rows_done"],
                          "seconds_this_session": round(time.perf_counter() - clock, 2)}

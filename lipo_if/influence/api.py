@@ -356,12 +356,16 @@ class Influence:
 
     def summary(self, table: pd.DataFrame, source: str = "<memory>") -> dict:
         """The JSON digest of a fit and one scores table (what ``lipo-if influence`` writes beside the CSV)."""
-        self._require_fit()
         scored = table.loc[table["excluded"] == "", "score"].to_numpy(dtype=float)
         helpful = table[table["excluded"] == ""].nsmallest(10, "score")[["row", "smiles", "score"]]
+        return self.digest(source, score_counts(table["excluded"].tolist(), scored), helpful.to_dict(orient="records"))
+
+    def digest(self, source: str, counts: dict, most_helpful: list[dict]) -> dict:
+        """The JSON digest of a fit with the ``counts`` (:func:`score_counts`) and ``most_helpful``
+        rows of what it scored — from one table (:meth:`summary`) or tallied chunk by chunk."""
+        self._require_fit()
         return {"external": source, "settings": asdict(self.config), **{k: v for k, v in self.info.items() if k != "timings"},
-                "counts": score_counts(table["excluded"].tolist(), scored), "most_helpful": helpful.to_dict(orient="records"),
-                "timings": dict(self.info.get("timings", {}))}
+                "counts": counts, "most_helpful": most_helpful, "timings": dict(self.info.get("timings", {}))}
 
     def function_space(self) -> tuple[MLP, FunctionSpaceSolver]:
         """``(mlp, solver)``: the model in float64 and ``(H + μI)⁻¹`` in function space at this fit's
