@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from . import __version__, backend
 from .benchmark import BenchmarkConfig, run_benchmark
 from .data import DataError, load_dataset, molecule_table, read_molecule_csv, resolve_lipophilicity_path
+from .distributed import init_from_env, shutdown
 from .ensemble import finetune, train_ensemble
 from .demo import run_demo
 from .experiment import ExperimentConfig, run_experiment
@@ -160,17 +161,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_influence(args: argparse.Namespace) -> int:
-    config = dataclass_from_args(InfluenceConfig, args, progress=not args.quiet)
-    stream = dataclass_from_args(StreamConfig, args)
-    first = next(read_chunks(args.external, 100))  # a bad file fails before the solve: columns, first rows
-    molecule_table(first[1], Path(args.external), config.smiles_col, config.label_col, strict=args.strict)
-    run = load_run(args.run, data_path=args.data)
-    solved = output_paths(args.out)["csv"]
-    inf = fitted_influence(run, config, solved.with_name(solved.stem + "_influence"))  # saved once, reused on resume
-    summary = score_file(inf, args.external, args.out, stream, strict=args.strict, progress=not args.quiet)
+    world = init_from_env()  # under torchrun: join the ranks (one process otherwise)
+    try:
+        config = dataclass_from_args(InfluenceConfig, args, progress=not args.quiet and world.is_main)
+        stream = dataclass_from_args(StreamConfig, args)
+        first = next(read_chunks(args.external, 100))  # a bad file fails before the solve: columns, first rows
+        molecule_table(first[1], Path(args.external), config.smiles_col, config.label_col, strict=args.strict)
+        run = load_run(args.run, data_path=args.data)
+        solved = output_paths(args.out)["csv"]
+        inf = fitted_influence(run, config, solved.with_name(solved.stem + "_influence"))  # saved once, reused on resume
+        summary = score_file(inf, args.external, args.out, stream, strict=args.strict, progress=not args.quiet, world=world)
+    except BaseException:
+        shutdown(graceful=False)
+        raise
+    shutdown()
+    if not world.is_main:
+        return 0
     counts = summary.get("counts", {})
+    ranks = f" ({world.size} ranks)" if world.active else ""
     print(f"influence of {counts.get('scored', '?')} of {counts.get('rows', '?')} external rows on the {config.heldout} loss "
-          f"written to {args.out}")
+          f"written to {args.out}{ranks}")
     for key in ("histogram", "summary"):
         if key in summary.get("outputs", {}):
             print(f"  {key}: {summary['outputs'][key]}")
@@ -297,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     add_dataclass_arguments(p, BenchmarkConfig, group="benchmark")
     add_dataclass_arguments(p, TrainConfig, skip=("seed",), group="base training")
-    add_dataclass_arguments(p, FinetuneConfig, skip=("seed",), group="retraining")
+    add_dataclass_arguments(p, FinetuneConfig, skip=("seed", "from_scratch"), group="retraining (--retrain finetune/scratch)")
     p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser("info", help="versions and which kernel backend is in use")

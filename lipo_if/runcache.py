@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import MoleculeDataset, Split
+from .distributed import current
 from .ensemble import Ensemble, train_ensemble
 from .featurize import FeaturizerConfig
 from .influence.api import SAVED_SETTINGS, Influence, InfluenceConfig
@@ -48,19 +49,26 @@ def trained_run(dataset: MoleculeDataset, data_path: str, run_dir: Path, train_c
     return run
 
 
-def fitted_influence(run: Run, config: InfluenceConfig, directory: Path | None) -> Influence:
+def fitted_influence(run: Run | Ensemble, config: InfluenceConfig, directory: Path | None) -> Influence:
     """``Influence(run, config=config)`` loaded from ``directory`` when it holds the same settings for
-    the same model, else fitted (and saved there when ``directory`` is given)."""
+    the same model, else fitted (and saved there when ``directory`` is given).
+
+    Under torchrun every rank calls this: the solve is collective, so the ranks load only when every
+    one of them can, else all fit together, and rank 0 alone saves."""
+    world = current()
+    inf = None
     if directory is not None and (directory / SAVED_SETTINGS).exists():
         try:
             inf = Influence.load(directory, run, config)
-            log.info("reusing the influence solve in %s", directory)
-            return inf
         except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
             log.info("not reusing %s (%s)", directory, exc)
+    if world.all_true(inf is not None):
+        log.info("reusing the influence solve in %s", directory)
+        return inf
     inf = Influence(run, config=config).fit()
-    if directory is not None:
+    if directory is not None and world.is_main:
         inf.save(directory)
+    world.barrier()  # saved before any rank may look for it again
     return inf
 
 

@@ -10,21 +10,25 @@ What ``lipo-if influence`` runs (:func:`score_file`). Per chunk of ``chunk_rows`
    process under the time guard (:func:`~lipo_if.featurize.slow_molecules`);
 3. score with the fitted :class:`~lipo_if.influence.Influence` (its held-out gradient, solve and
    featurizer statistics are computed once, before the first chunk);
-4. a row whose molecule already appeared in an earlier chunk is excluded as "duplicate row of row N",
-   as in the one-table path;
-5. append the chunk's rows to ``<out>.partial``, fsync, then record the progress
-   (``<out>.progress.json``, written atomically: rows done, bytes of the CSV and of the keys file).
+4. write the chunk's scored rows to ``<out>.parts/NNNNNNN.csv`` (temp file, fsync, rename).
 
-At the end the CSV is renamed to ``<out>`` (atomic), and the histogram and summary are written
-from the accumulated scores. Peak memory holds one chunk (and one float and one key per scored
-row), not the pool. Started again with the same command after a kill (Ctrl-C, SIGTERM, power
-loss), the run truncates the partial files to the last recorded chunk, reuses the saved solve
-(``<out stem>_influence/``) and continues; the output equals an uninterrupted run's byte for byte.
+Then the parts are merged in file order into ``<out>`` (atomic): a row whose molecule an earlier
+row of the file already holds is excluded as "duplicate row of row N", as in the one-table path;
+the histogram and summary are written from the merged scores. Peak memory holds one chunk (and
+one key per scored row during the merge), not the pool. Started again with the same command after
+a kill (Ctrl-C, SIGTERM, power loss), the run keeps the parts already written, reuses the saved
+solve (``<out stem>_influence/``) and scores only the missing chunks; the output equals an
+uninterrupted run's byte for byte.
+
+Under ``torchrun`` (:mod:`lipo_if.distributed`) chunk ``i`` is scored by rank ``i mod size``, every
+rank featurizing with its share of the cores, and rank 0 merges once every rank has written its
+parts — the same file a single process writes. A resumed run may use another number of ranks.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from array import array
 from collections import Counter
 import time
@@ -37,6 +41,7 @@ import pandas as pd
 import torch
 
 from .data import DataError, molecule_table
+from .distributed import World, current
 from .featurize import FEATURIZE_TIMEOUT_S, GUARDED_HEAVY_ATOMS, slow_molecules
 from .influence.api import OUTPUT_COLUMNS, Influence, model_fingerprint, score_counts
 from .influence.outputs import histogram_png, output_paths
@@ -175,121 +180,128 @@ def _fingerprint(path: Path) -> dict:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _truncate(path: Path, size: int) -> None:
-    with open(path, "r+b") as handle:
-        handle.truncate(size)
+def parts_dir(out_csv: str | os.PathLike) -> Path:
+    """Where a run keeps its scored chunks until the merge: ``<out>.parts/`` (``NNNNNNN.csv`` per
+    chunk, ``identity.json``)."""
+    out = output_paths(out_csv)["csv"]
+    return out.with_name(out.name + ".parts")
 
 
-def _append(path: Path, data: bytes) -> int:
-    with open(path, "ab") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-        return handle.tell()
+def _part(parts: Path, index: int) -> Path:
+    return parts / f"{index:07d}.csv"
+
+
+def _open_parts(parts: Path, identity: dict, resume: bool, world: World) -> None:
+    """Keep the parts of an earlier run of the same command, else start an empty folder (rank 0
+    decides; the others wait for it)."""
+    if world.is_main:
+        marker = parts / "identity.json"
+        same = resume and marker.exists() and json.loads(marker.read_text()) == identity
+        if not same:
+            shutil.rmtree(parts, ignore_errors=True)
+            parts.mkdir(parents=True)
+            atomic_write_json(marker, identity)
+    world.barrier()
 
 
 def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLike, config: StreamConfig | None = None,
-               strict: bool = False, progress: bool = False) -> dict:
+               strict: bool = False, progress: bool = False, world: World | None = None) -> dict | None:
     """Score every row of the molecule file ``path`` with the fitted ``inf`` into ``out_csv`` (and its
     histogram and summary, :func:`~lipo_if.influence.outputs.output_paths`), chunk by chunk,
-    resumably (see the module docstring); returns the summary."""
+    resumably (see the module docstring); returns the summary (None on ranks other than 0).
+
+    ``world`` (default: :func:`lipo_if.distributed.current`): under torchrun every rank calls this
+    with the same arguments; chunk ``i`` is scored by rank ``i mod size`` and rank 0 merges."""
     from tqdm.auto import tqdm
 
     config = config or StreamConfig()
+    world = world or current()
     path, paths = Path(path), output_paths(out_csv)
-    out = paths["csv"]
-    partial, keys_file = out.with_name(out.name + ".partial"), out.with_name(out.name + ".keys")
-    progress_file = out.with_name(out.name + ".progress.json")
+    parts = parts_dir(out_csv)
     identity = {"input": _fingerprint(path), "influence": inf.config.identity(), "chunk_rows": config.chunk_rows,
                 "model": [model_fingerprint(m.model) for m in getattr(inf.run, "members", [inf.run])]}
-    state = {"rows_done": 0, "csv_bytes": 0, "keys_bytes": 0, "chunks": 0}
-    if config.resume and progress_file.exists() and partial.exists() and keys_file.exists():
-        saved = json.loads(progress_file.read_text())
-        if saved.get("identity") == identity:
-            state = saved["state"]
-            _truncate(partial, state["csv_bytes"])
-            _truncate(keys_file, state["keys_bytes"])
-    if state["rows_done"] == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(b"")
-        keys_file.write_bytes(b"")
-    first_row: dict[str, int] = {}
-    for line in keys_file.read_text().splitlines():
-        key, row = line.rsplit("\t", 1)
-        first_row[key] = int(row)
-    scores_done, reasons_done = array("d"), Counter()  # what the summary needs, not the rows
-    if state["rows_done"]:
-        _tally(partial, scores_done, reasons_done)
+    _open_parts(parts, identity, config.resume, world)
     clock = time.perf_counter()
     featurizer = inf.run.featurizer
     smiles_col, label_col = inf.config.smiles_col, inf.config.label_col
-    n_pieces = max(1, config.n_workers * 2)
+    n_workers = max(1, config.n_workers // world.size) if not config.workers else config.workers
     workers = None
-    if config.n_workers > 1:
+    if n_workers > 1:
         import multiprocessing
 
-        workers = multiprocessing.get_context("fork").Pool(config.n_workers, _init_worker,
-                                                           (featurizer, smiles_col, label_col, str(path)))
-    bar = tqdm(desc="scoring", unit="rows", initial=state["rows_done"], disable=not progress)
-    columns = None
+        workers = multiprocessing.get_context("fork").Pool(n_workers, _init_worker, (featurizer, smiles_col, label_col, str(path)))
+    bar = tqdm(desc="scoring" if not world.active else f"scoring (rank {world.rank}/{world.size})", unit="rows",
+               disable=not progress or not world.is_main)
+    n_chunks, rows = 0, 0
     try:
-        for first, frame in read_chunks(path, config.chunk_rows, skip_rows=state["rows_done"]):
-            table, x = prepare_chunk(workers, featurizer, first, frame, n_pieces, FEATURIZE_TIMEOUT_S,
+        for index, (first, frame) in enumerate(read_chunks(path, config.chunk_rows)):
+            n_chunks, rows = index + 1, rows + len(frame)
+            if not world.owns(index) or _part(parts, index).exists():
+                continue
+            table, x = prepare_chunk(workers, featurizer, first, frame, max(1, n_workers * 2), FEATURIZE_TIMEOUT_S,
                                      smiles_col, label_col, str(path))
             if strict and table["error"].str.contains("outside the plausible logD range").any():
                 bad = table[table["error"].str.contains("outside the plausible logD range")].iloc[0]
                 raise DataError(f"{path}: row {int(bad['row'])}: {bad['error']} (run without --strict to exclude such rows)")
-            chunk = Pool.featurized(table, str(path), featurizer, x)
-            scored = inf.scores(chunk)
-            fresh = []
-            for i, (key, reason, row) in enumerate(zip(table["key"], scored["excluded"], scored["row"])):
-                if reason.startswith("duplicate row of row"):  # within the chunk: name the first row of the whole file
-                    scored.loc[i, "excluded"] = f"duplicate row of row {first_row[key]}"
-                    continue
-                if reason:
-                    continue
-                if key in first_row:
-                    scored.loc[i, ["excluded", "score"]] = [f"duplicate row of row {first_row[key]}", np.nan]
-                    scored.loc[i, "in_domain"] = False
-                else:
-                    first_row[key] = int(row)
-                    fresh.append(f"{key}\t{int(row)}\n")
-            columns = columns or OUTPUT_COLUMNS + [c for c in scored.columns if c not in OUTPUT_COLUMNS]
-            text = scored[columns].to_csv(index=False, header=state["csv_bytes"] == 0, float_format="%.10g")
-            state["csv_bytes"] = _append(partial, text.encode())
-            state["keys_bytes"] = _append(keys_file, "".join(fresh).encode())
-            state["rows_done"] += len(frame)
-            state["chunks"] += 1
-            atomic_write_json(progress_file, {"identity": identity, "state": state})
-            scores_done.extend(scored.loc[scored["excluded"] == "", "score"].astype(float).tolist())
-            reasons_done.update(scored["excluded"].tolist())
-            bar.update(len(frame))
+            scored = inf.scores(Pool.featurized(table, str(path), featurizer, x))
+            columns = OUTPUT_COLUMNS + [c for c in scored.columns if c not in OUTPUT_COLUMNS]
+            text = scored[columns].assign(**{_KEY: table["key"].to_numpy()}).to_csv(index=False, float_format="%.10g")
+            atomic_write_bytes(_part(parts, index), text.encode())
+            bar.update(len(frame) * world.size)
     finally:
         bar.close()
         if workers is not None:
             workers.terminate()
             workers.join()
-    if state["rows_done"] == 0:
+    if rows == 0:
         raise DataError(f"{path}: file has a header but no data rows")
-    os.replace(partial, out)
-    keys_file.unlink(missing_ok=True)
-    scores = np.asarray(scores_done, dtype=float)
-    summary = inf.digest(str(path), score_counts(list(reasons_done.elements()), scores), _most_helpful(out))
+    world.barrier()  # every shard written
+    if not world.is_main:
+        return None
+    scores, reasons = _merge(parts, n_chunks, paths["csv"])
+    summary = inf.digest(str(path), score_counts(list(reasons.elements()), scores), _most_helpful(paths["csv"]))
     summary["outputs"] = {k: str(p) for k, p in paths.items()}
-    summary["stream"] = {**asdict(config), "chunks": state["chunks"], "rows": state["rows_done"],
+    summary["stream"] = {**asdict(config), "chunks": n_chunks, "rows": rows, "ranks": world.size,
                          "seconds_this_session": round(time.perf_counter() - clock, 2)}
     title = f"{len(scores)} molecules · {inf.config.hessian} · {inf.config.solver} · held-out: {inf.config.heldout}"
     atomic_write_bytes(paths["histogram"], histogram_png(scores, title))
     atomic_write_json(paths["summary"], summary)
-    progress_file.unlink(missing_ok=True)
+    shutil.rmtree(parts, ignore_errors=True)
     return summary
 
 
-def _tally(csv: Path, scores: array, reasons: Counter) -> None:
-    """Add the scores and exclusion reasons of the rows already written (a resumed run)."""
-    for frame in pd.read_csv(csv, usecols=["score", "excluded"], keep_default_na=False, dtype=str, chunksize=200_000):
-        scores.extend(frame.loc[frame["excluded"] == "", "score"].astype(float).tolist())
-        reasons.update(frame["excluded"].tolist())
+#: Column of a part file holding each row's molecule key (for the duplicates across chunks); not in the output.
+_KEY = "_key"
+
+
+def _merge(parts: Path, n_chunks: int, out: Path) -> tuple[np.ndarray, Counter]:
+    """Concatenate the chunks' parts in file order into ``out`` (atomically), naming for every
+    repeated molecule the first row of the whole file that holds it (a row excluded as a
+    duplicate within its chunk, or a scored row whose molecule an earlier chunk scored);
+    returns the scores of the scored rows and the count of each exclusion reason."""
+    first_row: dict[str, int] = {}
+    scores, reasons = array("d"), Counter()
+    tmp = out.with_name(f".{out.name}.merging")
+    with open(tmp, "w", newline="") as handle:
+        for index in range(n_chunks):
+            part = pd.read_csv(_part(parts, index), dtype=str, keep_default_na=False)
+            for i, (key, reason, row) in enumerate(zip(part[_KEY], part["excluded"], part["row"])):
+                if reason.startswith("duplicate row of row"):
+                    part.loc[i, "excluded"] = f"duplicate row of row {first_row.get(key, reason.rsplit(' ', 1)[-1])}"
+                elif reason:
+                    continue
+                elif key in first_row:
+                    part.loc[i, ["excluded", "score", "in_domain"]] = [f"duplicate row of row {first_row[key]}", "", "False"]
+                else:
+                    first_row[key] = int(row)
+            part = part.drop(columns=_KEY)
+            handle.write(part.to_csv(index=False, header=index == 0))
+            scores.extend(part.loc[part["excluded"] == "", "score"].astype(float).tolist())
+            reasons.update(part["excluded"].tolist())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, out)
+    return np.asarray(scores, dtype=float), reasons
 
 
 def _most_helpful(csv: Path, n: int = 10) -> list[dict]:

@@ -16,7 +16,7 @@ import pytest
 
 from lipo_if import Influence
 from lipo_if.influence.outputs import output_paths, write_scores
-from lipo_if.stream import StreamConfig, score_file
+from lipo_if.stream import StreamConfig, parts_dir, score_file
 
 from test_experiment import tiny_data, tiny_run  # noqa: F401 — fixtures
 
@@ -65,23 +65,23 @@ def test_a_killed_run_resumes_to_the_same_output(tiny_run, tmp_path, sig):  # no
     reference = tmp_path / "reference.csv"
     subprocess.run(_influence_cmd(tmp_path / "run", source, reference), check=True, env=env, timeout=600)
     out = tmp_path / "killed.csv"
-    progress = out.with_name(out.name + ".progress.json")
+    parts = parts_dir(out)
     proc = subprocess.Popen(_influence_cmd(tmp_path / "run", source, out), env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if progress.exists() and json.loads(progress.read_text())["state"]["chunks"] >= 3:
+        if parts.exists() and len(list(parts.glob("*.csv"))) >= 3:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed; make the pool larger"
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0 and not out.exists()
-    done = json.loads(progress.read_text())["state"]
-    assert 3 <= done["chunks"] < 49
+    done = len(list(parts.glob("*.csv")))
+    assert 3 <= done < 49
     subprocess.run(_influence_cmd(tmp_path / "run", source, out), check=True, env=env, timeout=600)
     assert out.read_bytes() == reference.read_bytes()  # no row lost, none duplicated, same numbers
     assert json.loads(output_paths(out)["summary"].read_text())["counts"] == json.loads(output_paths(reference)["summary"].read_text())["counts"]
-    assert not progress.exists()
+    assert not parts.exists()
 
 
 def test_large_molecules_come_back_to_the_time_guard(tiny_run):  # noqa: F811

@@ -39,7 +39,9 @@ from tqdm.auto import tqdm
 
 from lipo_if.ops import lissa_step
 
+from ..distributed import current
 from .curvature import CurvatureOperator
+from .data_parallel import data_parallel
 from .function_space import FunctionSpaceSolver
 from .hvp import DENSE_PARAM_LIMIT, HessianOperator, dense_hessian
 from .mlp import MLP
@@ -410,12 +412,16 @@ def solve(
     start = time.perf_counter()
     # Native explicit-matmul products when supported (config.hvp), else autograd.
     op = select_hvp(op, config.hvp) if method != "direct" else op
+    world = current()
+    if method in ("lissa", "cg"):  # under torchrun: every product split over the ranks (a no-op alone)
+        op = data_parallel(op, world)
     settings = _resolve(op, config, method)
     zero_rhs = float(torch.linalg.vector_norm(v)) == 0.0
     if zero_rhs:  # s = 0 exactly; LiSSA's relative criteria would divide by zero
         result = SolveResult(torch.zeros_like(v), method, 0, [], True, {})
     else:
         result = _SOLVERS[method](op, v, settings, config)
+    world.broadcast_(result.s)  # every rank scores with rank 0's s, bit for bit
     result.info.update(
         damping=settings.damping,
         scale=settings.scale,
