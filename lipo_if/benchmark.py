@@ -277,7 +277,7 @@ def render(report: dict) -> str:
                   else "from scratch")
     lines = ["# Does selection pay on pools with something to give?", "",
              f"Scenarios built from Lipophilicity (see `lipo_if/scenarios.py`); {report['meta']['settings']['seeds']} seeds each; "
-             f"retraining: {retraining}; Δ = paired difference in test RMSE vs the same fine-tuning with nothing "
+             f"retraining: {retraining}; Δ = paired difference in test RMSE vs the same retraining with nothing "
              "added (negative = better), 95 % t-interval over seeds; recovery = Δ / Δ(clean-pool oracle). Test-blind: everything but "
              "`clean_oracle` and `test_oracle`.", ""]
     for name, summary in report["scenarios"].items():

@@ -59,6 +59,14 @@ class World:
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
         return bool(value.item())
 
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (same shape and dtype on all), in rank order."""
+        if not self.active:
+            return [tensor]
+        out = [torch.empty_like(tensor) for _ in range(self.size)]
+        dist.all_gather(out, tensor)
+        return out
+
     def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         """``tensor`` overwritten in place with rank ``src``'s values (returned)."""
         if self.active:

@@ -25,7 +25,8 @@ import numpy as np
 from .standardize import _rdkit
 
 
-def _fingerprint_generator():
+def fingerprint_generator():
+    """Morgan radius 2, 2048 bits: the fingerprints of the domain's similarity and of the prefilter."""
     from rdkit.Chem import rdFingerprintGenerator
 
     return rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
@@ -43,7 +44,7 @@ class Domain:
     def from_smiles(cls, smiles: Sequence[str], max_heavy_atoms: int = 0, neighbor_similarity: float = 0.5) -> "Domain":
         """The domain of the (standardized) training SMILES; ``max_heavy_atoms`` 0 = 1.5 × the largest."""
         Chem = _rdkit()
-        generator = _fingerprint_generator()
+        generator = fingerprint_generator()
         mols = [Chem.MolFromSmiles(s) for s in smiles]
         mols = [m for m in mols if m is not None]
         if not mols:
@@ -77,7 +78,7 @@ class Domain:
         Tanimoto similarity to a training molecule and its count of training neighbours (NaN / -1
         where it does not parse)."""
         Chem = _rdkit()
-        generator = _fingerprint_generator()
+        generator = fingerprint_generator()
         reasons = [""] * len(smiles)
         nn = np.full(len(smiles), np.nan)
         count = np.full(len(smiles), -1, dtype=np.int64)

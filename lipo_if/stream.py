@@ -26,6 +26,7 @@ parts — the same file a single process writes. A resumed run may use another n
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -43,10 +44,11 @@ import torch
 from .data import DataError, molecule_table
 from .distributed import World, current
 from .featurize import FEATURIZE_TIMEOUT_S, GUARDED_HEAVY_ATOMS, slow_molecules
-from .influence.api import OUTPUT_COLUMNS, Influence, model_fingerprint, score_counts
+from .influence.api import HELDOUT_PARTS, OUTPUT_COLUMNS, Influence, model_fingerprint, score_counts
 from .influence.outputs import histogram_png, output_paths
 from .io import atomic_write_bytes, atomic_write_json
 from .pool import Pool
+from .prefilter import NearestPool, prefilter_reason
 
 
 @dataclass
@@ -56,10 +58,13 @@ class StreamConfig:
     chunk_rows: int = field(default=20_000, metadata={"help": "input rows per chunk (memory holds one chunk)"})
     workers: int = field(default=0, metadata={"help": "worker processes that parse and featurize (0 = one per core)"})
     resume: bool = field(default=True, metadata={"help": "continue a killed run of the same command (--no-resume: start over)"})
+    prefilter: int = field(default=0, metadata={"help": "FastIF's prefilter: score only the pool molecules among the K nearest "
+                                                       "(Morgan-2 Tanimoto) of some held-out molecule; the others are excluded "
+                                                       "with the reason (0 = score every molecule)"})
 
     def __post_init__(self) -> None:
-        if self.chunk_rows < 1 or self.workers < 0:
-            raise ValueError(f"chunk_rows must be ≥ 1 and workers ≥ 0, got {self.chunk_rows}, {self.workers}")
+        if self.chunk_rows < 1 or self.workers < 0 or self.prefilter < 0:
+            raise ValueError(f"chunk_rows must be ≥ 1, workers and prefilter ≥ 0, got {self.chunk_rows}, {self.workers}, {self.prefilter}")
 
     @property
     def n_workers(self) -> int:
@@ -111,22 +116,42 @@ def read_chunks(path: str | os.PathLike, chunk_rows: int, skip_rows: int = 0) ->
 _WORKER: dict = {}
 
 
-def _configure(featurizer, smiles_col, label_col, source) -> None:
-    _WORKER.update(featurizer=featurizer, smiles_col=smiles_col, label_col=label_col, source=source)
+def _configure(featurizer, smiles_col, label_col, source, nearest=None, left_out="") -> None:
+    _WORKER.update(featurizer=featurizer, smiles_col=smiles_col, label_col=label_col, source=source, nearest=nearest, left_out=left_out)
 
 
-def _init_worker(featurizer, smiles_col, label_col, source) -> None:
+def _init_worker(featurizer, smiles_col, label_col, source, nearest=None, left_out="") -> None:
     torch.set_num_threads(1)  # a worker process: the cores are shared among the workers
-    _configure(featurizer, smiles_col, label_col, source)
+    _configure(featurizer, smiles_col, label_col, source, nearest, left_out)
 
 
-def _prepare(job: tuple[int, pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray, list[int]]:
+def _table(first: int, frame: pd.DataFrame) -> pd.DataFrame:
+    return molecule_table(frame, Path(_WORKER["source"]), _WORKER["smiles_col"], _WORKER["label_col"], first_row=first)
+
+
+def _nearest_piece(job: tuple[int, pd.DataFrame, None]) -> tuple[np.ndarray, np.ndarray]:
+    """The prefilter's first pass over one piece: per held-out molecule, its (at most) K most similar
+    valid rows of the piece, ``(rows [H, k'], similarities [H, k'])``."""
+    first, frame, _ = job
+    table = _table(first, frame)
+    valid = table[table["error"] == ""]
+    nearest = _WORKER["nearest"]
+    sims = nearest.similarities(valid["smiles"].tolist()).T  # [H, m]
+    order = np.argsort(-sims, axis=1, kind="stable")[:, : nearest.k]  # ties: the earlier row
+    return valid["row"].to_numpy(dtype=np.int64)[order], np.take_along_axis(sims, order, axis=1)
+
+
+def _prepare(job: tuple[int, pd.DataFrame, np.ndarray | None]) -> tuple[pd.DataFrame, np.ndarray, list[int]]:
     """Parse, standardize and featurize one piece: ``(table, raw features of its valid rows except
-    the deferred ones, positions (among the valid rows) of the molecules deferred to the guard)``."""
+    the deferred ones, positions (among the valid rows) of the molecules deferred to the guard)``;
+    with ``keep`` (the prefilter's rows), the other valid rows are excluded with its reason first."""
     from rdkit import Chem
 
-    first, frame = job
-    table = molecule_table(frame, Path(_WORKER["source"]), _WORKER["smiles_col"], _WORKER["label_col"], first_row=first)
+    first, frame, keep = job
+    table = _table(first, frame)
+    if keep is not None:
+        left_out = (table["error"] == "") & ~table["row"].isin(keep)
+        table.loc[left_out, "error"] = _WORKER["left_out"]
     smiles = table.loc[table["error"] == "", "smiles"].tolist()
     deferred = [i for i, s in enumerate(smiles) if Chem.MolFromSmiles(s).GetNumHeavyAtoms() > GUARDED_HEAVY_ATOMS]
     skip = set(deferred)
@@ -134,9 +159,9 @@ def _prepare(job: tuple[int, pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray, l
     return table, raw, deferred
 
 
-def _split(first: int, frame: pd.DataFrame, pieces: int) -> list[tuple[int, pd.DataFrame]]:
+def _split(first: int, frame: pd.DataFrame, pieces: int, keep: np.ndarray | None = None) -> list[tuple[int, pd.DataFrame, np.ndarray | None]]:
     size = max(1, -(-len(frame) // pieces))
-    return [(first + i, frame.iloc[i:i + size].reset_index(drop=True)) for i in range(0, len(frame), size)]
+    return [(first + i, frame.iloc[i:i + size].reset_index(drop=True), keep) for i in range(0, len(frame), size)]
 
 
 def _featurize_deferred(featurizer, table: pd.DataFrame, raw: np.ndarray, deferred: list[int], timeout: float) -> np.ndarray:
@@ -156,12 +181,14 @@ def _featurize_deferred(featurizer, table: pd.DataFrame, raw: np.ndarray, deferr
 
 
 def prepare_chunk(pool_of_workers, featurizer, first: int, frame: pd.DataFrame, n_pieces: int, timeout: float,
-                  smiles_col: str | None, label_col: str | None, source: str) -> tuple[pd.DataFrame, torch.Tensor]:
+                  smiles_col: str | None, label_col: str | None, source: str, keep: np.ndarray | None = None,
+                  left_out: str = "") -> tuple[pd.DataFrame, torch.Tensor]:
     """The chunk's table (standardized, rules applied, the time guard's exclusions included) and the
-    model input ``[n_valid, d]`` of its valid rows; ``pool_of_workers`` None: in this process."""
-    jobs = _split(first, frame, n_pieces)
+    model input ``[n_valid, d]`` of its valid rows; ``pool_of_workers`` None: in this process.
+    ``keep``: the prefilter's rows (sorted); every other valid row is excluded with ``left_out``."""
+    jobs = _split(first, frame, n_pieces, keep)
     if pool_of_workers is None:
-        _configure(featurizer, smiles_col, label_col, source)
+        _configure(featurizer, smiles_col, label_col, source, None, left_out)
         parts = [_prepare(job) for job in jobs]
     else:
         parts = pool_of_workers.map(_prepare, jobs)
@@ -219,17 +246,26 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
     path, paths = Path(path), output_paths(out_csv)
     parts = parts_dir(out_csv)
     identity = {"input": _fingerprint(path), "influence": inf.config.identity(), "chunk_rows": config.chunk_rows,
-                "model": [model_fingerprint(m.model) for m in getattr(inf.run, "members", [inf.run])]}
+                "prefilter": config.prefilter, "model": [model_fingerprint(m.model) for m in getattr(inf.run, "members", [inf.run])]}
     _open_parts(parts, identity, config.resume, world)
     clock = time.perf_counter()
     featurizer = inf.run.featurizer
     smiles_col, label_col = inf.config.smiles_col, inf.config.label_col
     n_workers = max(1, config.n_workers // world.size) if not config.workers else config.workers
+    nearest, left_out = None, ""
+    if config.prefilter:
+        heldout_smiles = getattr(inf.run, "members", [inf.run])[0].smiles(HELDOUT_PARTS[inf.config.heldout])
+        nearest, left_out = NearestPool(heldout_smiles, config.prefilter), prefilter_reason(config.prefilter, inf.config.heldout)
     workers = None
     if n_workers > 1:
         import multiprocessing
 
-        workers = multiprocessing.get_context("fork").Pool(n_workers, _init_worker, (featurizer, smiles_col, label_col, str(path)))
+        workers = multiprocessing.get_context("fork").Pool(n_workers, _init_worker,
+                                                           (featurizer, smiles_col, label_col, str(path), nearest, left_out))
+    keep = None
+    if nearest is not None:
+        keep = _prefiltered_rows(nearest, path, config.chunk_rows, parts, workers, max(1, n_workers * 2), world,
+                                 (featurizer, smiles_col, label_col, str(path)), progress)
     bar = tqdm(desc="scoring" if not world.active else f"scoring (rank {world.rank}/{world.size})", unit="rows",
                disable=not progress or not world.is_main)
     n_chunks, rows = 0, 0
@@ -239,7 +275,7 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
             if not world.owns(index) or _part(parts, index).exists():
                 continue
             table, x = prepare_chunk(workers, featurizer, first, frame, max(1, n_workers * 2), FEATURIZE_TIMEOUT_S,
-                                     smiles_col, label_col, str(path))
+                                     smiles_col, label_col, str(path), keep, left_out)
             if strict and table["error"].str.contains("outside the plausible logD range").any():
                 bad = table[table["error"].str.contains("outside the plausible logD range")].iloc[0]
                 raise DataError(f"{path}: row {int(bad['row'])}: {bad['error']} (run without --strict to exclude such rows)")
@@ -268,6 +304,38 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
     atomic_write_json(paths["summary"], summary)
     shutil.rmtree(parts, ignore_errors=True)
     return summary
+
+
+def _prefiltered_rows(nearest: NearestPool, path: Path, chunk_rows: int, parts: Path, workers, n_pieces: int, world: World,
+                      worker_args: tuple, progress: bool) -> np.ndarray:
+    """The prefilter's first pass (parse, standardize, fingerprint; no descriptors): the rows to
+    score, sorted. Each rank reads its own chunks, the ranks' candidates are gathered and merged;
+    saved in ``parts`` so that a resumed run does not read the pool twice more."""
+    from tqdm.auto import tqdm
+
+    saved = parts / "prefilter_rows.npy"
+    if world.all_true(saved.exists()):
+        return np.load(saved)
+    if workers is None:
+        _configure(*worker_args, nearest)
+    with tqdm(desc="prefilter", unit="rows", disable=not progress or not world.is_main) as bar:
+        for index, (first, frame) in enumerate(read_chunks(path, chunk_rows)):
+            if world.owns(index):
+                jobs = _split(first, frame, n_pieces)
+                for rows, sims in (workers.map(_nearest_piece, jobs) if workers is not None else map(_nearest_piece, jobs)):
+                    nearest.merge(rows, sims)
+            bar.update(len(frame))
+    if world.active:
+        gathered = zip(world.all_gather(torch.from_numpy(nearest.rows)), world.all_gather(torch.from_numpy(nearest.similarity)))
+        nearest.clear()
+        for rows, sims in gathered:
+            nearest.merge(rows.numpy(), sims.numpy())
+    keep = nearest.chosen()
+    if world.is_main:
+        buffer = io.BytesIO()
+        np.save(buffer, keep)
+        atomic_write_bytes(saved, buffer.getvalue())
+    return keep
 
 
 #: Column of a part file holding each row's molecule key (for the duplicates across chunks); not in the output.
