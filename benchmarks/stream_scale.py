@@ -1,6 +1,12 @@
 """Pools of 10⁴ … 10⁶ molecules through `lipo-if influence`'s streaming path: rows/s, peak memory.
 
     python benchmarks/stream_scale.py --data-dir ../shared/data --rows 10000 100000 [--workers 2] [--json OUT]
+    python benchmarks/stream_scale.py --data-dir ../shared/data --rows 10000 --prefilter 0 5 20 --ranks 1 2
+
+``--prefilter K …`` adds runs with FastIF's prefilter (0 = every molecule, always run first) and
+reports, for each, how many of the full run's 100 most helpful (eligible) molecules it still
+scores; ``--ranks N …`` runs each configuration under ``torchrun --nproc-per-node N`` too (each rank
+then takes workers/N worker processes), side by side with one rank.
 
 The pool is synthetic, made here from real molecules: every Lipophilicity molecule and its RDKit
 edits — one hydrogen on an aromatic carbon replaced by F, Cl, CH3, OH or OCH3 —, deduplicated,
@@ -80,6 +86,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--chunk-rows", type=int, default=20_000)
     parser.add_argument("--work", default="runs/stream_scale")
+    parser.add_argument("--prefilter", type=int, nargs="+", default=[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1])
     parser.add_argument("--json")
     args = parser.parse_args()
     work = Path(args.work)
@@ -92,23 +100,37 @@ def main() -> None:
     results = []
     for n in args.rows:
         pool = synthetic_pool(lipo, n, work / f"pool_{n}.csv")
-        out = work / f"scores_{n}.csv"
-        for stale in work.glob(f"scores_{n}*"):
-            if stale.is_file():
-                stale.unlink()
-        cmd = [*cli, "influence", "--run", str(run_dir), "--external", str(pool), "--out", str(out), "--solver", "function-space",
-               "--chunk-rows", str(args.chunk_rows), "--workers", str(args.workers), "--no-resume"]
-        start = time.perf_counter()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        subprocess.run(cmd, check=True)
-        wall = time.perf_counter() - start
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far (KiB)
-        summary = json.loads((work / f"scores_{n}_summary.json").read_text())
-        row = {"rows": n, "wall_s": round(wall, 1), "rows_per_s": round(n / wall, 1), "peak_rss_mib_any_process": round(peak_kib / 1024, 1),
-               "peak_rss_grew": peak_kib > before, "scored": summary["counts"]["scored"], "chunks": summary["stream"]["chunks"],
-               "workers": summary["stream"]["workers"] or os.cpu_count(), "load_end": os.getloadavg()[0]}
-        results.append(row)
-        print(json.dumps(row), flush=True)
+        full_top = None
+        for ranks in args.ranks:
+            for k in sorted(set([0, *args.prefilter])):
+                tag = f"{n}_r{ranks}_k{k}"
+                out = work / f"scores_{tag}.csv"
+                for stale in work.glob(f"scores_{tag}*"):
+                    if stale.is_file():
+                        stale.unlink()
+                launcher = cli if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                   "--nproc-per-node", str(ranks), "-m", "lipo_if.cli", "-q"]
+                cmd = [*launcher, "influence", "--run", str(run_dir), "--external", str(pool), "--out", str(out),
+                       "--solver", "function-space", "--chunk-rows", str(args.chunk_rows), "--workers", str(args.workers),
+                       "--prefilter", str(k), "--no-resume"]
+                start = time.perf_counter()
+                before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                subprocess.run(cmd, check=True)
+                wall = time.perf_counter() - start
+                peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far (KiB)
+                summary = json.loads((work / f"scores_{tag}_summary.json").read_text())
+                scores = pd.read_csv(out, usecols=["row", "score", "in_domain", "excluded"], keep_default_na=False, dtype=str)
+                eligible = scores[(scores["excluded"] == "") & (scores["in_domain"] == "True")]
+                top = set(eligible.assign(score=eligible["score"].astype(float)).nsmallest(100, "score")["row"])
+                if k == 0 and ranks == 1:
+                    full_top = top
+                row = {"rows": n, "ranks": ranks, "prefilter": k, "wall_s": round(wall, 1), "rows_per_s": round(n / wall, 1),
+                       "peak_rss_mib_any_process": round(peak_kib / 1024, 1), "peak_rss_grew": peak_kib > before,
+                       "scored": summary["counts"]["scored"], "chunks": summary["stream"]["chunks"],
+                       "workers": args.workers or os.cpu_count(), "load_end": os.getloadavg()[0],
+                       "full_top100_kept": len(top & full_top) if full_top is not None else None}
+                results.append(row)
+                print(json.dumps(row), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}, indent=1))
 

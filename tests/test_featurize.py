@@ -88,3 +88,24 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     cache_file.write_bytes(b"garbage")
     x = Featurizer(FeaturizerConfig("morgan", n_bits=64), cache_dir=tmp_path).transform(["CCO"])
     assert x.sum() > 0
+
+
+def test_descriptors_equal_rdkit_own_functions():
+    """Every column, the shared EState pass included, equals RDKit's function on the molecule
+    (NaN where RDKit fails or overflows, as the featurizer maps them)."""
+    from rdkit import Chem
+    from rdkit.Chem import Descriptors
+
+    smiles = ["CCO", "C", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "C[N+](C)(C)C", "O=C([O-])c1ccccc1", "ClC(Cl)(Cl)Br",
+              "CC1=C(C(=O)N(N1C)c1ccccc1)N(C)CS(=O)(=O)O", "c1ccc2c(c1)ccc1ccccc12", "C" * 60]
+    got = RDKitDescriptorFeaturizer()(smiles)
+    for i, s in enumerate(smiles):
+        mol = Chem.MolFromSmiles(s)
+        for j, (name, function) in enumerate(Descriptors._descList):
+            try:
+                value = float(function(mol))
+            except Exception:  # noqa: BLE001
+                value = float("nan")
+            if not np.isfinite(value) or abs(value) > 1e12:
+                value = float("nan")
+            assert (np.isnan(got[i, j]) and np.isnan(value)) or got[i, j] == value, (s, name, got[i, j], value)
