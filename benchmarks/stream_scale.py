@@ -6,7 +6,10 @@
 ``--prefilter K …`` adds runs with FastIF's prefilter (0 = every molecule, always run first) and
 reports, for each, how many of the full run's 100 most helpful (eligible) molecules it still
 scores; ``--ranks N …`` runs each configuration under ``torchrun --nproc-per-node N`` too (each rank
-then takes workers/N worker processes), side by side with one rank.
+then takes workers/N worker processes), side by side with one rank; ``--repeat R`` goes over all
+configurations R times, interleaved, so that load on this shared machine falls on all of them.
+Peak RSS is that of the largest process so far in this script (getrusage), so it is meaningful for
+the first configuration and for growing pool sizes only.
 
 The pool is synthetic, made here from real molecules: every Lipophilicity molecule and its RDKit
 edits — one hydrogen on an aromatic carbon replaced by F, Cl, CH3, OH or OCH3 —, deduplicated,
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -88,6 +92,7 @@ def main() -> None:
     parser.add_argument("--work", default="runs/stream_scale")
     parser.add_argument("--prefilter", type=int, nargs="+", default=[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[1])
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over the configurations (interleaved; compare the best of each)")
     parser.add_argument("--json")
     args = parser.parse_args()
     work = Path(args.work)
@@ -101,36 +106,34 @@ def main() -> None:
     for n in args.rows:
         pool = synthetic_pool(lipo, n, work / f"pool_{n}.csv")
         full_top = None
-        for ranks in args.ranks:
-            for k in sorted(set([0, *args.prefilter])):
-                tag = f"{n}_r{ranks}_k{k}"
-                out = work / f"scores_{tag}.csv"
-                for stale in work.glob(f"scores_{tag}*"):
-                    if stale.is_file():
-                        stale.unlink()
-                launcher = cli if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                   "--nproc-per-node", str(ranks), "-m", "lipo_if.cli", "-q"]
-                cmd = [*launcher, "influence", "--run", str(run_dir), "--external", str(pool), "--out", str(out),
-                       "--solver", "function-space", "--chunk-rows", str(args.chunk_rows), "--workers", str(args.workers),
-                       "--prefilter", str(k), "--no-resume"]
-                start = time.perf_counter()
-                before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-                subprocess.run(cmd, check=True)
-                wall = time.perf_counter() - start
-                peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far (KiB)
-                summary = json.loads((work / f"scores_{tag}_summary.json").read_text())
-                scores = pd.read_csv(out, usecols=["row", "score", "in_domain", "excluded"], keep_default_na=False, dtype=str)
-                eligible = scores[(scores["excluded"] == "") & (scores["in_domain"] == "True")]
-                top = set(eligible.assign(score=eligible["score"].astype(float)).nsmallest(100, "score")["row"])
-                if k == 0 and ranks == 1:
-                    full_top = top
-                row = {"rows": n, "ranks": ranks, "prefilter": k, "wall_s": round(wall, 1), "rows_per_s": round(n / wall, 1),
-                       "peak_rss_mib_any_process": round(peak_kib / 1024, 1), "peak_rss_grew": peak_kib > before,
-                       "scored": summary["counts"]["scored"], "chunks": summary["stream"]["chunks"],
-                       "workers": args.workers or os.cpu_count(), "load_end": os.getloadavg()[0],
-                       "full_top100_kept": len(top & full_top) if full_top is not None else None}
-                results.append(row)
-                print(json.dumps(row), flush=True)
+        for ranks, k, rep in [(r, k, rep) for rep in range(args.repeat) for r in args.ranks for k in sorted(set([0, *args.prefilter]))]:
+            tag = f"{n}_r{ranks}_k{k}"
+            out = work / f"scores_{tag}.csv"
+            for stale in work.glob(f"scores_{tag}*"):  # the saved solve too: every run solves afresh
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            launcher = cli if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                               "--nproc-per-node", str(ranks), "-m", "--", "lipo_if.cli", "-q"]
+            cmd = [*launcher, "influence", "--run", str(run_dir), "--external", str(pool), "--out", str(out),
+                   "--solver", "function-space", "--chunk-rows", str(args.chunk_rows), "--workers", str(args.workers),
+                   "--prefilter", str(k), "--no-resume"]
+            start = time.perf_counter()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            subprocess.run(cmd, check=True)
+            wall = time.perf_counter() - start
+            peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far (KiB)
+            summary = json.loads((work / f"scores_{tag}_summary.json").read_text())
+            scores = pd.read_csv(out, usecols=["row", "score", "in_domain", "excluded"], keep_default_na=False, dtype=str)
+            eligible = scores[(scores["excluded"] == "") & (scores["in_domain"] == "True")]
+            top = set(eligible.assign(score=eligible["score"].astype(float)).nsmallest(100, "score")["row"])
+            if k == 0 and ranks == 1:
+                full_top = top
+            row = {"rows": n, "ranks": ranks, "prefilter": k, "repeat": rep, "wall_s": round(wall, 1), "rows_per_s": round(n / wall, 1),
+                   "peak_rss_mib_any_process": round(peak_kib / 1024, 1), "peak_rss_grew": peak_kib > before,
+                   "scored": summary["counts"]["scored"], "chunks": summary["stream"]["chunks"],
+                   "workers": args.workers or os.cpu_count(), "load_end": os.getloadavg()[0],
+                   "full_top100_kept": len(top & full_top) if full_top is not None else None}
+            results.append(row)
+            print(json.dumps(row), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}, indent=1))
 

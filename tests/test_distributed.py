@@ -108,7 +108,7 @@ def test_data_parallel_products_and_solves_equal_the_single_process(tmp_path):
 def _torchrun() -> list[str]:
     entry = shutil.which("lipo-if")
     head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    return head + (["--", entry] if entry else ["-m", "lipo_if.cli"])
+    return head + (["--", entry] if entry else ["-m", "--", "lipo_if.cli"])  # "--": torchrun would take --run for --run-path
 
 
 def _influence_args(run_dir: Path, source: Path, out: Path, prefilter: int) -> list[str]:
