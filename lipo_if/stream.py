@@ -23,6 +23,11 @@ uninterrupted run's byte for byte.
 Under ``torchrun`` (:mod:`lipo_if.distributed`) chunk ``i`` is scored by rank ``i mod size``, every
 rank featurizing with its share of the cores, and rank 0 merges once every rank has written its
 parts — the same file a single process writes. A resumed run may use another number of ranks.
+
+With ``prefilter`` K (:mod:`lipo_if.prefilter`) a first pass parses, standardizes and fingerprints
+every chunk (no descriptors), keeps each chunk's molecule table in the parts folder and the K
+nearest rows of every held-out molecule; the second pass reuses those tables and featurizes only
+the kept rows.
 """
 from __future__ import annotations
 
@@ -129,26 +134,28 @@ def _table(first: int, frame: pd.DataFrame) -> pd.DataFrame:
     return molecule_table(frame, Path(_WORKER["source"]), _WORKER["smiles_col"], _WORKER["label_col"], first_row=first)
 
 
-def _nearest_piece(job: tuple[int, pd.DataFrame, None]) -> tuple[np.ndarray, np.ndarray]:
+def _nearest_piece(job: tuple[int, pd.DataFrame, None, bool]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """The prefilter's first pass over one piece: per held-out molecule, its (at most) K most similar
-    valid rows of the piece, ``(rows [H, k'], similarities [H, k'])``."""
-    first, frame, _ = job
+    valid rows of the piece, ``(rows [H, k'], similarities [H, k'], the piece's molecule table)`` —
+    the table is kept for the second pass, which then does not parse and standardize again."""
+    first, frame, _, _ = job
     table = _table(first, frame)
     valid = table[table["error"] == ""]
     nearest = _WORKER["nearest"]
     sims = nearest.similarities(valid["smiles"].tolist()).T  # [H, m]
     order = np.argsort(-sims, axis=1, kind="stable")[:, : nearest.k]  # ties: the earlier row
-    return valid["row"].to_numpy(dtype=np.int64)[order], np.take_along_axis(sims, order, axis=1)
+    return valid["row"].to_numpy(dtype=np.int64)[order], np.take_along_axis(sims, order, axis=1), table
 
 
-def _prepare(job: tuple[int, pd.DataFrame, np.ndarray | None]) -> tuple[pd.DataFrame, np.ndarray, list[int]]:
+def _prepare(job: tuple[int, pd.DataFrame, np.ndarray | None, bool]) -> tuple[pd.DataFrame, np.ndarray, list[int]]:
     """Parse, standardize and featurize one piece: ``(table, raw features of its valid rows except
     the deferred ones, positions (among the valid rows) of the molecules deferred to the guard)``;
-    with ``keep`` (the prefilter's rows), the other valid rows are excluded with its reason first."""
+    with ``keep`` (the prefilter's rows), the other valid rows are excluded with its reason first.
+    ``prepared``: ``frame`` is already the piece's molecule table (the prefilter's first pass)."""
     from rdkit import Chem
 
-    first, frame, keep = job
-    table = _table(first, frame)
+    first, frame, keep, prepared = job
+    table = frame.copy() if prepared else _table(first, frame)
     if keep is not None:
         left_out = (table["error"] == "") & ~table["row"].isin(keep)
         table.loc[left_out, "error"] = _WORKER["left_out"]
@@ -159,9 +166,10 @@ def _prepare(job: tuple[int, pd.DataFrame, np.ndarray | None]) -> tuple[pd.DataF
     return table, raw, deferred
 
 
-def _split(first: int, frame: pd.DataFrame, pieces: int, keep: np.ndarray | None = None) -> list[tuple[int, pd.DataFrame, np.ndarray | None]]:
+def _split(first: int, frame: pd.DataFrame, pieces: int, keep: np.ndarray | None = None,
+           prepared: bool = False) -> list[tuple[int, pd.DataFrame, np.ndarray | None, bool]]:
     size = max(1, -(-len(frame) // pieces))
-    return [(first + i, frame.iloc[i:i + size].reset_index(drop=True), keep) for i in range(0, len(frame), size)]
+    return [(first + i, frame.iloc[i:i + size].reset_index(drop=True), keep, prepared) for i in range(0, len(frame), size)]
 
 
 def _featurize_deferred(featurizer, table: pd.DataFrame, raw: np.ndarray, deferred: list[int], timeout: float) -> np.ndarray:
@@ -182,11 +190,12 @@ def _featurize_deferred(featurizer, table: pd.DataFrame, raw: np.ndarray, deferr
 
 def prepare_chunk(pool_of_workers, featurizer, first: int, frame: pd.DataFrame, n_pieces: int, timeout: float,
                   smiles_col: str | None, label_col: str | None, source: str, keep: np.ndarray | None = None,
-                  left_out: str = "") -> tuple[pd.DataFrame, torch.Tensor]:
+                  left_out: str = "", prepared: pd.DataFrame | None = None) -> tuple[pd.DataFrame, torch.Tensor]:
     """The chunk's table (standardized, rules applied, the time guard's exclusions included) and the
     model input ``[n_valid, d]`` of its valid rows; ``pool_of_workers`` None: in this process.
-    ``keep``: the prefilter's rows (sorted); every other valid row is excluded with ``left_out``."""
-    jobs = _split(first, frame, n_pieces, keep)
+    ``keep``: the prefilter's rows (sorted); every other valid row is excluded with ``left_out``.
+    ``prepared``: the chunk's molecule table from the prefilter's first pass (used instead of ``frame``)."""
+    jobs = _split(first, frame, n_pieces, keep) if prepared is None else _split(first, prepared, n_pieces, keep, prepared=True)
     if pool_of_workers is None:
         _configure(featurizer, smiles_col, label_col, source, None, left_out)
         parts = [_prepare(job) for job in jobs]
@@ -216,6 +225,11 @@ def parts_dir(out_csv: str | os.PathLike) -> Path:
 
 def _part(parts: Path, index: int) -> Path:
     return parts / f"{index:07d}.csv"
+
+
+def _first_pass_table(parts: Path, index: int) -> Path:
+    """The molecule table of chunk ``index`` as the prefilter's first pass built it (pickled, ours)."""
+    return parts / f"{index:07d}.table.pkl"
 
 
 def _open_parts(parts: Path, identity: dict, resume: bool, world: World) -> None:
@@ -274,8 +288,10 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
             n_chunks, rows = index + 1, rows + len(frame)
             if not world.owns(index) or _part(parts, index).exists():
                 continue
+            first_pass = _first_pass_table(parts, index)
+            prepared = pd.read_pickle(first_pass) if keep is not None and first_pass.exists() else None
             table, x = prepare_chunk(workers, featurizer, first, frame, max(1, n_workers * 2), FEATURIZE_TIMEOUT_S,
-                                     smiles_col, label_col, str(path), keep, left_out)
+                                     smiles_col, label_col, str(path), keep, left_out, prepared)
             if strict and table["error"].str.contains("outside the plausible logD range").any():
                 bad = table[table["error"].str.contains("outside the plausible logD range")].iloc[0]
                 raise DataError(f"{path}: row {int(bad['row'])}: {bad['error']} (run without --strict to exclude such rows)")
@@ -322,8 +338,13 @@ def _prefiltered_rows(nearest: NearestPool, path: Path, chunk_rows: int, parts: 
         for index, (first, frame) in enumerate(read_chunks(path, chunk_rows)):
             if world.owns(index):
                 jobs = _split(first, frame, n_pieces)
-                for rows, sims in (workers.map(_nearest_piece, jobs) if workers is not None else map(_nearest_piece, jobs)):
+                tables = []
+                for rows, sims, table in (workers.map(_nearest_piece, jobs) if workers is not None else map(_nearest_piece, jobs)):
                     nearest.merge(rows, sims)
+                    tables.append(table)
+                buffer = io.BytesIO()
+                pd.concat(tables, ignore_index=True).to_pickle(buffer)
+                atomic_write_bytes(_first_pass_table(parts, index), buffer.getvalue())
             bar.update(len(frame))
     if world.active:
         gathered = zip(world.all_gather(torch.from_numpy(nearest.rows)), world.all_gather(torch.from_numpy(nearest.similarity)))

@@ -73,5 +73,6 @@ def test_prefiltered_stream_scores_only_the_nearest(tiny_run, tmp_path):  # noqa
     scored = pre["excluded"] == ""
     assert scored.sum() >= 3
     np.testing.assert_array_equal(pre.loc[scored, "score"].astype(float), full.loc[scored, "score"].astype(float))
+    pd.testing.assert_series_equal(pre.loc[left_out, "smiles_standardized"], full.loc[left_out, "smiles_standardized"])  # the first pass's tables
     same = ~left_out
     pd.testing.assert_frame_equal(pre[same], full[same])  # every row the prefilter keeps is as in the full run
