@@ -88,3 +88,31 @@ class CurvatureOperator(ABC):
         """One in-place LiSSA step ``h ← v + (1 − damping)h − H_B h/scale`` (solver layout, without the
         folded λ) returning ``(‖h_new − h‖, ‖h_new‖)``, or None: no fused step (the default)."""
         return None
+
+
+class WrappedCurvature(CurvatureOperator):
+    """An operator built over another one, ``self.op``: the facts, the sampling and the vector checks
+    are the wrapped operator's (the rows are the same rows). Subclasses give the products."""
+
+    op: CurvatureOperator
+
+    @property
+    def reference(self):
+        return self.op.reference
+
+    @property
+    def n_params(self) -> int:
+        return self.op.n_params
+
+    @property
+    def n_train(self) -> int:
+        return self.op.n_train
+
+    def check_vec(self, vec: torch.Tensor) -> torch.Tensor:
+        return self.op.check_vec(vec)
+
+    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor | None:
+        return self.op.sample_indices(batch_size, generator)
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> Batch | None:
+        return self.op.sample_batch(batch_size, generator)

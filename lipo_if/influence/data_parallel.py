@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from ..distributed import World, current
-from .curvature import Batch, CurvatureOperator
+from .curvature import Batch, CurvatureOperator, WrappedCurvature
 
 
 def shard(idx: torch.Tensor, world: World) -> torch.Tensor:
@@ -22,7 +22,7 @@ def shard(idx: torch.Tensor, world: World) -> torch.Tensor:
     return idx[world.rank::world.size]
 
 
-class DataParallelCurvature(CurvatureOperator):
+class DataParallelCurvature(WrappedCurvature):
     """``op``'s products split over the ranks of ``world``: each rank multiplies on its share of
     the rows, the weighted shares are all-reduced. Everything else is ``op``'s own (layout,
     sampling, facts); products on an explicit batch ``(X, y)`` (spectrum estimates) are computed
@@ -34,32 +34,11 @@ class DataParallelCurvature(CurvatureOperator):
         self.backend = f"{op.backend}, data-parallel over {world.size} ranks"
         self.folded_weight_decay = op.folded_weight_decay
 
-    @property
-    def reference(self):
-        return self.op.reference
-
-    @property
-    def n_params(self) -> int:
-        return self.op.n_params
-
-    @property
-    def n_train(self) -> int:
-        return self.op.n_train
-
-    def check_vec(self, vec: torch.Tensor) -> torch.Tensor:
-        return self.op.check_vec(vec)
-
     def matvec(self, vec: torch.Tensor, batch: Batch | None = None) -> torch.Tensor:
         if batch is not None:
             return self.op.matvec(vec, batch)
         u = self.to_solver_layout(self.check_vec(vec))
         return self.from_solver_layout(self.solver_product(u, None).add_(u, alpha=self.folded_weight_decay))
-
-    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor | None:
-        return self.op.sample_indices(batch_size, generator)
-
-    def sample_batch(self, batch_size: int, generator: torch.Generator) -> Batch | None:
-        return self.op.sample_batch(batch_size, generator)
 
     def to_solver_layout(self, vec: torch.Tensor) -> torch.Tensor:
         return self.op.to_solver_layout(vec)

@@ -63,7 +63,7 @@ import torch
 
 from lipo_if import ops
 
-from .curvature import Batch, CurvatureOperator
+from .curvature import Batch, WrappedCurvature
 from .hvp import HessianOperator
 from .mlp import MLP, mlp_unsupported_reason
 
@@ -146,7 +146,7 @@ class RowCache(NamedTuple):
                         [cut(t) for t in self.signals], cut(self.proj))
 
 
-class NativeHessian(CurvatureOperator):
+class NativeHessian(WrappedCurvature):
     """Gauss–Newton or exact curvature of an :class:`~lipo_if.model.MLPRegressor`, explicit products.
 
     Built from a ``HessianOperator`` ``op`` (``kind`` "gauss-newton" or "exact") over all
@@ -206,26 +206,6 @@ class NativeHessian(CurvatureOperator):
 
     # ------------------------------------------------------------------ the CurvatureOperator interface
 
-    @property
-    def reference(self) -> HessianOperator:
-        return self.op
-
-    @property
-    def n_params(self) -> int:
-        return self.op.n_params
-
-    @property
-    def n_train(self) -> int:
-        return self.op.n_train
-
-    def check_vec(self, vec: torch.Tensor) -> torch.Tensor:
-        return self.op.check_vec(vec)
-
-    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor | None:
-        return self.op.sample_indices(batch_size, generator)
-
-    def sample_batch(self, batch_size: int, generator: torch.Generator) -> Batch | None:
-        return self.op.sample_batch(batch_size, generator)
 
     def to_solver_layout(self, vec: torch.Tensor) -> torch.Tensor:
         return self.to_internal(vec)
