@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -44,7 +45,12 @@ def test_a_single_process_is_left_alone():
     assert shard(idx, World(1, 3)).tolist() == [1, 4, 7]
 
 
+#: gloo on the loopback interface: the test must not depend on how this host's name resolves.
+LOOPBACK = {"GLOO_SOCKET_IFNAME": "lo"}
+
+
 def _products_on_ranks(rank: int, size: int, init_file: str, out_dir: str) -> None:
+    os.environ.update(LOOPBACK)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
     torch.set_num_threads(1)
     results = {}
@@ -77,7 +83,14 @@ def _products_on_ranks(rank: int, size: int, init_file: str, out_dir: str) -> No
 
 
 def test_data_parallel_products_and_solves_equal_the_single_process(tmp_path):
-    mp.start_processes(_products_on_ranks, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, start_method="spawn")
+    context = mp.start_processes(_products_on_ranks, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2,
+                                 start_method="spawn", join=False)
+    deadline = time.monotonic() + 300  # a hung collective fails the test instead of stalling the suite
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2-rank products did not finish within 300 s")
     ranks = [torch.load(tmp_path / f"rank_{r}.pt") for r in range(2)]
     for kind in ("gauss-newton", "exact"):
         model, X, y = make_problem(n=61, hidden=(17, 9), dtype=torch.float64, seed=3)
@@ -129,7 +142,7 @@ def test_torchrun_on_two_ranks_writes_the_single_process_file(tiny_run, tmp_path
     """Also with the prefilter, whose first pass each rank runs on its chunks before the ranks merge."""
     tiny_run.save(tmp_path / "run")
     source = pool_file(tmp_path / "pool.csv")  # 196 rows, 22 chunks, repeats across chunks
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **LOOPBACK}
     single = tmp_path / "single.csv"
     subprocess.run([sys.executable, "-m", "lipo_if.cli", *_influence_args(tmp_path / "run", source, single, prefilter)], check=True, env=env, timeout=600)
     two = tmp_path / "two.csv"
