@@ -276,14 +276,14 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
 
         workers = multiprocessing.get_context("fork").Pool(n_workers, _init_worker,
                                                            (featurizer, smiles_col, label_col, str(path), nearest, left_out))
-    keep = None
-    if nearest is not None:
-        keep = _prefiltered_rows(nearest, path, config.chunk_rows, parts, workers, max(1, n_workers * 2), world,
-                                 (featurizer, smiles_col, label_col, str(path)), progress)
     bar = tqdm(desc="scoring" if not world.active else f"scoring (rank {world.rank}/{world.size})", unit="rows",
-               disable=not progress or not world.is_main)
+               disable=not progress or not world.is_main, delay=0.5)
     n_chunks, rows = 0, 0
     try:
+        keep = None
+        if nearest is not None:
+            keep = _prefiltered_rows(nearest, path, config.chunk_rows, parts, workers, max(1, n_workers * 2), world,
+                                     (featurizer, smiles_col, label_col, str(path)), progress)
         for index, (first, frame) in enumerate(read_chunks(path, config.chunk_rows)):
             n_chunks, rows = index + 1, rows + len(frame)
             if not world.owns(index) or _part(parts, index).exists():
