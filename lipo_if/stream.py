@@ -31,6 +31,7 @@ the kept rows.
 """
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -77,6 +78,27 @@ class StreamConfig:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def count_rows(path: str | os.PathLike) -> int | None:
+    """Data rows of a molecule file for the progress bar's ETA: Parquet's metadata, or a CSV's (or
+    gzip'ed CSV's) line count less the header — one fast pass over the bytes, no parsing. None when
+    it cannot tell (a reader error is for :func:`read_chunks` to report)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        opener = gzip.open if path.suffix.lower() == ".gz" else open
+        lines, last = 0, b"\n"
+        with opener(path, "rb") as handle:
+            while block := handle.read(1 << 24):
+                lines += block.count(b"\n")
+                last = block[-1:]
+        return max(0, lines + (last != b"\n") - 1)
+    except (ImportError, OSError, EOFError):
+        return None
 
 
 def read_chunks(path: str | os.PathLike, chunk_rows: int, skip_rows: int = 0) -> Iterator[tuple[int, pd.DataFrame]]:
@@ -277,7 +299,7 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
         workers = multiprocessing.get_context("fork").Pool(n_workers, _init_worker,
                                                            (featurizer, smiles_col, label_col, str(path), nearest, left_out))
     bar = tqdm(desc="scoring" if not world.active else f"scoring (rank {world.rank}/{world.size})", unit="rows",
-               disable=not progress or not world.is_main, delay=0.5)
+               total=count_rows(path) if progress and world.is_main else None, disable=not progress or not world.is_main, delay=0.5)
     n_chunks, rows = 0, 0
     try:
         keep = None
@@ -334,7 +356,8 @@ def _prefiltered_rows(nearest: NearestPool, path: Path, chunk_rows: int, parts: 
         return np.load(saved)
     if workers is None:
         _configure(*worker_args, nearest)
-    with tqdm(desc="prefilter", unit="rows", disable=not progress or not world.is_main) as bar:
+    shown = progress and world.is_main
+    with tqdm(desc="prefilter", unit="rows", total=count_rows(path) if shown else None, disable=not shown, delay=0.5) as bar:
         for index, (first, frame) in enumerate(read_chunks(path, chunk_rows)):
             if world.owns(index):
                 jobs = _split(first, frame, n_pieces)

@@ -99,3 +99,15 @@ def test_large_molecules_come_back_to_the_time_guard(tiny_run):  # noqa: F811
     table, x = prepare_chunk(None, featurizer, 0, frame, 2, 1e-4, None, None, "<test>")
     assert table.loc[1, "error"].startswith("featurization took longer than") and table.loc[3, "error"].startswith("featurization took")
     assert x.numpy().tobytes() == featurizer.transform(["CCO", "CCCO", "CCCCO"]).tobytes()
+
+
+def test_count_rows_for_the_progress_bar(tmp_path):
+    from lipo_if.stream import count_rows
+
+    source = pool_file(tmp_path / "pool.csv")
+    n = len(pd.read_csv(source))
+    assert count_rows(source) == n
+    gz = tmp_path / "pool.csv.gz"
+    gz.write_bytes(gzip.compress(source.read_bytes().rstrip(b"\n")))  # no newline after the last row
+    assert count_rows(gz) == n
+    assert count_rows(tmp_path / "missing.csv") is None
