@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("LIPO_IF_DATA"))
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--chunk-rows", type=int, default=20_000)
+    parser.add_argument("--chunk-rows", type=int, default=5_000)
     parser.add_argument("--work", default="runs/stream_scale")
     parser.add_argument("--prefilter", type=int, nargs="+", default=[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[1])
