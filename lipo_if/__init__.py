@@ -7,6 +7,7 @@ Quick start::
     run.predict(["CCO", "c1ccccc1O"])             # logD7.4 predictions
     inf = lipo_if.Influence(run, heldout="validation", hessian="gauss-newton", solver="lissa").fit()
     table = inf.scores("external.csv")            # or a DataFrame, (smiles, labels), or a Pool
+    lipo_if.score_file(inf, "pool.csv.gz", "scores.csv", lipo_if.StreamConfig(prefilter=5))  # any size, resumable
 
 Importing the package registers the compiled operators ``torch.ops.lipo_if.*`` (:mod:`lipo_if.ops`).
 """
@@ -20,6 +21,7 @@ from .influence import Influence, InfluenceConfig  # noqa: E402
 from .pool import Pool  # noqa: E402
 from .ensemble import Ensemble, finetune, train_ensemble  # noqa: E402
 from .rundir import load_run  # noqa: E402
+from .stream import StreamConfig, score_file  # noqa: E402
 from .train import Run, TrainConfig, finetune_run, train_run  # noqa: E402
 
 
@@ -45,5 +47,7 @@ __all__ = [
     "load_run",
     "make_split",
     "read_molecule_csv",
+    "score_file",
+    "StreamConfig",
     "train_run",
 ]
