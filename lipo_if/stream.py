@@ -143,17 +143,21 @@ def read_chunks(path: str | os.PathLike, chunk_rows: int, skip_rows: int = 0) ->
 _WORKER: dict = {}
 
 
-def _configure(featurizer, smiles_col, label_col, source, nearest=None, left_out="") -> None:
-    _WORKER.update(featurizer=featurizer, smiles_col=smiles_col, label_col=label_col, source=source, nearest=nearest, left_out=left_out)
+def _configure(featurizer, smiles_col, label_col, source, strict=False, nearest=None, left_out="") -> None:
+    _WORKER.update(featurizer=featurizer, smiles_col=smiles_col, label_col=label_col, source=source, strict=strict,
+                   nearest=nearest, left_out=left_out)
 
 
-def _init_worker(featurizer, smiles_col, label_col, source, nearest=None, left_out="") -> None:
+def _init_worker(*settings) -> None:
     torch.set_num_threads(1)  # a worker process: the cores are shared among the workers
-    _configure(featurizer, smiles_col, label_col, source, nearest, left_out)
+    _configure(*settings)
 
 
 def _table(first: int, frame: pd.DataFrame) -> pd.DataFrame:
-    return molecule_table(frame, Path(_WORKER["source"]), _WORKER["smiles_col"], _WORKER["label_col"], first_row=first)
+    """The piece's molecule table; under ``strict`` an implausible label raises :class:`DataError`
+    (from a worker, too: the pool re-raises it in the main process)."""
+    return molecule_table(frame, Path(_WORKER["source"]), _WORKER["smiles_col"], _WORKER["label_col"],
+                          strict=_WORKER["strict"], first_row=first)
 
 
 def _nearest_piece(job: tuple[int, pd.DataFrame, None, bool]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -212,14 +216,16 @@ def _featurize_deferred(featurizer, table: pd.DataFrame, raw: np.ndarray, deferr
 
 def prepare_chunk(pool_of_workers, featurizer, first: int, frame: pd.DataFrame, n_pieces: int, timeout: float,
                   smiles_col: str | None, label_col: str | None, source: str, keep: np.ndarray | None = None,
-                  left_out: str = "", prepared: pd.DataFrame | None = None) -> tuple[pd.DataFrame, torch.Tensor]:
+                  left_out: str = "", prepared: pd.DataFrame | None = None, strict: bool = False) -> tuple[pd.DataFrame, torch.Tensor]:
     """The chunk's table (standardized, rules applied, the time guard's exclusions included) and the
     model input ``[n_valid, d]`` of its valid rows; ``pool_of_workers`` None: in this process.
     ``keep``: the prefilter's rows (sorted); every other valid row is excluded with ``left_out``.
-    ``prepared``: the chunk's molecule table from the prefilter's first pass (used instead of ``frame``)."""
+    ``prepared``: the chunk's molecule table from the prefilter's first pass (used instead of ``frame``).
+    ``strict``: an implausible label raises :class:`DataError` (in-process; the workers have it
+    from their initialization)."""
     jobs = _split(first, frame, n_pieces, keep) if prepared is None else _split(first, prepared, n_pieces, keep, prepared=True)
     if pool_of_workers is None:
-        _configure(featurizer, smiles_col, label_col, source, None, left_out)
+        _configure(featurizer, smiles_col, label_col, source, strict, None, left_out)
         parts = [_prepare(job) for job in jobs]
     else:
         parts = pool_of_workers.map(_prepare, jobs)
@@ -292,12 +298,12 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
     if config.prefilter:
         heldout_smiles = getattr(inf.run, "members", [inf.run])[0].smiles(HELDOUT_PARTS[inf.config.heldout])
         nearest, left_out = NearestPool(heldout_smiles, config.prefilter), prefilter_reason(config.prefilter, inf.config.heldout)
+    reading = (featurizer, smiles_col, label_col, str(path), strict)  # what every worker needs to read a piece
     workers = None
     if n_workers > 1:
         import multiprocessing
 
-        workers = multiprocessing.get_context("fork").Pool(n_workers, _init_worker,
-                                                           (featurizer, smiles_col, label_col, str(path), nearest, left_out))
+        workers = multiprocessing.get_context("fork").Pool(n_workers, _init_worker, (*reading, nearest, left_out))
     bar = tqdm(desc="scoring" if not world.active else f"scoring (rank {world.rank}/{world.size})", unit="rows",
                total=count_rows(path) if progress and world.is_main else None, disable=not progress or not world.is_main, delay=0.5)
     n_chunks, rows = 0, 0
@@ -305,7 +311,7 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
         keep = None
         if nearest is not None:
             keep = _prefiltered_rows(nearest, path, config.chunk_rows, parts, workers, max(1, n_workers * 2), world,
-                                     (featurizer, smiles_col, label_col, str(path)), progress)
+                                     reading, progress)
         for index, (first, frame) in enumerate(read_chunks(path, config.chunk_rows)):
             n_chunks, rows = index + 1, rows + len(frame)
             if not world.owns(index) or _part(parts, index).exists():
@@ -313,10 +319,7 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
             first_pass = _first_pass_table(parts, index)
             prepared = pd.read_pickle(first_pass) if keep is not None and first_pass.exists() else None
             table, x = prepare_chunk(workers, featurizer, first, frame, max(1, n_workers * 2), FEATURIZE_TIMEOUT_S,
-                                     smiles_col, label_col, str(path), keep, left_out, prepared)
-            if strict and table["error"].str.contains("outside the plausible logD range").any():
-                bad = table[table["error"].str.contains("outside the plausible logD range")].iloc[0]
-                raise DataError(f"{path}: row {int(bad['row'])}: {bad['error']} (run without --strict to exclude such rows)")
+                                     smiles_col, label_col, str(path), keep, left_out, prepared, strict)
             scored = inf.scores(Pool.featurized(table, str(path), featurizer, x))
             columns = OUTPUT_COLUMNS + [c for c in scored.columns if c not in OUTPUT_COLUMNS]
             text = scored[columns].assign(**{_KEY: table["key"].to_numpy()}).to_csv(index=False, float_format="%.10g")
@@ -345,7 +348,7 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
 
 
 def _prefiltered_rows(nearest: NearestPool, path: Path, chunk_rows: int, parts: Path, workers, n_pieces: int, world: World,
-                      worker_args: tuple, progress: bool) -> np.ndarray:
+                      reading: tuple, progress: bool) -> np.ndarray:
     """The prefilter's first pass (parse, standardize, fingerprint; no descriptors): the rows to
     score, sorted. Each rank reads its own chunks, the ranks' candidates are gathered and merged;
     saved in ``parts`` so that a resumed run does not read the pool twice more."""
@@ -355,7 +358,7 @@ def _prefiltered_rows(nearest: NearestPool, path: Path, chunk_rows: int, parts: 
     if world.all_true(saved.exists()):
         return np.load(saved)
     if workers is None:
-        _configure(*worker_args, nearest)
+        _configure(*reading, nearest)
     shown = progress and world.is_main
     with tqdm(desc="prefilter", unit="rows", total=count_rows(path) if shown else None, disable=not shown, delay=0.5) as bar:
         for index, (first, frame) in enumerate(read_chunks(path, chunk_rows)):

@@ -111,3 +111,18 @@ def test_count_rows_for_the_progress_bar(tmp_path):
     gz.write_bytes(gzip.compress(source.read_bytes().rstrip(b"\n")))  # no newline after the last row
     assert count_rows(gz) == n
     assert count_rows(tmp_path / "missing.csv") is None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_strict_fails_on_an_implausible_label_in_a_later_chunk(tiny_run, tmp_path, workers):  # noqa: F811
+    from lipo_if.data import DataError
+
+    source = pool_file(tmp_path / "pool.csv")
+    frame = pd.read_csv(source)
+    frame.loc[30, "label"] = 42.0
+    frame.to_csv(source, index=False)
+    inf = Influence(tiny_run, solver="cg", damping=0.1, progress=False).fit()
+    with pytest.raises(DataError, match=r"row 30 .*label 42 outside the plausible logD range.*--strict"):
+        score_file(inf, source, tmp_path / "strict.csv", StreamConfig(chunk_rows=7, workers=workers), strict=True)
+    summary = score_file(inf, source, tmp_path / "lenient.csv", StreamConfig(chunk_rows=7, workers=workers))
+    assert any("outside the plausible logD range" in r for r in summary["counts"]["excluded_by_reason"])
