@@ -335,8 +335,8 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
     world.barrier()  # every shard written
     if not world.is_main:
         return None
-    scores, reasons = _merge(parts, n_chunks, paths["csv"])
-    summary = inf.digest(str(path), score_counts(list(reasons.elements()), scores), _most_helpful(paths["csv"]))
+    scores, reasons, most_helpful = _merge(parts, n_chunks, paths["csv"])
+    summary = inf.digest(str(path), score_counts(reasons, scores), most_helpful)
     summary["outputs"] = {k: str(p) for k, p in paths.items()}
     summary["stream"] = {**asdict(config), "chunks": n_chunks, "rows": rows, "ranks": world.size,
                          "seconds_this_session": round(time.perf_counter() - clock, 2)}
@@ -389,13 +389,14 @@ def _prefiltered_rows(nearest: NearestPool, path: Path, chunk_rows: int, parts: 
 _KEY = "_key"
 
 
-def _merge(parts: Path, n_chunks: int, out: Path) -> tuple[np.ndarray, Counter]:
+def _merge(parts: Path, n_chunks: int, out: Path, n_helpful: int = 10) -> tuple[np.ndarray, Counter, list[dict]]:
     """Concatenate the chunks' parts in file order into ``out`` (atomically), naming for every
     repeated molecule the first row of the whole file that holds it (a row excluded as a
-    duplicate within its chunk, or a scored row whose molecule an earlier chunk scored);
-    returns the scores of the scored rows and the count of each exclusion reason."""
+    duplicate within its chunk, or a scored row whose molecule an earlier chunk scored); returns,
+    from the same pass, the scores of the scored rows, the count of each exclusion reason and the
+    ``n_helpful`` most helpful rows (lowest score) for the summary."""
     first_row: dict[str, int] = {}
-    scores, reasons = array("d"), Counter()
+    scores, reasons, best = array("d"), Counter(), None
     tmp = out.with_name(f".{out.name}.merging")
     with open(tmp, "w", newline="") as handle:
         for index in range(n_chunks):
@@ -411,20 +412,14 @@ def _merge(parts: Path, n_chunks: int, out: Path) -> tuple[np.ndarray, Counter]:
                     first_row[key] = int(row)
             part = part.drop(columns=_KEY)
             handle.write(part.to_csv(index=False, header=index == 0))
-            scores.extend(part.loc[part["excluded"] == "", "score"].astype(float).tolist())
+            scored = part.loc[part["excluded"] == "", ["row", "smiles", "score"]].assign(score=lambda f: f["score"].astype(float))
+            scores.extend(scored["score"].tolist())
             reasons.update(part["excluded"].tolist())
+            best = pd.concat([best, scored.nsmallest(n_helpful, "score")]).nsmallest(n_helpful, "score") if best is not None \
+                else scored.nsmallest(n_helpful, "score")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, out)
-    return np.asarray(scores, dtype=float), reasons
-
-
-def _most_helpful(csv: Path, n: int = 10) -> list[dict]:
-    best = None
-    for frame in pd.read_csv(csv, usecols=["row", "smiles", "score", "excluded"], keep_default_na=False, dtype=str, chunksize=200_000):
-        frame = frame[frame["excluded"] == ""].assign(score=lambda f: f["score"].astype(float))
-        best = pd.concat([best, frame.nsmallest(n, "score")]) if best is not None else frame.nsmallest(n, "score")
-    if best is None or best.empty:
-        return []
-    top = best.nsmallest(n, "score")[["row", "smiles", "score"]]
-    return [{"row": int(r), "smiles": s, "score": float(v)} for r, s, v in zip(top["row"], top["smiles"], top["score"])]
+    helpful = [] if best is None else [{"row": int(r), "smiles": s, "score": float(v)}
+                                       for r, s, v in zip(best["row"], best["smiles"], best["score"])]
+    return np.asarray(scores, dtype=float), reasons, helpful

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -477,10 +477,15 @@ class Influence:
         return inf
 
 
-def score_counts(reasons: list[str], scores: np.ndarray) -> dict:
-    """Rows, scored, excluded (by reason), helpful (< 0) and harmful (> 0) counts of a scores table."""
-    kinds = Counter("duplicate row" if r.startswith("duplicate row") else r for r in reasons if r)
-    return {"rows": len(reasons), "scored": int(scores.size), "excluded": int(sum(kinds.values())),
+def score_counts(reasons: Sequence[str] | Counter, scores: np.ndarray) -> dict:
+    """Rows, scored, excluded (by reason), helpful (< 0) and harmful (> 0) counts of a scores table;
+    ``reasons``: every row's ``excluded`` (``""`` = scored), or their counts."""
+    reasons = reasons if isinstance(reasons, Counter) else Counter(reasons)
+    kinds: Counter = Counter()
+    for reason, n in reasons.items():
+        if reason:
+            kinds["duplicate row" if reason.startswith("duplicate row") else reason] += n
+    return {"rows": int(sum(reasons.values())), "scored": int(scores.size), "excluded": int(sum(kinds.values())),
             "excluded_by_reason": dict(kinds), "helpful": int((scores < 0).sum()), "harmful": int((scores > 0).sum())}
 
 
