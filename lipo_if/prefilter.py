@@ -46,6 +46,14 @@ class NearestPool:
         self.similarity = np.full((len(self.queries), k), -np.inf)  # [H, K], best first
         self.rows = np.full((len(self.queries), k), -1, dtype=np.int64)
 
+    def fresh(self) -> "NearestPool":
+        """An empty pool with the same queries and ``k`` (for one piece of the file, merged later)."""
+        other = object.__new__(NearestPool)
+        other.queries, other.k = self.queries, self.k
+        other.similarity = np.full_like(self.similarity, -np.inf)
+        other.rows = np.full_like(self.rows, -1)
+        return other
+
     def similarities(self, smiles: Sequence[str]) -> np.ndarray:
         """``[m, H]`` Tanimoto similarity of each (valid, standardized) pool SMILES to each held-out molecule."""
         from rdkit import DataStructs

@@ -161,16 +161,16 @@ def _table(first: int, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _nearest_piece(job: tuple[int, pd.DataFrame, None, bool]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """The prefilter's first pass over one piece: per held-out molecule, its (at most) K most similar
-    valid rows of the piece, ``(rows [H, k'], similarities [H, k'], the piece's molecule table)`` —
-    the table is kept for the second pass, which then does not parse and standardize again."""
+    """The prefilter's first pass over one piece: per held-out molecule, its K most similar valid
+    rows of the piece, ``(rows [H, K], similarities [H, K], the piece's molecule table)`` (row −1,
+    similarity −inf where the piece has fewer) — the table is kept for the second pass, which then
+    does not parse and standardize again."""
     first, frame, _, _ = job
     table = _table(first, frame)
     valid = table[table["error"] == ""]
-    nearest = _WORKER["nearest"]
-    sims = nearest.similarities(valid["smiles"].tolist()).T  # [H, m]
-    order = np.argsort(-sims, axis=1, kind="stable")[:, : nearest.k]  # ties: the earlier row
-    return valid["row"].to_numpy(dtype=np.int64)[order], np.take_along_axis(sims, order, axis=1), table
+    piece = _WORKER["nearest"].fresh()
+    piece.update(valid["row"].to_numpy(dtype=np.int64), piece.similarities(valid["smiles"].tolist()))
+    return piece.rows, piece.similarity, table
 
 
 def _prepare(job: tuple[int, pd.DataFrame, np.ndarray | None, bool]) -> tuple[pd.DataFrame, np.ndarray, list[int]]:
