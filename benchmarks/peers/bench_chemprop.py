@@ -50,32 +50,15 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from peer_io import atomic_write_text  # benchmarks/peers/peer_io.py (this folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[2]
 PARTS = ("train", "val", "test")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temp file in the same folder and ``os.replace`` (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it the mode of an ordinary new file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _csv_text(rows: list[tuple[str, float]] | list[tuple[str]], header: tuple[str, ...]) -> str:
@@ -122,7 +105,7 @@ def prepare(args: argparse.Namespace) -> None:
             for part in PARTS:
                 idx = split.part(part)
                 rows = [(dataset.smiles[i], repr(float(dataset.labels[i]))) for i in idx]
-                _atomic_write_text(folder / f"{part}.csv", _csv_text(rows, ("smiles", "label")))
+                atomic_write_text(folder / f"{part}.csv", _csv_text(rows, ("smiles", "label")))
             split.save(folder / "split.json", dataset)
             if args.check:
                 tiny = TrainConfig(seed=seed, split=kind, hidden=(4,), max_epochs=1, min_epochs=1, patience=1)
@@ -148,7 +131,7 @@ def prepare(args: argparse.Namespace) -> None:
         if previous.get("data_fingerprint") == meta["data_fingerprint"]:
             keep = [p for p in previous.get("prepared", []) if (p["split"], p["seed"]) not in {(q["split"], q["seed"]) for q in prepared}]
             meta["prepared"] = keep + prepared
-    _atomic_write_text(old, json.dumps(meta, indent=1))
+    atomic_write_text(old, json.dumps(meta, indent=1))
     print(f"wrote {len(prepared)} splits under {out} (meta.json)")
 
 
@@ -203,7 +186,7 @@ def run_one(folder: Path, seed: int, args: argparse.Namespace, chemprop_bin: str
 
     smiles, y = read_split_csv(folder / "test.csv")
     query = work / "test_smiles.csv"  # SMILES only: chemprop predict writes its prediction into the target's column
-    _atomic_write_text(query, _csv_text([(s,) for s in smiles], ("smiles",)))
+    atomic_write_text(query, _csv_text([(s,) for s in smiles], ("smiles",)))
     preds_path = work / "test_preds.csv"
     predict_cmd = [chemprop_bin, "predict", "--test-path", str(query), "--model-paths", str(best),
                    "--smiles-columns", "smiles", "--preds-path", str(preds_path)]
@@ -225,7 +208,7 @@ def run_one(folder: Path, seed: int, args: argparse.Namespace, chemprop_bin: str
             own_pred = np.array([float(r["label"]) for r in csv.DictReader(handle)])
         if len(own_pred) == len(pred):
             entry["max_abs_diff_vs_train_test_predictions"] = float(np.max(np.abs(own_pred - pred)))
-    _atomic_write_text(done, json.dumps(entry, indent=1))
+    atomic_write_text(done, json.dumps(entry, indent=1))
     m = entry["test"]
     print(f"{folder.name}: test RMSE {m['rmse']:.3f}  MAE {m['mae']:.3f}  R² {m['r2']:.3f}  "
           f"(best epoch {best_epoch}; train {train_s:.0f} s, predict {predict_s:.0f} s)", flush=True)
@@ -299,7 +282,7 @@ def run_peer(args: argparse.Namespace) -> None:
                "deviations_from_chemprop_defaults": deviations, "splits_meta": meta,
                "wall_s": round(time.perf_counter() - t_all, 1), "summary": summary, "per_run": results}
         if out is not None:
-            _atomic_write_text(out, json.dumps(doc, indent=1))
+            atomic_write_text(out, json.dumps(doc, indent=1))
         return table
 
     for p in todo:

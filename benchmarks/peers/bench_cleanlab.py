@@ -40,11 +40,12 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from peer_io import atomic_write  # benchmarks/peers/peer_io.py (this folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[2]
 OUR_DETECTORS = ("residual", "self_influence", "leverage")
@@ -52,22 +53,6 @@ OUR_DETECTORS = ("residual", "self_influence", "leverage")
 
 def _key(scenario: str, seed: int, name: str) -> str:
     return f"{scenario}__{seed}__{name}"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename onto ``path`` (never a half-written file at ``path``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it the mode of an ordinary new file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- prepare (project venv)
@@ -135,9 +120,9 @@ def prepare(args: argparse.Namespace) -> None:
                   f"train {t_train:.0f} s, detectors {t_ours:.0f} s", flush=True)
             # what is done so far, usable by the peer (--workload …partial.npz --seeds/--scenarios …)
             arrays["meta_json"] = np.array(json.dumps(meta))
-            _atomic_write(partial, lambda tmp: np.savez_compressed(tmp, **arrays))
+            atomic_write(partial, lambda tmp: np.savez_compressed(tmp, **arrays))
     arrays["meta_json"] = np.array(json.dumps(meta))
-    _atomic_write(out, lambda tmp: np.savez_compressed(tmp, **arrays))
+    atomic_write(out, lambda tmp: np.savez_compressed(tmp, **arrays))
     partial.unlink(missing_ok=True)
     print(f"workload saved to {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
@@ -266,7 +251,7 @@ def run_peer(args: argparse.Namespace) -> None:
               "wall_s": round(wall, 1), "summary": summary, "per_combo": results}
     if args.json:
         out = Path(args.json)
-        _atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
         print(f"wrote {out}")
 
 
