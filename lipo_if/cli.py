@@ -98,8 +98,12 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "", *
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="directory holding lipophilicity.csv (default: $LIPO_IF_DATA, then the download cache)")
     parser.add_argument("--data", help="explicit path of the Lipophilicity CSV (overrides --data-dir)")
-    parser.add_argument("--strict", action="store_true", help="fail on a rejected row (invalid SMILES, a structure rule of "
-                        "lipo_if.standardize, a label outside the plausible logD range) instead of excluding it")
+    _add_strict_argument(parser, "a rejected row (invalid SMILES, a structure rule of lipo_if.standardize, a label "
+                         "outside the plausible logD range)")
+
+
+def _add_strict_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--strict", action="store_true", help=f"fail on {what} instead of excluding it")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -280,8 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external", required=True, help="CSV of candidate molecules (SMILES and label columns)")
     p.add_argument("--out", required=True, help="scores CSV to write")
     p.add_argument("--data", help="Lipophilicity CSV if it moved since training")
-    p.add_argument("--strict", action="store_true", help="fail on an external label outside the plausible logD range "
-                   "(lipo_if.standardize.LOGD_RANGE) instead of excluding the row")
+    _add_strict_argument(p, "an external label outside the plausible logD range (lipo_if.standardize.LOGD_RANGE)")
     add_dataclass_arguments(p, InfluenceConfig, skip=("progress",), group="influence and LiSSA settings")
     add_dataclass_arguments(p, StreamConfig, group="pools of any size (lipo_if.stream)")
     p.set_defaults(func=_cmd_influence)
@@ -293,8 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external", required=True, help="CSV of molecules (SMILES and label columns)")
     p.add_argument("--out", required=True, help="CSV to write")
     p.add_argument("--training-out", help="also inspect the run's training molecules and write their table here")
-    p.add_argument("--strict", action="store_true", help="fail on an external label outside the plausible logD range "
-                   "(lipo_if.standardize.LOGD_RANGE) instead of excluding the row")
+    _add_strict_argument(p, "an external label outside the plausible logD range (lipo_if.standardize.LOGD_RANGE)")
     p.add_argument("--damping", type=_float_or_str, default="auto", help="damping μ of the curvature (default: auto = 0.02·λmax)")
     p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS, help=f"detector behind suspicion (default: {DEFAULT_DETECTOR})")
     p.add_argument("--data", help="Lipophilicity CSV if it moved since training")
