@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from .data import DataError, default_cache_dir
 from .io import atomic_write_bytes
@@ -330,6 +331,12 @@ class Featurizer:
     def transform(self, smiles: Sequence[str]) -> np.ndarray:
         """Model input ``[n, dim]`` float32: fingerprints as they are, descriptors standardized and clipped."""
         return self.model_input(self.raw(smiles))
+
+    def tensor(self, smiles: Sequence[str]) -> torch.Tensor:
+        """The model input ``[n, dim]`` float32 as a tensor (:meth:`transform`); the message-passing
+        model's :class:`~lipo_if.graph.GraphFeaturizer` answers the same call with graphs."""
+        smiles = list(smiles)
+        return torch.from_numpy(self.transform(smiles)) if smiles else torch.zeros(0, self.dim)
 
     def raw_uncached(self, smiles: Sequence[str]) -> np.ndarray:
         """:meth:`raw` without the disk cache (what a worker process computes for a chunk of a large pool)."""

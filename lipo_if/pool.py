@@ -96,7 +96,7 @@ class Pool:
         return (self.table["error"] == "").to_numpy()
 
     def features(self, featurizer) -> torch.Tensor:
-        """Model input ``[n_valid, d]`` float32 of the valid rows (table order), once per featurizer.
+        """Model input of the valid rows (table order; ``[n_valid, d]`` float32, or graphs), once per featurizer.
 
         A molecule whose featurization exceeds :attr:`featurize_timeout` becomes invalid here, its
         ``error`` saying so (:func:`~lipo_if.featurize.slow_molecules`)."""
@@ -108,7 +108,7 @@ class Pool:
                 self.table.loc[valid_index[position], "error"] = reason
             rows = self.table.loc[self.valid, "row"].to_numpy(dtype=int)
             smiles = self.table.loc[self.valid, "smiles"].tolist()
-            x = torch.from_numpy(featurizer.transform(smiles)) if smiles else torch.zeros(0, featurizer.dim)
+            x = featurizer.tensor(smiles)
             self._features[key] = (featurizer, rows, x)  # the featurizer is kept so that its id stays unique
         _, rows, x = self._features[key]
         current = self.table.loc[self.valid, "row"].to_numpy(dtype=int)

@@ -26,7 +26,9 @@ import torch
 
 from .data import DataError, MoleculeDataset, Split, load_dataset, make_split
 from .io import atomic_write_bytes, atomic_write_text
+from .dmpnn import DMPNN, DMPNNConfig, build_dmpnn
 from .featurize import Featurizer, FeaturizerConfig
+from .graph import GraphFeaturizer, GraphFeaturizerConfig, cat_inputs
 from .model import MLPRegressor, ModelConfig, build_model, objective
 from .pool import Molecules, Pool
 from .standardize import standardize
@@ -35,13 +37,23 @@ log = logging.getLogger(__name__)
 
 #: TracIn-CP's checkpoints in a run directory
 CHECKPOINTS_FILE = "checkpoints.pt"
+#: ``TrainConfig.model`` choices: the MLP on fingerprints + descriptors, or the D-MPNN on graphs.
+MODEL_FAMILIES = ("mlp", "dmpnn")
 
 
 @dataclass
 class TrainConfig:
     """How the baseline is trained (every field is a ``lipo-if train`` option)."""
 
-    hidden: tuple[int, ...] = field(default=(512, 128), metadata={"help": "hidden layer widths"})
+    model: str = field(default="mlp", metadata={"help": "model family: mlp (on --featurizer's vectors) or dmpnn (directed "
+                                                          "message passing on the molecular graph, Yang et al. 2019)",
+                                                  "choices": MODEL_FAMILIES})
+    hidden: tuple[int, ...] = field(default=(512, 128), metadata={"help": "hidden layer widths (mlp)"})
+    mp_hidden: int = field(default=300, metadata={"help": "message width (dmpnn)"})
+    mp_depth: int = field(default=3, metadata={"help": "message-passing steps, the initial one included (dmpnn)"})
+    ffn_hidden: tuple[int, ...] = field(default=(300,), metadata={"help": "hidden widths of the feed-forward head (dmpnn)"})
+    mol_features: str = field(default="rdkit2d", metadata={"help": "molecule-level features beside the graph embedding (dmpnn): "
+                                                                    "a featurizer name (e.g. rdkit2d) or 'none'"})
     weight_decay: float = field(default=1e-3, metadata={"help": "λ of the L2 term (λ/2)‖θ‖² written into the loss"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size"})
@@ -56,7 +68,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.ffn_hidden = tuple(int(h) for h in self.ffn_hidden)
         checks = [
+            (self.model in MODEL_FAMILIES, f"model must be one of {', '.join(MODEL_FAMILIES)}, got {self.model!r}"),
+            (self.mp_hidden > 0 and self.mp_depth >= 1, f"mp_hidden must be positive and mp_depth ≥ 1, got {self.mp_hidden}, {self.mp_depth}"),
+            (all(h > 0 for h in self.ffn_hidden), f"ffn_hidden widths must be positive, got {self.ffn_hidden}"),
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
@@ -69,6 +85,46 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.model == "dmpnn":
+            GraphFeaturizerConfig(self.mol_features)  # a bad featurizer name fails here, not after the split
+
+
+# --------------------------------------------------------------------------- model families
+
+
+def make_featurizer(config: TrainConfig, featurizer_config: FeaturizerConfig | None,
+                    cache_dir: str | os.PathLike | None | bool = True) -> Featurizer | GraphFeaturizer:
+    """The unfitted featurizer of ``config.model``: vectors for the MLP, graphs (and
+    ``config.mol_features``) for the D-MPNN; ``featurizer_config`` applies to the MLP."""
+    if config.model == "dmpnn":
+        return GraphFeaturizer(GraphFeaturizerConfig(config.mol_features), cache_dir=cache_dir)
+    return Featurizer(featurizer_config, cache_dir=cache_dir)
+
+
+def build_network(config: TrainConfig, featurizer: Featurizer | GraphFeaturizer, seed: int | None,
+                  init_bias: float | None) -> MLPRegressor | DMPNN:
+    """A freshly initialized model of ``config.model`` for ``featurizer``'s input."""
+    if config.model == "dmpnn":
+        shape = DMPNNConfig(mol_dim=featurizer.dim, hidden=config.mp_hidden, depth=config.mp_depth, ffn_hidden=config.ffn_hidden)
+        return build_dmpnn(shape, seed=seed, init_bias=init_bias)
+    return build_model(ModelConfig(featurizer.dim, config.hidden), seed=seed, init_bias=init_bias)
+
+
+def rebuild_network(model: MLPRegressor | DMPNN, seed: int | None, init_bias: float | None) -> MLPRegressor | DMPNN:
+    """A freshly initialized model of ``model``'s family and shape."""
+    if isinstance(model, DMPNN):
+        return build_dmpnn(model.config, seed=seed, init_bias=init_bias)
+    return build_model(model.config, seed=seed, init_bias=init_bias)
+
+
+def _network_from_checkpoint(checkpoint: dict) -> MLPRegressor | DMPNN:
+    if checkpoint.get("model_kind", "mlp") == "dmpnn":
+        return DMPNN(DMPNNConfig(**checkpoint["model_config"]))
+    return MLPRegressor(ModelConfig(**checkpoint["model_config"]))
+
+
+def _featurizer_from_state(state: dict) -> Featurizer | GraphFeaturizer:
+    return GraphFeaturizer.from_state(state) if state.get("kind") == GraphFeaturizer.kind else Featurizer.from_state(state)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -126,7 +182,7 @@ class Checkpoint:
 
 @dataclass
 class FitResult:
-    model: MLPRegressor
+    model: MLPRegressor | DMPNN
     best_epoch: int
     epochs_run: int
     history: list[dict]
@@ -135,7 +191,7 @@ class FitResult:
 
 
 def fit(
-    model: MLPRegressor,
+    model: MLPRegressor | DMPNN,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
     x_val: torch.Tensor,
@@ -202,13 +258,14 @@ def fit(
 class Run:
     """A trained model with everything needed to use it on new molecules.
 
-    ``model`` is the :class:`MLPRegressor` (float32, eval mode); ``featurizer`` is fitted on the
+    ``model`` is the :class:`MLPRegressor` or the :class:`~lipo_if.dmpnn.DMPNN` (float32, eval
+    mode; ``config.model`` says which); ``featurizer`` is fitted on the
     run's training split; ``split`` indexes ``dataset`` (loaded lazily from ``data_path``).
     """
 
     run_dir: Path | None
-    model: MLPRegressor
-    featurizer: Featurizer
+    model: MLPRegressor | DMPNN
+    featurizer: Featurizer | GraphFeaturizer
     split: Split
     config: TrainConfig
     data_path: str
@@ -247,17 +304,18 @@ class Run:
         return self.dataset.labels[self.split.part(part)]
 
     def tensors(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(X [n, dim] float32, y [n] float32)`` of a split part, featurized as the model expects."""
+        """``(X, y [n] float32)`` of a split part, featurized as the model expects (X ``[n, dim]``
+        float32 for the MLP, :class:`~lipo_if.graph.MolGraphs` for the D-MPNN)."""
         part = "val" if part == "validation" else part
         if part not in self._tensor_cache:
-            x = torch.from_numpy(self.featurizer.transform(self.smiles(part)))
+            x = self.featurizer.tensor(self.smiles(part))
             y = torch.from_numpy(self.labels(part).astype(np.float32))
             self._tensor_cache[part] = (x, y)
         return self._tensor_cache[part]
 
     def featurize(self, smiles: Sequence[str]) -> torch.Tensor:
-        """``[n, dim]`` float32 model input for arbitrary (valid) SMILES."""
-        return torch.from_numpy(self.featurizer.transform(list(smiles)))
+        """The model input for arbitrary (valid) SMILES (``[n, dim]`` float32, or graphs)."""
+        return self.featurizer.tensor(list(smiles))
 
     def predict(self, smiles: Sequence[str]) -> np.ndarray:
         """Predicted logD7.4 for each SMILES (standardized first, :mod:`lipo_if.standardize`; a
@@ -285,6 +343,7 @@ class Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = {
             "format": 1,
+            "model_kind": "dmpnn" if isinstance(self.model, DMPNN) else "mlp",
             "model_config": self.model.config.to_dict(),
             "state_dict": self.model.state_dict(),
             "featurizer": self.featurizer.state_dict(),
@@ -318,7 +377,7 @@ def load_single_run(run_dir: str | os.PathLike, data_path: str | os.PathLike | N
     if not path.exists():
         raise DataError(f"{run_dir}: not a run directory (no model.pt); create one with 'lipo-if train'")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = MLPRegressor(ModelConfig(**checkpoint["model_config"]))
+    model = _network_from_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     cfg = checkpoint["train_config"]
@@ -330,7 +389,7 @@ def load_single_run(run_dir: str | os.PathLike, data_path: str | os.PathLike | N
     return Run(
         run_dir=run_dir,
         model=model,
-        featurizer=Featurizer.from_state(checkpoint["featurizer"]),
+        featurizer=_featurizer_from_state(checkpoint["featurizer"]),
         split=Split.from_dict(checkpoint["split"]),
         config=config,
         data_path=str(data_path) if data_path is not None else checkpoint["data_path"],
@@ -347,7 +406,7 @@ def train_run(
     split: Split | None = None,
     progress: bool = True,
     cache_dir: str | os.PathLike | None | bool = True,
-    featurizer: Featurizer | None = None,
+    featurizer: Featurizer | GraphFeaturizer | None = None,
 ) -> Run:
     """Split (unless given), featurize, train and evaluate: the Task-1 baseline as a :class:`Run`.
 
@@ -355,12 +414,12 @@ def train_run(
     seed_everything(config.seed)
     split = split or make_split(dataset, config.split, config.seed)
     if featurizer is None:
-        featurizer = Featurizer(featurizer_config, cache_dir=cache_dir)
+        featurizer = make_featurizer(config, featurizer_config, cache_dir=cache_dir)
         featurizer.fit([dataset.smiles[i] for i in split.train])
     run = Run(None, None, featurizer, split, config, data_path, _dataset=dataset)  # type: ignore[arg-type]
     x_train, y_train = run.tensors("train")
     x_val, y_val = run.tensors("val")
-    model = build_model(ModelConfig(featurizer.dim, config.hidden), seed=config.seed, init_bias=float(y_train.mean()))
+    model = build_network(config, featurizer, seed=config.seed, init_bias=float(y_train.mean()))
     result = fit(model, x_train, y_train, x_val, y_val, config, progress=progress)
     run.model = result.model
     run.checkpoints = result.checkpoints
@@ -477,10 +536,10 @@ def finetune_run(
     x_val, y_val = run.tensors("val")
     if kept:
         x_extra, y_extra = pool.rows_features(run.featurizer, kept)
-        x_train, y_train = torch.cat([x_train, x_extra]), torch.cat([y_train, y_extra])
+        x_train, y_train = cat_inputs([x_train, x_extra]), torch.cat([y_train, y_extra])
     if config.from_scratch:
         train_config = TrainConfig(**{**asdict(run.config), "seed": seed})
-        model = build_model(run.model.config, seed=seed, init_bias=float(y_train.mean()))
+        model = rebuild_network(run.model, seed=seed, init_bias=float(y_train.mean()))
         restore_best = True
     else:
         # Early stopping here is "keep the best-validation epoch"; patience may end it sooner.
