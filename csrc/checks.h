@@ -7,7 +7,8 @@
 // inputs are accepted and copied to a contiguous layout by the kernels (one copy, only when needed);
 // tensors the op writes through (`out`, the in-place `h`) must be contiguous. Index *values* of a CSR
 // matrix are checked where the kernels read them (CPU: sparse::gather_csr_rows; CUDA:
-// check_csr_indices_cuda); dense_cols' values here, once, for both devices (check_dense_cols).
+// check_csr_indices_cuda); dense_cols' values here, once, for both devices (check_dense_cols), and
+// so are a segment pointer's (check_linear_grad_dot_segment).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -58,11 +59,11 @@ inline void check_writable(const char* op, const at::Tensor& t, const char* name
 }
 
 // ---------------------------------------------------------------------------------------------
-// linear_grad_dot: act [n, in], out_grad [n, out], vec_weight [k, out, in], vec_bias [k, out]?
+// linear_grad_dot (and its .segment overload): act [n, in], out_grad [n, out], vec_weight
+// [k, out, in], vec_bias [k, out]?
 inline void check_linear_grad_dot(
     const at::Tensor& act, const at::Tensor& out_grad, const at::Tensor& vec_weight,
-    const std::optional<at::Tensor>& vec_bias) {
-  const char* op = "linear_grad_dot";
+    const std::optional<at::Tensor>& vec_bias, const char* op = "linear_grad_dot") {
   check_matrix(op, act, "act", "[n, in]", -1, -1);
   check_float_dtype(op, act, "act");
   check_matrix(op, out_grad, "out_grad", "[n, out]", act.size(0), -1);
@@ -76,6 +77,50 @@ inline void check_linear_grad_dot(
     check_matrix(op, *vec_bias, "vec_bias", "[k, out]", vec_weight.size(0), out_grad.size(1));
     check_same(op, *vec_bias, "vec_bias", act, "act");
   }
+}
+
+// The values of a segment pointer indptr [S + 1] (torch_scatter's segment_csr convention), read on
+// the host: indptr[0] == 0, non-decreasing, indptr[S] == n. `indptr` is a CPU int64 tensor.
+inline void check_segment_indptr_values(const char* op, const at::Tensor& indptr, int64_t n) {
+  const at::Tensor ip = indptr.contiguous();
+  const int64_t* p = ip.data_ptr<int64_t>();
+  const int64_t S = ip.numel() - 1;
+  TORCH_CHECK(p[0] == 0, "lipo_if.", op, ": indptr must start at 0, got indptr[0] = ", p[0]);
+  for (int64_t s = 0; s < S; ++s) {
+    TORCH_CHECK(
+        p[s] <= p[s + 1], "lipo_if.", op, ": indptr must be non-decreasing, got indptr[", s, "] = ", p[s], " > indptr[",
+        s + 1, "] = ", p[s + 1]);
+  }
+  TORCH_CHECK(
+      p[S] == n, "lipo_if.", op, ": indptr must end at n = ", n, " (the rows of act), got indptr[", S, "] = ", p[S]);
+}
+
+// linear_grad_dot.segment: the linear_grad_dot inputs, and indptr [S + 1] int64 on act's device
+// with indptr[0] == 0, non-decreasing, indptr[S] == n. CPU: the values are read once, here. CUDA:
+// one fused device test (three reductions, one host sync of a bool); only when it fails is indptr
+// copied to the host, to name the first bad entry (the same messages as on CPU).
+inline void check_linear_grad_dot_segment(
+    const at::Tensor& act, const at::Tensor& out_grad, const at::Tensor& vec_weight,
+    const std::optional<at::Tensor>& vec_bias, const at::Tensor& indptr) {
+  const char* op = "linear_grad_dot.segment";
+  check_linear_grad_dot(act, out_grad, vec_weight, vec_bias, op);
+  TORCH_CHECK(
+      indptr.dim() == 1 && indptr.size(0) >= 1, "lipo_if.", op,
+      ": indptr must be 1-D [S + 1] with at least one element, got shape ", indptr.sizes());
+  TORCH_CHECK(indptr.scalar_type() == at::kLong, "lipo_if.", op, ": indptr must be int64, got ", indptr.scalar_type());
+  TORCH_CHECK(
+      indptr.device() == act.device(), "lipo_if.", op, ": indptr is on device ", indptr.device(),
+      " but act is on device ", act.device(), "; all inputs must be on one device");
+  const int64_t n = act.size(0), S = indptr.size(0) - 1;
+  if (indptr.device().is_cpu()) {
+    check_segment_indptr_values(op, indptr, n);
+    return;
+  }
+  std::vector<at::Tensor> ok = {indptr.select(0, 0).eq(0), indptr.select(0, S).eq(n)};
+  if (S > 0) ok.push_back(indptr.slice(0, 1).ge(indptr.slice(0, 0, S)).all());
+  if (at::stack(ok).all().item<bool>()) return;
+  check_segment_indptr_values(op, indptr.cpu(), n);  // throws, naming the first bad entry
+  TORCH_CHECK(false, "lipo_if.", op, ": indptr failed its device check but not the host one (changed meanwhile?)");
 }
 
 // lissa_step / lissa_step_update: h, v, hvp of one shape, dtype and device; scale != 0.

@@ -9,8 +9,9 @@
 //   (ptr, cols, vals; lipo_if.ops.CsrMatrix, built by split_csr). Ops whose inputs are plain dense
 //   tensors (linear_grad_dot, lissa_step, lissa_step_update) carry no form suffix; a form that
 //   changes the arguments of the same operation is an overload (lissa_step_update.csr), one that is
-//   a different computation is its own op (linear_strided / linear_csr). split_csr is the
-//   conversion strided -> (dense columns, CSR), named by its output form like ATen's to_sparse_csr.
+//   a different computation is its own op (linear_strided / linear_csr); linear_grad_dot.segment is
+//   the same dot summed over row segments (indptr, torch_scatter's segment_csr convention). split_csr
+//   is the conversion strided -> (dense columns, CSR), named by its output form like ATen's to_sparse_csr.
 // * One weight layout for the first-layer ops: the transposed weight `weight_t` [in, out] (the
 //   nn.Linear weight is weight_t.T), the layout the kernels read without a copy — rows contiguous
 //   over `out` — and the layout of the weight gradients they return. (linear_grad_dot keeps its
@@ -45,6 +46,11 @@ TORCH_LIBRARY(lipo_if, m) {
   // act [n, in], out_grad [n, out], vec_weight [k, out, in], vec_bias [k, out] or None -> [n, k]:
   // dot products of every sample's Linear-layer gradient with k parameter-shaped vectors.
   m.def("linear_grad_dot(Tensor act, Tensor out_grad, Tensor vec_weight, Tensor? vec_bias) -> Tensor");
+  // The same summed over row segments, indptr [S + 1] int64 (segment_csr's: 0, non-decreasing, n) -> [S, k]:
+  // dot products of each segment's (molecule's) summed gradient with the k vectors, nothing formed.
+  m.def(
+      "linear_grad_dot.segment(Tensor act, Tensor out_grad, Tensor vec_weight, Tensor? vec_bias, Tensor indptr) "
+      "-> Tensor");
   // h, v, hvp: same shape -> (h_new = v + (1 - damping) h - hvp / scale, ||h_new - h||_2 as 0-dim).
   m.def("lissa_step(Tensor h, Tensor v, Tensor hvp, float damping, float scale) -> (Tensor, Tensor)");
   // In place: h <- v + (1 - damping) h - hvp / scale (h contiguous; v, hvp of h's shape), returning

@@ -9,6 +9,8 @@ Operators (the convention is written once, at the top of ``csrc/lipo_if.cpp``)::
 
     Python (lipo_if.ops)                                       operator (torch.ops.lipo_if)
     linear_grad_dot(act, out_grad, vec_weight, vec_bias=None)  linear_grad_dot
+    linear_grad_dot_segment(act, out_grad, vec_weight, vec_bias, indptr)
+                                                               linear_grad_dot.segment
     lissa_step(h, v, hvp, damping, scale) -> (h_new, norm)     lissa_step
     lissa_step_update(h, v, hvp, damping, scale) -> sums       lissa_step_update        (mutates h)
     lissa_step_update_csr(h, v, csr, rows, grad_out, damping, scale,
@@ -57,14 +59,14 @@ from .ops_reference import CsrMatrix, csr_from_dense
 
 __all__ = [
     "CsrMatrix", "backend", "csr_from_dense", "first_layer_with_vectors", "has_ops", "linear_csr",
-    "linear_grad_dot", "linear_strided", "linear_weight_grad_strided", "lissa_step", "lissa_step_update",
-    "lissa_step_update_csr", "load_jit", "split_csr",
+    "linear_grad_dot", "linear_grad_dot_segment", "linear_strided", "linear_weight_grad_strided", "lissa_step",
+    "lissa_step_update", "lissa_step_update_csr", "load_jit", "split_csr",
 ]
 
 #: Every operator overload of the extension (``name`` or ``name.overload``).
 OPERATORS = (
-    "linear_grad_dot", "lissa_step", "lissa_step_update", "lissa_step_update.csr", "linear_strided",
-    "linear_weight_grad_strided", "linear_weight_grad_strided.out", "linear_csr", "split_csr",
+    "linear_grad_dot", "linear_grad_dot.segment", "lissa_step", "lissa_step_update", "lissa_step_update.csr",
+    "linear_strided", "linear_weight_grad_strided", "linear_weight_grad_strided.out", "linear_csr", "split_csr",
 )
 _CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
@@ -196,6 +198,10 @@ def _register_fakes() -> None:
     def _linear_grad_dot(act, out_grad, vec_weight, vec_bias):
         return act.new_empty((act.shape[0], vec_weight.shape[0]))
 
+    @fake("lipo_if::linear_grad_dot.segment")
+    def _linear_grad_dot_segment(act, out_grad, vec_weight, vec_bias, indptr):
+        return act.new_empty((indptr.shape[0] - 1, vec_weight.shape[0]))
+
     @fake("lipo_if::lissa_step")
     def _lissa_step(h, v, hvp, damping, scale):
         return h.new_empty(h.shape), h.new_empty(())
@@ -256,6 +262,31 @@ def linear_grad_dot(
     if _use_kernel(act.device):
         return torch.ops.lipo_if.linear_grad_dot(act, out_grad, vec_weight, vec_bias)
     return ops_reference.linear_grad_dot(act, out_grad, vec_weight, vec_bias)
+
+
+def linear_grad_dot_segment(
+    act: torch.Tensor, out_grad: torch.Tensor, vec_weight: torch.Tensor, vec_bias: torch.Tensor | None,
+    indptr: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`linear_grad_dot` summed over row segments: ``[S, k]``.
+
+    ``result[s, j] = Σ_{r=indptr[s]}^{indptr[s+1]-1} (out_grad[r]ᵀ·vec_weight[j]·act[r] + out_grad[r]·vec_bias[j])``
+    — for a layer applied to many rows per molecule (its bonds or atoms, message passing), molecule
+    s's gradient of the layer is ``Σ_r (out_grad[r] ⊗ act[r], out_grad[r])``; neither it nor any
+    per-row gradient is formed. One GEMM ``act @ W_flatᵀ`` and a fused row dot reduced per segment.
+
+    Args:
+        act: ``[n, in]`` layer inputs (dense: hidden states), the rows of all segments in order.
+        out_grad: ``[n, out]`` gradients of the loss w.r.t. the layer outputs, row by row.
+        vec_weight: ``[k, out, in]`` the weight part of the k vectors.
+        vec_bias: ``[k, out]`` their bias part, or None (weight only).
+        indptr: int64 ``[S + 1]``, segment s is rows ``indptr[s]:indptr[s+1]`` (torch_scatter's
+            ``segment_csr`` convention: ``indptr[0] == 0``, non-decreasing, ``indptr[S] == n``;
+            an empty segment gives a row of zeros). Checked by the op (on CUDA with one host sync).
+    """
+    if _use_kernel(act.device):
+        return torch.ops.lipo_if.linear_grad_dot.segment(act, out_grad, vec_weight, vec_bias, indptr)
+    return ops_reference.linear_grad_dot_segment(act, out_grad, vec_weight, vec_bias, indptr)
 
 
 def lissa_step(

@@ -35,6 +35,22 @@ def linear_grad_dot(
     return torch.einsum("nko,no->nk", proj, out_grad)
 
 
+def linear_grad_dot_segment(
+    act: torch.Tensor, out_grad: torch.Tensor, vec_weight: torch.Tensor, vec_bias: torch.Tensor | None,
+    indptr: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`linear_grad_dot` per row, then summed per segment (``index_add_``): ``[S, k]``.
+
+    act ``[n, in]``, out_grad ``[n, out]``, vec_weight ``[k, out, in]``, vec_bias ``[k, out]`` or
+    None, indptr int64 ``[S + 1]`` (segment s = rows ``indptr[s]:indptr[s+1]``; empty ones give 0).
+    """
+    per_row = linear_grad_dot(act, out_grad, vec_weight, vec_bias)  # [n, k]
+    n_segments = indptr.shape[0] - 1
+    segment = torch.repeat_interleave(
+        torch.arange(n_segments, device=indptr.device), indptr[1:] - indptr[:-1], output_size=act.shape[0])
+    return per_row.new_zeros((n_segments, per_row.shape[1])).index_add_(0, segment, per_row)
+
+
 def lissa_step(
     h: torch.Tensor, v: torch.Tensor, hvp: torch.Tensor, damping: float, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
