@@ -20,6 +20,7 @@ of them is a sum over its rows, the segment-summed form of the fused influence o
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -58,6 +59,20 @@ class DMPNNConfig:
         return d
 
 
+class Tap(NamedTuple):
+    """One application of a Linear layer in a forward pass: ``layer`` its module name (``W_h``,
+    ``ffn.0``, …), ``input`` ``[rows, in]`` and ``output`` ``[rows, out]`` (pre-activation, in the
+    autograd graph), ``rows`` what a row is: ``"bonds"``, ``"atoms"`` or ``"molecules"``.
+
+    A molecule's gradient of the layer is the sum over its rows of ``∂ℓ/∂output[r] ⊗ input[r]``
+    (and of ``∂ℓ/∂output[r]`` for a bias), summed again over every application of the layer."""
+
+    layer: str
+    input: torch.Tensor
+    output: torch.Tensor
+    rows: str
+
+
 class DMPNN(nn.Module):
     """``forward(graphs: MolGraphs)`` → predictions ``[M]`` (logD units).
 
@@ -75,25 +90,33 @@ class DMPNN(nn.Module):
         widths = [c.hidden + c.mol_dim, *c.ffn_hidden, 1]
         self.ffn = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
-    def encode(self, g: MolGraphs) -> torch.Tensor:
-        """Molecule embeddings ``[M, hidden + mol_dim]`` (the FFN's input)."""
-        h0 = torch.relu(self.W_i(torch.cat([g.atom_x[g.bond_src], g.bond_x], dim=1)))
+    @staticmethod
+    def _linear(layer: nn.Linear, name: str, x: torch.Tensor, rows: str, taps: list | None) -> torch.Tensor:
+        out = layer(x)
+        if taps is not None:
+            taps.append(Tap(name, x, out, rows))
+        return out
+
+    def encode(self, g: MolGraphs, taps: list | None = None) -> torch.Tensor:
+        """Molecule embeddings ``[M, hidden + mol_dim]`` (the FFN's input); ``taps``: a list that
+        receives a :class:`Tap` per Linear application (the influence scores' per-row factors)."""
+        h0 = torch.relu(self._linear(self.W_i, "W_i", torch.cat([g.atom_x[g.bond_src], g.bond_x], dim=1), "bonds", taps))
         h = h0
         n_atoms = g.atom_x.shape[0]
         for _ in range(self.config.depth - 1):
             incoming = h.new_zeros(n_atoms, h.shape[1]).index_add(0, g.bond_dst, h)
-            h = torch.relu(h0 + self.W_h(incoming[g.bond_src] - h[g.bond_rev]))
+            h = torch.relu(h0 + self._linear(self.W_h, "W_h", incoming[g.bond_src] - h[g.bond_rev], "bonds", taps))
         incoming = h.new_zeros(n_atoms, h.shape[1]).index_add(0, g.bond_dst, h)
-        atoms = torch.relu(self.W_o(torch.cat([g.atom_x, incoming], dim=1)))
+        atoms = torch.relu(self._linear(self.W_o, "W_o", torch.cat([g.atom_x, incoming], dim=1), "atoms", taps))
         counts = g.n_atoms.clamp(min=1).to(atoms.dtype).unsqueeze(1)
         mols = atoms.new_zeros(len(g), atoms.shape[1]).index_add(0, g.atom_mol, atoms) / counts
         return torch.cat([mols, g.mol_x.to(mols.dtype)], dim=1)
 
-    def forward(self, g: MolGraphs) -> torch.Tensor:
-        z = self.encode(g)
+    def forward(self, g: MolGraphs, taps: list | None = None) -> torch.Tensor:
+        z = self.encode(g, taps)
         last = len(self.ffn) - 1
         for i, layer in enumerate(self.ffn):
-            z = layer(z)
+            z = self._linear(layer, f"ffn.{i}", z, "molecules", taps)
             if i < last:
                 z = torch.relu(z)
         return z.squeeze(-1)

@@ -356,6 +356,10 @@ class Featurizer:
             raw = np.concatenate([raw[:, : self.n_sparse], dense], axis=1)
         return raw.astype(np.float32)
 
+    def model_tensor(self, raw: np.ndarray) -> torch.Tensor:
+        """:meth:`model_input` as a tensor (what a chunk of a streamed pool is scored on)."""
+        return torch.from_numpy(self.model_input(raw))
+
     def state_dict(self) -> dict:
         return {
             "config": asdict(self.config),

@@ -157,10 +157,18 @@ class MolGraphs:
         return self.atom_x.dtype
 
     def __getitem__(self, index) -> "MolGraphs":
-        """The molecules ``index`` (a slice, an int64 tensor or a list of ints), in that order."""
+        """The molecules ``index`` (an int, a slice, integer indices or a boolean mask), in that order."""
         if isinstance(index, slice):
             index = torch.arange(len(self))[index]
-        return self.index_select(0, torch.as_tensor(index, dtype=torch.int64).reshape(-1))
+        index = torch.as_tensor(index)
+        if index.dtype == torch.bool:
+            if index.shape != (len(self),):
+                raise IndexError(f"a boolean mask over {len(self)} molecules must have shape ({len(self)},), got {tuple(index.shape)}")
+            index = index.nonzero().flatten()
+        return self.index_select(0, index.to(torch.int64).reshape(-1))
+
+    def detach(self) -> "MolGraphs":
+        return MolGraphs(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
 
     def index_select(self, dim: int, index: torch.Tensor) -> "MolGraphs":
         if dim != 0:
@@ -274,6 +282,24 @@ class GraphFeaturizer:
         else:
             mol_x = np.zeros((len(smiles), self.dim), np.float32)
         return MolGraphs.from_arrays(_build_graphs(smiles), mol_x)
+
+    def raw_uncached(self, smiles: Sequence[str]) -> np.ndarray:
+        """What a worker process computes for a piece of a large pool: an object array ``[n]`` of
+        ``(atom_x, bond_x, ends, vector raw row or None)`` per molecule (:meth:`model_tensor` collates it)."""
+        smiles = list(smiles)
+        vector = self.vector.raw_uncached(smiles) if self.vector is not None and smiles else [None] * len(smiles)
+        out = np.empty(len(smiles), dtype=object)
+        for i, (graph, row) in enumerate(zip(_build_graphs(smiles), vector)):
+            out[i] = (*graph, row)
+        return out
+
+    def model_tensor(self, raw: np.ndarray) -> MolGraphs:
+        """:meth:`raw_uncached`'s rows → :class:`MolGraphs` (the molecule features standardized)."""
+        if self.vector is not None and len(raw):
+            mol_x = self.vector.model_input(np.stack([r[3] for r in raw]))
+        else:
+            mol_x = np.zeros((len(raw), self.dim), np.float32)
+        return MolGraphs.from_arrays([r[:3] for r in raw], mol_x)
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "config": {"mol_features": self.config.mol_features},

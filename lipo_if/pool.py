@@ -66,8 +66,8 @@ class Pool:
         ``[n_valid, d]``, e.g. by the worker processes of :mod:`lipo_if.stream`)."""
         pool = cls(table, source)
         rows = pool.table.loc[pool.valid, "row"].to_numpy(dtype=int)
-        if x.shape[0] != rows.size:
-            raise ValueError(f"{rows.size} valid rows but {x.shape[0]} feature rows")
+        if len(x) != rows.size:
+            raise ValueError(f"{rows.size} valid rows but {len(x)} feature rows")
         pool._features[id(featurizer)] = (featurizer, rows, x)
         return pool
 

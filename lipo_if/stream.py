@@ -208,7 +208,7 @@ def _featurize_deferred(featurizer, table: pd.DataFrame, raw: np.ndarray, deferr
     for j, reason in slow.items():
         table.loc[valid_index[deferred[j]], "error"] = reason
     quick = [i for j, i in enumerate(deferred) if j not in slow]
-    rows = np.empty((valid_index.size, featurizer.dim))
+    rows = np.empty((valid_index.size, *raw.shape[1:]), dtype=raw.dtype)  # (a graph featurizer's raw rows are objects)
     rows[np.setdiff1d(np.arange(valid_index.size), deferred)] = raw
     rows[quick] = featurizer.raw_uncached([smiles[i] for i in quick])
     return np.delete(rows, [deferred[j] for j in slow], axis=0)
@@ -232,8 +232,8 @@ def prepare_chunk(pool_of_workers, featurizer, first: int, frame: pd.DataFrame, 
     raws = [_featurize_deferred(featurizer, table, raw, deferred, timeout) if deferred else raw
             for table, raw, deferred in parts]
     table = pd.concat([table for table, _, _ in parts], ignore_index=True)
-    raw = np.concatenate(raws) if raws else np.zeros((0, featurizer.dim))
-    return table, torch.from_numpy(featurizer.model_input(raw))
+    raw = np.concatenate(raws) if raws else featurizer.raw_uncached([])
+    return table, featurizer.model_tensor(raw)
 
 
 # --------------------------------------------------------------------------- the run

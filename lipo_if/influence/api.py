@@ -245,7 +245,7 @@ class Influence:
         gradient_seconds = time.perf_counter() - clock
         result = solve(op, v, self.config.solver, self.config)
         self.result, self.s = result, result.s
-        n_heldout = int(self.run.tensors(HELDOUT_PARTS[self.config.heldout])[0].shape[0])
+        n_heldout = len(self.run.tensors(HELDOUT_PARTS[self.config.heldout])[0])
         self.info = {
             "heldout": self.config.heldout, "selection_saw_test_set": self.config.heldout == "test",
             "n_train": op.n_train, "n_heldout": n_heldout, "n_params": op.n_params, "weight_decay": op.weight_decay,
@@ -282,7 +282,7 @@ class Influence:
         X_ho, y_ho = self.run.tensors(HELDOUT_PARTS[self.config.heldout])
         self.heldout_grads = [op.gradient(X_ho, y_ho) for op, _ in self._checkpoints()]
         self.info = {"heldout": self.config.heldout, "selection_saw_test_set": self.config.heldout == "test",
-                     "n_train": self.operator.n_train, "n_heldout": int(X_ho.shape[0]), "scorer": "tracin",
+                     "n_train": self.operator.n_train, "n_heldout": len(X_ho), "scorer": "tracin",
                      "checkpoints": [{"epoch": c.epoch, "lr": c.lr} for c in self.run.checkpoints],
                      "renormalization_offset": 0.0, "solver": {"method": "tracin", "info": {"damping": None}}, "warnings": [],
                      "timings": {"gradient_seconds": round(time.perf_counter() - clock, 4)}}
@@ -327,7 +327,7 @@ class Influence:
             y = torch.tensor(table.loc[valid, "label"].to_numpy(dtype=float), dtype=op.dtype)
             with torch.no_grad():
                 pred = torch.cat([op.predict(op.theta, X[i:i + self.config.chunk_size].to(op.dtype))
-                                  for i in range(0, X.shape[0], self.config.chunk_size)])
+                                  for i in range(0, len(X), self.config.chunk_size)])
             out.loc[valid, "prediction"] = pred.numpy()
             out.loc[valid, "residual"] = (pred - y).numpy()  # prediction − label, the (f − y) of ℓ
             keep = np.array([r == "" for r, ok in zip(reasons, valid) if ok])

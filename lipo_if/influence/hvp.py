@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
+from lipo_if.graph import MolGraphs
+
 from .curvature import Batch, CurvatureOperator
 
 HessianKind = Literal["exact", "gauss-newton"]
@@ -79,8 +81,11 @@ class ParamBlock:
 # --------------------------------------------------------------------------- the operator
 
 
-def _check_batch(X: torch.Tensor, y: torch.Tensor) -> None:
-    if X.dim() != 2 or y.dim() != 1 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
+def _check_batch(X: torch.Tensor | MolGraphs, y: torch.Tensor) -> None:
+    if isinstance(X, MolGraphs):
+        if y.dim() != 1 or len(X) != y.shape[0] or len(X) == 0:
+            raise ValueError(f"expected B ≥ 1 graphs and y [B], got {len(X)} graphs and y {tuple(y.shape)}")
+    elif X.dim() != 2 or y.dim() != 1 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
         raise ValueError(f"expected X [B, d] and y [B] with B ≥ 1, got {tuple(X.shape)} and {tuple(y.shape)}")
 
 
@@ -89,7 +94,8 @@ class HessianOperator(CurvatureOperator):
 
     Args:
         model: the trained regressor (any dtype; it is not modified). Its ``forward(x) → [n]``.
-        X, y: the training set, ``[n, d]`` and ``[n]`` (the ``n`` of ``1/n`` in R).
+        X, y: the training set, ``[n, d]`` (or the D-MPNN's :class:`~lipo_if.graph.MolGraphs` of n
+            molecules) and ``[n]`` (the ``n`` of ``1/n`` in R).
         weight_decay: λ ≥ 0 of the objective; ``λ·vec`` is part of every product.
         kind: ``"exact"`` or ``"gauss-newton"``.
         params: names of the variable parameters (``model.named_parameters()`` names); ``None``
@@ -147,7 +153,7 @@ class HessianOperator(CurvatureOperator):
     @property
     def n_train(self) -> int:
         """n, the number of training points (the ``1/n`` of R and of the influence score)."""
-        return int(self.X.shape[0])
+        return len(self.X)
 
     def param_dict(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """All parameters as ``{name: tensor}`` with the block taken from ``theta`` (default θ̂)."""
@@ -181,7 +187,7 @@ class HessianOperator(CurvatureOperator):
     def iter_chunks(self, X: torch.Tensor | None = None, y: torch.Tensor | None = None) -> Iterator[tuple[Batch, float]]:
         """Yield ``((X_c, y_c), weight)`` chunks with ``weight = |c|/n``; defaults to the training set."""
         X, y = (self.X, self.y) if X is None else self.as_batch(X, y)
-        n = X.shape[0]
+        n = len(X)
         for start in range(0, n, self.chunk_size):
             stop = min(start + self.chunk_size, n)
             yield (X[start:stop], y[start:stop]), (stop - start) / n
@@ -232,7 +238,7 @@ class HessianOperator(CurvatureOperator):
         f = lambda th: self.predict(th, X)  # noqa: E731
         _, jv = jvp(f, (self.theta,), (vec,))
         _, pullback = vjp(f, self.theta)
-        return pullback(jv * (2.0 / X.shape[0]))[0]
+        return pullback(jv * (2.0 / len(X)))[0]
 
     def matvec(self, vec: torch.Tensor, batch: Batch | None = None) -> torch.Tensor:
         """``H_B · vec`` (including ``λ·vec``), ``[p]``.
@@ -263,8 +269,12 @@ class HessianOperator(CurvatureOperator):
 # --------------------------------------------------------------------------- explicit matrices
 
 
-def _prediction_jacobian(op: HessianOperator, X: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """``J = ∂f/∂θ`` ``[B, p]`` as per-sample gradients of f (rows are independent: linear cost in B)."""
+def _prediction_jacobian(op: HessianOperator, X: torch.Tensor | MolGraphs, chunk_size: int) -> torch.Tensor:
+    """``J = ∂f/∂θ`` ``[B, p]`` as per-sample gradients of f (rows are independent: linear cost in B;
+    graphs, of differing sizes, one molecule at a time)."""
+    if isinstance(X, MolGraphs):
+        return torch.stack([grad(lambda th: op.predict(th, X[[i]])[0])(op.theta) for i in range(len(X))])
+
     def f_single(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return op.predict(theta, x.unsqueeze(0)).squeeze(0)
 
@@ -303,6 +313,6 @@ def dense_hessian(
             block = jacrev(jacrev(loss), chunk_size=chunk_size)(op.theta)
         else:
             J = _prediction_jacobian(op, X, chunk_size)  # [B, p]
-            block = (2.0 / X.shape[0]) * J.T @ J
+            block = (2.0 / len(X)) * J.T @ J
         total += weight * block
     return total + op.weight_decay * torch.eye(p, dtype=op.dtype)

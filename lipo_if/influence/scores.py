@@ -26,9 +26,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch.func import grad, vmap
+from torch.func import functional_call, grad, vmap
 
 from lipo_if import ops
+from lipo_if.graph import MolGraphs
 
 from .hvp import HessianOperator
 from .mlp import MLP
@@ -46,8 +47,16 @@ def _as_matrix(vecs: torch.Tensor, op: HessianOperator) -> torch.Tensor:
     return vecs
 
 
-def per_sample_grads(op: HessianOperator, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``∇θ ℓ(zᵢ, θ̂)`` for every row, ``[B, p]`` (block parameters only). Materializes all of them."""
+def per_sample_grads(op: HessianOperator, X: torch.Tensor | MolGraphs, y: torch.Tensor) -> torch.Tensor:
+    """``∇θ ℓ(zᵢ, θ̂)`` for every row, ``[B, p]`` (block parameters only). Materializes all of them.
+
+    Feature rows by ``torch.func.vmap(grad(ℓ))``; graphs (:class:`~lipo_if.graph.MolGraphs`), whose
+    sizes differ from molecule to molecule, by ``grad(ℓ)`` of one molecule at a time."""
+    if isinstance(X, MolGraphs):
+        X, y = X.to(op.dtype), y.to(op.dtype)
+        graph_loss = lambda theta, i: (op.predict(theta, X[[i]])[0] - y[i]) ** 2  # noqa: E731
+        return torch.stack([grad(graph_loss)(op.theta, i) for i in range(len(X))]) if len(X) else op.theta.new_zeros(0, op.n_params)
+
     def sample_loss(theta: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return (op.predict(theta, x.unsqueeze(0)).squeeze(0) - t) ** 2
 
@@ -63,8 +72,48 @@ def grad_dot_reference(
     """
     vecs = _as_matrix(vecs, op)
     out = [per_sample_grads(op, X[i:i + chunk_size], y[i:i + chunk_size]) @ vecs.T
-           for i in range(0, X.shape[0], chunk_size)]
-    return torch.cat(out)
+           for i in range(0, len(X), chunk_size)]
+    return torch.cat(out) if out else vecs.new_zeros(0, vecs.shape[0])
+
+
+def grad_dot_graph(
+    op: HessianOperator, vecs: torch.Tensor, X: MolGraphs, y: torch.Tensor, chunk_size: int = 256
+) -> torch.Tensor:
+    """:func:`grad_dot_reference` (``[B, k]``) for the D-MPNN (:class:`~lipo_if.dmpnn.DMPNN`) without
+    per-molecule gradients.
+
+    One forward pass over a chunk of molecules records every Linear application (its
+    :class:`~lipo_if.dmpnn.Tap`), one backward of ``Σᵢ (f(zᵢ) − yᵢ)²`` gives ``∂/∂output`` of each —
+    molecule i's own gradient on i's rows, since the molecules' graphs are disjoint — and a
+    molecule's dot with each vector is the segment sum over its bonds (``W_i``, every ``W_h`` step)
+    or atoms (``W_o``) of the per-row Linear-gradient dot, :func:`lipo_if.ops.linear_grad_dot_segment`;
+    the feed-forward head's rows are molecules (:func:`lipo_if.ops.linear_grad_dot`).
+    """
+    vecs = _as_matrix(vecs, op)
+    names = set(op.block.names)
+    block = [op.block.unflatten(row) for row in vecs]
+    params = op.param_dict()
+    out = []
+    for start in range(0, len(X), chunk_size):
+        g, yc = X[start:start + chunk_size].to(op.dtype), y[start:start + chunk_size].to(op.dtype)
+        taps: list = []
+        with torch.enable_grad():
+            live = {name: t.detach().requires_grad_(True) for name, t in params.items()}
+            f = functional_call(op.model, live, (g,), {"taps": taps})
+            taps = [t for t in taps if f"{t.layer}.weight" in names or f"{t.layer}.bias" in names]
+            grads = torch.autograd.grad(((f - yc) ** 2).sum(), [t.output for t in taps]) if taps else []
+        total = vecs.new_zeros(len(g), vecs.shape[0])
+        for tap, out_grad in zip(taps, grads):
+            w_name, b_name = f"{tap.layer}.weight", f"{tap.layer}.bias"
+            w = params[w_name]
+            vec_w = torch.stack([d[w_name] for d in block]) if w_name in names else w.new_zeros(len(block), *w.shape)
+            vec_b = torch.stack([d[b_name] for d in block]) if b_name in names else None
+            ptr = {"bonds": g.bond_ptr, "atoms": g.atom_ptr}.get(tap.rows)
+            act = tap.input.detach()
+            total += (ops.linear_grad_dot(act, out_grad, vec_w, vec_b) if ptr is None
+                      else ops.linear_grad_dot_segment(act, out_grad, vec_w, vec_b, ptr))
+        out.append(total)
+    return torch.cat(out) if out else vecs.new_zeros(0, vecs.shape[0])
 
 
 def grad_dot_fast(
@@ -138,7 +187,10 @@ def grad_dots(
     op: HessianOperator, vecs: torch.Tensor, X: torch.Tensor, y: torch.Tensor, method: ScoreMethod = "fast",
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """``vecs · ∇θ ℓ(zᵢ)`` ``[B, k]`` by ``method`` ("fast" or "reference")."""
+    """``vecs · ∇θ ℓ(zᵢ)`` ``[B, k]`` by ``method`` ("fast" or "reference"); graphs take
+    :func:`grad_dot_graph` as their fast path."""
+    if method == "fast" and isinstance(X, MolGraphs):
+        return grad_dot_graph(op, vecs, X, y, min(chunk_size, 256))
     if method == "fast":
         return grad_dot_fast(op, vecs, X, y, chunk_size)
     if method == "reference":

@@ -44,7 +44,7 @@ from .curvature import CurvatureOperator
 from .data_parallel import data_parallel
 from .function_space import FunctionSpaceSolver
 from .hvp import DENSE_PARAM_LIMIT, HessianOperator, dense_hessian
-from .mlp import MLP
+from .mlp import MLP, mlp_unsupported_reason
 from .native_hvp import HVP_BACKENDS, select_hvp
 from .spectrum import SpectrumEstimate, dominant_eigenvalue, estimate_spectrum
 
@@ -369,6 +369,10 @@ def _function_space(op: CurvatureOperator, v: torch.Tensor, settings: _Settings,
     """``(H + μI)⁻¹ v`` for the Gauss–Newton curvature of the package's MLP by the NTK/Woodbury identity
     (:mod:`.function_space`: one ``n × n`` Cholesky factorization, exact up to rounding)."""
     reference = op.reference  # the parameter block and training rows
+    reason = mlp_unsupported_reason(reference.model)
+    if reason is not None:
+        raise ValueError(f"solver 'function-space' needs the package's MLP ({reason}); for a D-MPNN run use "
+                         "solver='lissa' or 'cg'")
     if op.kind != "gauss-newton" or reference.frozen:
         raise ValueError("solver 'function-space' solves the Gauss–Newton system over all parameters of the package's "
                          "MLP: use hessian='gauss-newton' and no --params block (or solver='cg')")
