@@ -77,18 +77,22 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--model", choices=sorted(SPACES), default="mlp")
     parser.add_argument("--max-epochs", type=int, default=TrainConfig().max_epochs, help="TrainConfig.max_epochs of every trial")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="TrainConfig fields fixed in every trial (e.g. lr_decay=0.955 threads=1), over the searched value")
     parser.add_argument("--json")
     args = parser.parse_args()
     path = resolve_lipophilicity_path(data_dir=args.data_dir)
     dataset = load_dataset(path)
     results = []
+    fixed = {key: type(getattr(TrainConfig(), key))(value) for key, value in (item.split("=", 1) for item in args.set)}
     for i, params in enumerate(trials(args.model, args.trials)):
-        train = {k: v for k, v in params.items() if k not in FEATURIZER_KEYS}
+        params = {**params, **{k: v for k, v in fixed.items() if k in params}}
+        train = {**{k: v for k, v in params.items() if k not in FEATURIZER_KEYS}, **fixed}
         features = FeaturizerConfig(**{FEATURIZER_KEYS[k]: v for k, v in params.items() if k in FEATURIZER_KEYS})
         start = time.perf_counter()
         scores, epochs = zip(*(val_rmse(dataset, str(path), TrainConfig(seed=s, model=args.model, max_epochs=args.max_epochs, **train),
                                         features) for s in args.seeds))
-        row = {"trial": i, "model": args.model, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+        row = {"trial": i, "model": args.model, "fixed": fixed, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
                "val_rmse_mean": round(statistics.mean(scores), 4), "per_seed": [round(v, 4) for v in scores],
                "best_epochs": list(epochs), "seconds": round(time.perf_counter() - start, 1)}
         results.append(row)

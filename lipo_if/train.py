@@ -56,6 +56,7 @@ class TrainConfig:
                                                                     "a featurizer name (e.g. rdkit2d) or 'none'"})
     weight_decay: float = field(default=1e-3, metadata={"help": "λ of the L2 term (λ/2)‖θ‖² written into the loss"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    lr_decay: float = field(default=1.0, metadata={"help": "multiply the learning rate by this after every epoch (1 = constant)"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size"})
     max_epochs: int = field(default=300, metadata={"help": "upper bound on epochs"})
     patience: int = field(default=30, metadata={"help": "early stopping: epochs without a better validation RMSE"})
@@ -75,6 +76,7 @@ class TrainConfig:
             (all(h > 0 for h in self.ffn_hidden), f"ffn_hidden widths must be positive, got {self.ffn_hidden}"),
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),
             (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
             (self.max_epochs > 0, f"max_epochs must be positive, got {self.max_epochs}"),
             (self.patience > 0, f"patience must be positive, got {self.patience}"),
@@ -212,6 +214,7 @@ def fit(
         torch.set_num_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     best_rmse, best_epoch, best_state = float("inf"), 0, None
     checkpoints: list[Checkpoint] = []
     history: list[dict] = []
@@ -230,6 +233,8 @@ def fit(
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
+        lr_of_epoch = optimizer.param_groups[0]["lr"]
+        schedule.step()
         val_rmse = float(np.sqrt(np.mean((predict_tensor(model, x_val) - y_val.double().numpy()) ** 2))) if len(x_val) else float("nan")
         history.append({"epoch": epoch, "train_objective": total / n, "val_rmse": val_rmse})
         if not math.isfinite(total):
@@ -238,7 +243,7 @@ def fit(
             best_rmse, best_epoch = val_rmse, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if config.checkpoint_every and epoch % config.checkpoint_every == 0:
-            checkpoints.append(Checkpoint(epoch, config.lr, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+            checkpoints.append(Checkpoint(epoch, lr_of_epoch, {k: v.detach().clone() for k, v in model.state_dict().items()}))
         bar.set_postfix(val_rmse=f"{val_rmse:.3f}", best=f"{best_rmse:.3f}@{best_epoch}")
         if epoch >= config.min_epochs and epoch - best_epoch >= config.patience:
             break
