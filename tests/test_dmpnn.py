@@ -203,3 +203,37 @@ def test_cli_trains_a_dmpnn_and_scores_through_it(tmp_path, small_lipo_csv, caps
         main(["train", "--model", "transformer"])
     assert main(["-q", "train", "--data", str(small_lipo_csv), "--out", str(out), "--model", "dmpnn", "--mol-features", "bogus"]) == 2
     assert "unknown featurizer part" in capsys.readouterr().err
+
+
+def test_a_streamed_pool_through_the_dmpnn_equals_the_one_table_path(tmp_path, dmpnn_run):
+    """Worker processes send the graphs back as object rows; chunked, parallel scoring of a D-MPNN run
+    writes the file the in-memory path writes, and large molecules take the time guard's path."""
+    from lipo_if.influence.outputs import write_scores
+    from lipo_if.stream import StreamConfig, prepare_chunk, score_file
+
+    _, run = dmpnn_run
+    rows = [("C" * i + "O" + "C" * j, 0.3 * i - 0.2 * j) for i in range(1, 8) for j in range(0, 6)]
+    rows[5] = ("C1CC", 1.0)
+    source = tmp_path / "pool.csv"
+    import pandas as pd
+
+    pd.DataFrame(rows, columns=["smiles", "label"]).to_csv(source, index=False)
+    inf = lipo_if.Influence(run, solver="cg", damping=0.5, progress=False).fit()
+    write_scores(inf, inf.scores(source), tmp_path / "whole.csv", source=str(source))
+    score_file(inf, source, tmp_path / "streamed.csv", StreamConfig(chunk_rows=9, workers=2))
+    assert (tmp_path / "streamed.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    frame = pd.DataFrame({"smiles": ["CCO", "C" * 120, "CCCO", "C1CC"], "label": ["0.5"] * 4})
+    table, graphs_ = prepare_chunk(None, run.featurizer, 0, frame, 2, 60.0, None, None, "<test>")
+    assert isinstance(graphs_, MolGraphs) and len(graphs_) == 3 and int(graphs_.n_atoms[1]) == 120
+    direct = run.featurizer.tensor(["CCO", "C" * 120, "CCCO"])
+    assert torch.equal(graphs_.atom_x, direct.atom_x) and torch.equal(graphs_.mol_x, direct.mol_x)
+
+
+def test_lr_decay_lowers_the_rate_every_epoch(small_lipo_csv):
+    ds = load_dataset(small_lipo_csv)
+    run = train_run(ds, str(small_lipo_csv), TrainConfig(seed=0, **{**TINY, "max_epochs": 4, "min_epochs": 4, "lr_decay": 0.5,
+                                                                     "checkpoint_every": 1, "patience": 4}), progress=False)
+    lrs = [c.lr for c in run.checkpoints]
+    assert lrs == pytest.approx([TINY["lr"] * 0.5 ** (c.epoch - 1) for c in run.checkpoints]) and len(lrs) >= 1
+    with pytest.raises(ValueError, match="lr_decay must be in"):
+        TrainConfig(lr_decay=1.5)
