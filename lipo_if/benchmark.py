@@ -89,9 +89,11 @@ class BenchmarkConfig:
             if not ok:
                 raise ValueError(message)
 
-    def influence_config(self, heldout: str) -> InfluenceConfig:
-        return InfluenceConfig(heldout=heldout, hessian="gauss-newton", solver="function-space", damping=self.damping,
-                               min_similarity=self.min_similarity, progress=False)
+    def influence_config(self, heldout: str, model: str = "mlp") -> InfluenceConfig:
+        """The solve of a scenario: in function space for the MLP (exact), by CG for the D-MPNN (the
+        function-space form needs the MLP); the same damped Gauss–Newton system either way."""
+        return InfluenceConfig(heldout=heldout, hessian="gauss-newton", solver="function-space" if model == "mlp" else "cg",
+                               damping=self.damping, min_similarity=self.min_similarity, progress=False)
 
 
 def _auc(truth: np.ndarray, values: np.ndarray) -> float:
@@ -143,9 +145,9 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
     clock = time.perf_counter()
     base = trained_run(dataset, data_path, seed_dir / "base", train_config, featurizer_config, split=scenario.split, progress=progress,
                        members=config.ensemble)
-    inf = Influence(base, config=config.influence_config("validation")).fit()
+    inf = Influence(base, config=config.influence_config("validation", train_config.model)).fit()
     table = suspicion_table(inf, scenario.pool, config.detector)
-    test_table = Influence(base, config=config.influence_config("test")).fit().scores(scenario.pool)
+    test_table = Influence(base, config=config.influence_config("test", train_config.model)).fit().scores(scenario.pool)
     plans = plan(scenario, table, test_table, config, scenario.seed)
     ft = FinetuneConfig(**{**asdict(finetune_config), "seed": scenario.seed, "from_scratch": config.retrain == "scratch"})
     done: dict[tuple[int, ...], dict] = {}

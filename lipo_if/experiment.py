@@ -295,6 +295,19 @@ def _digest(summary: dict) -> dict:
 # --------------------------------------------------------------------------- the experiment
 
 
+def check_model_support(config: ExperimentConfig, train_config: TrainConfig) -> None:
+    """ValueError for settings that need the MLP's function-space solve when the model is the D-MPNN
+    (the ntk backend, the greedy guard); raised before any training."""
+    if train_config.model == "mlp":
+        return
+    if config.influence_backend == "ntk":
+        raise ValueError("influence_backend ntk solves in function space, which needs the MLP; with --model dmpnn use "
+                         "--influence-backend pipeline (lissa or cg)")
+    if config.guards_needing_group:
+        raise ValueError("the greedy guard needs the MLP's function-space solve; with --model dmpnn leave greedy out of "
+                         "--guard and --compare-guards (e.g. --compare-guards none)")
+
+
 def run_experiment(
     data_path: str | os.PathLike,
     external_path: str | os.PathLike,
@@ -313,6 +326,7 @@ def run_experiment(
     config = config or ExperimentConfig()
     train_config = train_config or TrainConfig()
     finetune_config = finetune_config or FinetuneConfig()
+    check_model_support(config, train_config)
     out = Path(out_dir)
     data_path = str(Path(data_path).resolve())
     external_path = str(Path(external_path).resolve())

@@ -36,6 +36,7 @@ import torch
 from .ensemble import Ensemble, finetune
 from .influence import Influence
 from .influence.self_influence import self_influence
+from .influence.mlp import mlp_unsupported_reason
 from .pool import Molecules, Pool
 from .select import MAD_TO_SD
 from .train import FinetuneConfig, Run, predict_tensor
@@ -86,17 +87,22 @@ def inspect(run, molecules: Molecules | None = None, damping: float | str = "aut
 def suspicion_table(inf: Influence, molecules: Molecules, detector: str = DEFAULT_DETECTOR) -> pd.DataFrame:
     """``inf.scores(molecules)`` with the evidence of every detector and ``suspicion`` (the robust z
     of ``detector``); NaN where a row is excluded. Leverage and self-influence use the
-    function-space form at the fit's damping (Gauss–Newton curvature)."""
+    function-space form at the fit's damping (Gauss–Newton curvature) — the MLP's only: for a
+    D-MPNN run those two columns are NaN."""
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
     if detector == "ensemble_residual" and inf.members is None:
         raise ValueError("detector 'ensemble_residual' needs an ensemble (lipo-if train --ensemble M)")
+    members = inf.members if inf.members is not None else [inf]
+    function_space = mlp_unsupported_reason(members[0].run.model) is None
+    if detector in ("self_influence", "leverage") and not function_space:
+        raise ValueError(f"detector {detector!r} needs the function-space solve of the package's MLP; a D-MPNN run "
+                         "has the residual detectors (residual, ensemble_residual)")
     pool = Pool.coerce(molecules, inf.config.smiles_col, inf.config.label_col)
     table = inf.scores(pool)
     rows = table.loc[table["excluded"] == "", "row"].to_numpy(dtype=int)
     evidence = {name: np.full(len(table), np.nan) for name in ("leverage", "self_influence_raw")}
-    if rows.size:
-        members = inf.members if inf.members is not None else [inf]
+    if rows.size and function_space:  # (a D-MPNN run: leverage and self-influence stay empty)
         X, _ = pool.rows_features(inf.run.featurizer, rows)
         labels = torch.from_numpy(pool.labels_of(rows))
         si_sum, lev_sum = 0.0, 0.0

@@ -237,3 +237,25 @@ def test_lr_decay_lowers_the_rate_every_epoch(small_lipo_csv):
     assert lrs == pytest.approx([TINY["lr"] * 0.5 ** (c.epoch - 1) for c in run.checkpoints]) and len(lrs) >= 1
     with pytest.raises(ValueError, match="lr_decay must be in"):
         TrainConfig(lr_decay=1.5)
+
+
+def test_lipo_if_run_with_the_dmpnn(tmp_path, small_lipo_csv, capsys):
+    """``lipo-if run --model dmpnn``: the experiment end to end (suspicion filter by residuals, CG
+    influence, fine-tuning); the settings that need the MLP's function-space solve fail first, named."""
+    frame = __import__("pandas").read_csv(small_lipo_csv)
+    lipo = tmp_path / "lipophilicity.csv"
+    frame.iloc[:48].to_csv(lipo, index=False)
+    external = tmp_path / "external.csv"
+    frame.iloc[48:].rename(columns={"smiles": "SMILES", "exp": "Label"})[["SMILES", "Label"]].to_csv(external, index=False)
+    out = tmp_path / "exp"
+    common = ["--data", str(lipo), "--external", str(external), "--out", str(out), "--seeds", "1", "--k", "3",
+              "--model", "dmpnn", "--mp-hidden", "12", "--ffn-hidden", "6", "--max-epochs", "6", "--min-epochs", "2",
+              "--batch-size", "16", "--finetune-epochs", "2", "--influence-solver", "cg", "--influence-damping", "0.5",
+              "--filter-z", "2", "--mol-features", "none"]
+    assert main(["-q", "run", *common]) == 2
+    assert "greedy guard needs the MLP" in capsys.readouterr().err
+    assert main(["-q", "run", *common, "--compare-guards", "none", "--no-oracle"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["influence"]["method"] == "filter" and np.isfinite(report["influence"]["test_rmse_mean"])
+    table = __import__("pandas").read_csv(out / "seed_0" / "influence_val.csv")
+    assert table["suspicion"].notna().any() and table["self_influence_raw"].isna().all()
