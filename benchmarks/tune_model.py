@@ -2,6 +2,7 @@
 
     python benchmarks/tune_model.py --data-dir ../shared/data --trials 24 --seeds 0 1 2 --json OUT.json
     python benchmarks/tune_model.py --model dmpnn --trials 4 --seeds 0 1 --max-epochs 100 --json OUT.json
+    python benchmarks/tune_model.py --grid descriptors=all,fast --trials 2 --seeds 0 1 2 3 4 --json OUT.json
 
 A seeded random search (scikit-learn's ``ParameterSampler``, seed 0) over the family's space below
 (``SPACES``), the package defaults always evaluated first as trial 0. Each trial trains one model per split seed
@@ -45,7 +46,7 @@ SPACES = {
         "weight_decay": [1e-3, 1e-4],
     },
 }
-FEATURIZER_KEYS = {"featurizer": "name", "radius": "radius", "n_bits": "n_bits"}
+FEATURIZER_KEYS = {"featurizer": "name", "radius": "radius", "n_bits": "n_bits", "descriptors": "descriptors"}
 
 
 def val_rmse(dataset, path: str, config: TrainConfig, features: FeaturizerConfig) -> tuple[float, int]:
@@ -60,9 +61,9 @@ def val_rmse(dataset, path: str, config: TrainConfig, features: FeaturizerConfig
     return float(((predict_tensor(model, xv) - yv.double().numpy()) ** 2).mean() ** 0.5), result.best_epoch
 
 
-def trials(model: str, n: int) -> list[dict]:
+def trials(model: str, n: int, space: dict | None = None) -> list[dict]:
     default, features = TrainConfig(), FeaturizerConfig()
-    space = SPACES[model]
+    space = space or SPACES[model]
     first = {k: getattr(features, FEATURIZER_KEYS[k]) if k in FEATURIZER_KEYS else getattr(default, k) for k in space}
     grid = list(ParameterGrid(space)) if all(isinstance(v, list) for v in space.values()) else []
     if grid and n >= len(grid):  # a grid small enough: all of it, the defaults first
@@ -79,13 +80,20 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=TrainConfig().max_epochs, help="TrainConfig.max_epochs of every trial")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="TrainConfig fields fixed in every trial (e.g. lr_decay=0.955 threads=1), over the searched value")
+    parser.add_argument("--grid", nargs="*", default=[], metavar="FIELD=V1,V2",
+                        help="search this grid instead of the family's space (e.g. descriptors=all,fast)")
     parser.add_argument("--json")
     args = parser.parse_args()
     path = resolve_lipophilicity_path(data_dir=args.data_dir)
     dataset = load_dataset(path)
     results = []
     fixed = {key: type(getattr(TrainConfig(), key))(value) for key, value in (item.split("=", 1) for item in args.set)}
-    for i, params in enumerate(trials(args.model, args.trials)):
+    grid = {}
+    for item in args.grid:
+        key, values = item.split("=", 1)
+        default = getattr(FeaturizerConfig(), FEATURIZER_KEYS[key]) if key in FEATURIZER_KEYS else getattr(TrainConfig(), key)
+        grid[key] = [type(default)(v) for v in values.split(",")]
+    for i, params in enumerate(trials(args.model, args.trials, grid or None)):
         params = {**params, **{k: v for k, v in fixed.items() if k in params}}
         train = {**{k: v for k, v in params.items() if k not in FEATURIZER_KEYS}, **fixed}
         features = FeaturizerConfig(**{FEATURIZER_KEYS[k]: v for k, v in params.items() if k in FEATURIZER_KEYS})
@@ -100,7 +108,7 @@ def main() -> None:
         if args.json:  # after every trial: a killed search keeps what it measured
             Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seeds": args.seeds,
                                                    "results": results}, indent=1))
-    keys = list(SPACES[args.model])
+    keys = list(grid or SPACES[args.model])
     print("\n| trial | val RMSE (mean) | per seed | best epochs | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 4) + "|")
     for r in sorted(results, key=lambda r: r["val_rmse_mean"]):

@@ -109,3 +109,17 @@ def test_descriptors_equal_rdkit_own_functions():
             if not np.isfinite(value) or abs(value) > 1e12:
                 value = float("nan")
             assert (np.isnan(got[i, j]) and np.isnan(value)) or got[i, j] == value, (s, name, got[i, j], value)
+
+
+def test_the_fast_descriptor_set_is_the_full_set_without_the_costly_families():
+    from lipo_if.featurize import COSTLY_DESCRIPTORS, FeaturizerConfig
+
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "C[N+](C)(C)C"]
+    full, fast = RDKitDescriptorFeaturizer(), RDKitDescriptorFeaturizer("fast")
+    names = full.column_names()
+    kept = [j for j, name in enumerate(names) if name not in COSTLY_DESCRIPTORS]
+    assert fast.column_names() == [names[j] for j in kept] and fast.dim == full.dim - len(COSTLY_DESCRIPTORS)
+    assert "qed" not in fast.column_names() and "MolLogP" in fast.column_names()
+    np.testing.assert_array_equal(fast(smiles), full(smiles)[:, kept])
+    with pytest.raises(ValueError, match="descriptors must be one of all, fast"):
+        FeaturizerConfig(descriptors="cheap")
