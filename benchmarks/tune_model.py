@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--model", choices=sorted(SPACES), default="mlp")
-    parser.add_argument("--max-epochs", type=int, default=TrainConfig().max_epochs, help="TrainConfig.max_epochs of every trial")
+    parser.add_argument("--max-epochs", type=int, help="TrainConfig.max_epochs of every trial (default: the family's)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="TrainConfig fields fixed in every trial (e.g. lr_decay=0.955 threads=1), over the searched value")
     parser.add_argument("--grid", nargs="*", default=[], metavar="FIELD=V1,V2",

@@ -64,8 +64,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
         elif origin is tuple:
             kwargs.update(type=args[0] if args else str, nargs="*", metavar=f.name.upper())
         elif origin is typing.Union or (origin is not None and type(None) in args) or str(origin) == "<class 'types.UnionType'>":
-            # e.g. float | str (scale="auto"): parse as float when possible
-            kwargs["type"] = _float_or_str if float in args else str
+            given = [a for a in args if a is not type(None)]
+            if len(given) == 1 and given[0] in (int, float, str):  # X | None (unset = a default resolved later)
+                kwargs["type"] = given[0]
+            else:  # e.g. float | str (scale="auto"): parse as float when possible
+                kwargs["type"] = _float_or_str if float in args else str
         elif hint in (int, float, str):
             kwargs["type"] = hint
         else:

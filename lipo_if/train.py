@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_FILE = "checkpoints.pt"
 #: ``TrainConfig.model`` choices: the MLP on fingerprints + descriptors, or the D-MPNN on graphs.
 MODEL_FAMILIES = ("mlp", "dmpnn")
+#: What an unset (None) TrainConfig field means, per family: the MLP's are the package's long-standing
+#: defaults; the D-MPNN's were chosen on validation (benchmarks/tune_model.py, benchmarks/RESULTS.md).
+FAMILY_DEFAULTS = {
+    "mlp": {"weight_decay": 1e-3, "lr_decay": 1.0, "max_epochs": 300},
+    "dmpnn": {"weight_decay": 1e-4, "lr_decay": 0.955, "max_epochs": 100},
+}
 
 
 @dataclass
@@ -54,11 +60,13 @@ class TrainConfig:
     ffn_hidden: tuple[int, ...] = field(default=(300,), metadata={"help": "hidden widths of the feed-forward head (dmpnn)"})
     mol_features: str = field(default="rdkit2d", metadata={"help": "molecule-level features beside the graph embedding (dmpnn): "
                                                                     "a featurizer name (e.g. rdkit2d) or 'none'"})
-    weight_decay: float = field(default=1e-3, metadata={"help": "λ of the L2 term (λ/2)‖θ‖² written into the loss"})
+    weight_decay: float | None = field(default=None, metadata={"help": "λ of the L2 term (λ/2)‖θ‖² written into the loss "
+                                                                       "(unset: the family's, 1e-3 mlp, 1e-4 dmpnn)"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
-    lr_decay: float = field(default=1.0, metadata={"help": "multiply the learning rate by this after every epoch (1 = constant)"})
+    lr_decay: float | None = field(default=None, metadata={"help": "multiply the learning rate by this after every epoch, 1 = "
+                                                                   "constant (unset: the family's, 1 mlp, 0.955 dmpnn)"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size"})
-    max_epochs: int = field(default=300, metadata={"help": "upper bound on epochs"})
+    max_epochs: int | None = field(default=None, metadata={"help": "upper bound on epochs (unset: the family's, 300 mlp, 100 dmpnn)"})
     patience: int = field(default=30, metadata={"help": "early stopping: epochs without a better validation RMSE"})
     min_epochs: int = field(default=10, metadata={"help": "never stop before this many epochs"})
     seed: int = field(default=0, metadata={"help": "seed of the split and the initialization"})
@@ -70,6 +78,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.ffn_hidden = tuple(int(h) for h in self.ffn_hidden)
+        if self.model not in MODEL_FAMILIES:
+            raise ValueError(f"model must be one of {', '.join(MODEL_FAMILIES)}, got {self.model!r}")
+        for name, value in FAMILY_DEFAULTS[self.model].items():
+            given = getattr(self, name)
+            if given is None:
+                setattr(self, name, value)
+            elif isinstance(given, str) or not isinstance(given, (int, float)):
+                raise ValueError(f"{name} must be a number, got {given!r}")
         checks = [
             (self.model in MODEL_FAMILIES, f"model must be one of {', '.join(MODEL_FAMILIES)}, got {self.model!r}"),
             (self.mp_hidden > 0 and self.mp_depth >= 1, f"mp_hidden must be positive and mp_depth ≥ 1, got {self.mp_hidden}, {self.mp_depth}"),

@@ -259,3 +259,15 @@ def test_lipo_if_run_with_the_dmpnn(tmp_path, small_lipo_csv, capsys):
     assert report["influence"]["method"] == "filter" and np.isfinite(report["influence"]["test_rmse_mean"])
     table = __import__("pandas").read_csv(out / "seed_0" / "influence_val.csv")
     assert table["suspicion"].notna().any() and table["self_influence_raw"].isna().all()
+
+
+def test_each_family_has_its_own_defaults_and_a_given_value_wins():
+    from lipo_if.train import FAMILY_DEFAULTS
+
+    for family, defaults in FAMILY_DEFAULTS.items():
+        config = TrainConfig(model=family)
+        assert {k: getattr(config, k) for k in defaults} == defaults
+    assert TrainConfig(model="dmpnn", weight_decay=0.0, max_epochs=7).weight_decay == 0.0
+    assert TrainConfig(model="dmpnn", max_epochs=7).max_epochs == 7
+    with pytest.raises(ValueError, match="weight_decay must be a number"):
+        TrainConfig(weight_decay="much")
