@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, default=1, help="members per seed (> 1: single and ensemble rows)")
     parser.add_argument("--model", choices=MODEL_FAMILIES, default=TrainConfig().model, help="model family (TrainConfig.model)")
     parser.add_argument("--save-runs", help="directory to keep each seed's single-model run in")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (TrainConfig.threads; 1 when two of these share 2 cores)")
     args = parser.parse_args()
     path = resolve_lipophilicity_path(data_dir=args.data_dir)
     dataset = load_dataset(path)
@@ -40,7 +41,7 @@ def main() -> None:
     for split in args.splits:
         for seed in args.seeds:
             start = time.perf_counter()
-            config = TrainConfig(seed=seed, split=split, model=args.model)
+            config = TrainConfig(seed=seed, split=split, model=args.model, threads=args.threads)
             if args.ensemble > 1:
                 ens = train_ensemble(dataset, str(path), config, args.ensemble, progress=False)
                 first = ens.members[0]
