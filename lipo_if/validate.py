@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .graph import cat_inputs
 from .influence import HessianOperator, Influence, output_paths, write_scores
 from .influence.spectrum import dominant_eigenvalue
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -81,7 +82,7 @@ def gd_retrain(run: Run, x_extra: torch.Tensor, y_extra: torch.Tensor, lr: float
     ``x_extra`` ``[m, d]``, ``y_extra`` ``[m]`` (m may be 0). The run's model is not modified.
     """
     x_train, y_train = run.tensors("train")
-    x, y = torch.cat([x_train, x_extra]), torch.cat([y_train, y_extra])
+    x, y = cat_inputs([x_train, x_extra]), torch.cat([y_train, y_extra])
     model = copy.deepcopy(run.model).train()
     params = list(model.parameters())
     for _ in range(steps):

@@ -271,3 +271,17 @@ def test_each_family_has_its_own_defaults_and_a_given_value_wins():
     assert TrainConfig(model="dmpnn", max_epochs=7).max_epochs == 7
     with pytest.raises(ValueError, match="weight_decay must be a number"):
         TrainConfig(weight_decay="much")
+
+
+def test_validate_retrains_a_dmpnn_by_gradient_descent(tmp_path, dmpnn_run):
+    """``run_validation`` (predicted vs actual change of validation loss) on a D-MPNN run: the graphs of
+    the added molecules join the training graphs; a score predicts the sign of GD's change."""
+    from lipo_if.validate import ValidateConfig, run_validation
+
+    _, run = dmpnn_run
+    pool = (["CCCCCCCCCO", "Cc1ccc(Br)cc1C", "OCC(O)C(O)C(O)CO", "CCCCCCCCCCCC", "OC(=O)CCC(=O)O"], [2.8, 3.5, -2.5, 6.0, -0.5])
+    inf = lipo_if.Influence(run, solver="cg", damping=0.5, progress=False).fit()
+    result = run_validation(run, pool, tmp_path / "v", ValidateConfig(n_sample=4, top_k=2, retrain="gd", steps=5, lr=0.01),
+                            influence=inf, progress=False)
+    assert 2 <= len(result["per_molecule"]) <= 4 and np.isfinite(result["baseline_val_mse"])
+    assert all(np.isfinite(m["actual"]) for m in result["per_molecule"]) and (tmp_path / "v" / "validate.png").exists()
