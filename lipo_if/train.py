@@ -43,7 +43,7 @@ MODEL_FAMILIES = ("mlp", "dmpnn")
 #: defaults; the D-MPNN's were chosen on validation (benchmarks/tune_model.py, benchmarks/RESULTS.md).
 FAMILY_DEFAULTS = {
     "mlp": {"weight_decay": 1e-3, "lr_decay": 1.0, "max_epochs": 300},
-    "dmpnn": {"weight_decay": 1e-4, "lr_decay": 0.955, "max_epochs": 100},
+    "dmpnn": {"weight_decay": 1e-5, "lr_decay": 0.955, "max_epochs": 100},
 }
 
 
@@ -61,7 +61,7 @@ class TrainConfig:
     mol_features: str = field(default="rdkit2d", metadata={"help": "molecule-level features beside the graph embedding (dmpnn): "
                                                                     "a featurizer name (e.g. rdkit2d) or 'none'"})
     weight_decay: float | None = field(default=None, metadata={"help": "λ of the L2 term (λ/2)‖θ‖² written into the loss "
-                                                                       "(unset: the family's, 1e-3 mlp, 1e-4 dmpnn)"})
+                                                                       "(unset: the family's, 1e-3 mlp, 1e-5 dmpnn)"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     lr_decay: float | None = field(default=None, metadata={"help": "multiply the learning rate by this after every epoch, 1 = "
                                                                    "constant (unset: the family's, 1 mlp, 0.955 dmpnn)"})
