@@ -40,9 +40,10 @@ class FeaturizerConfig:
     radius: int = field(default=2, metadata={"help": "Morgan radius (2 = ECFP4)"})
     n_bits: int = field(default=2048, metadata={"help": "Morgan fingerprint length"})
     clip: float = field(default=6.0, metadata={"help": "clip standardized descriptors to ±clip standard deviations"})
-    descriptors: str = field(default="all", metadata={"help": "rdkit2d's descriptor set: all (RDKit's 217) or fast (without the "
-                                                               "costliest families, ≈ 60 %% of the block's time; see COSTLY_DESCRIPTORS)",
-                                                       "choices": ("all", "fast")})
+    descriptors: str = field(default="fast", metadata={"help": "rdkit2d's descriptor set: fast (RDKit's 217 without the costliest "
+                                                                "families, ≈ 60 %% of the block's time; as good on validation, "
+                                                                "benchmarks/RESULTS.md) or all",
+                                                        "choices": ("all", "fast")})
 
     def __post_init__(self) -> None:
         parts = self.parts
@@ -389,7 +390,8 @@ class Featurizer:
 
     @classmethod
     def from_state(cls, state: dict, cache_dir: str | os.PathLike | None | bool = True) -> "Featurizer":
-        featurizer = cls(FeaturizerConfig(**state["config"]), cache_dir=cache_dir)
+        # a run saved before the descriptor sets existed used all of RDKit's descriptors
+        featurizer = cls(FeaturizerConfig(**{"descriptors": "all", **state["config"]}), cache_dir=cache_dir)
         if state.get("mean") is not None:
             featurizer.mean = np.asarray(state["mean"], dtype=np.float64)
             featurizer.std = np.asarray(state["std"], dtype=np.float64)

@@ -225,13 +225,18 @@ NO_MOL_FEATURES = "none"
 @dataclass
 class GraphFeaturizerConfig:
     """The message-passing model's input: the graph, plus molecule-level features ``mol_features``
-    (a vector featurizer's name, e.g. ``"rdkit2d"``, or ``"none"``)."""
+    (a vector featurizer's name, e.g. ``"rdkit2d"``, or ``"none"``) with RDKit descriptor set
+    ``descriptors`` (all of them: the set the D-MPNN's defaults were chosen and measured with)."""
 
     mol_features: str = "rdkit2d"
+    descriptors: str = "all"
 
     def __post_init__(self) -> None:
         if self.mol_features != NO_MOL_FEATURES:
-            FeaturizerConfig(name=self.mol_features)  # raises ValueError naming a bad part
+            self.vector_config()  # raises ValueError naming a bad part
+
+    def vector_config(self) -> FeaturizerConfig:
+        return FeaturizerConfig(name=self.mol_features, descriptors=self.descriptors)
 
     @property
     def name(self) -> str:
@@ -256,7 +261,7 @@ class GraphFeaturizer:
                  vector: Featurizer | None = None) -> None:
         self.config = config or GraphFeaturizerConfig()
         if vector is None and self.config.mol_features != NO_MOL_FEATURES:
-            vector = Featurizer(FeaturizerConfig(name=self.config.mol_features), cache_dir=cache_dir)
+            vector = Featurizer(self.config.vector_config(), cache_dir=cache_dir)
         self.vector = vector
 
     @property
@@ -302,7 +307,7 @@ class GraphFeaturizer:
         return MolGraphs.from_arrays([r[:3] for r in raw], mol_x)
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "config": {"mol_features": self.config.mol_features},
+        return {"kind": self.kind, "config": {"mol_features": self.config.mol_features, "descriptors": self.config.descriptors},
                 "vector": None if self.vector is None else self.vector.state_dict()}
 
     @classmethod

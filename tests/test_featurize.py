@@ -123,3 +123,12 @@ def test_the_fast_descriptor_set_is_the_full_set_without_the_costly_families():
     np.testing.assert_array_equal(fast(smiles), full(smiles)[:, kept])
     with pytest.raises(ValueError, match="descriptors must be one of all, fast"):
         FeaturizerConfig(descriptors="cheap")
+
+
+def test_a_run_saved_before_the_descriptor_sets_loads_with_all_descriptors():
+    from lipo_if.featurize import Featurizer, FeaturizerConfig
+
+    assert FeaturizerConfig().descriptors == "fast"
+    state = Featurizer(FeaturizerConfig(descriptors="all"), cache_dir=False).state_dict()
+    del state["config"]["descriptors"]  # the format of runs saved before the field existed
+    assert Featurizer.from_state(state, cache_dir=False).config.descriptors == "all"
