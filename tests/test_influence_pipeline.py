@@ -63,6 +63,9 @@ class _Featurizer:
     def transform(self, smiles: list[str]) -> np.ndarray:
         return featurize(smiles).numpy()
 
+    def tensor(self, smiles: list[str]) -> torch.Tensor:
+        return featurize(list(smiles))
+
 
 class FakeRun:
     """The attributes of lipo_if.train.Run that Influence uses, on a tiny model."""
