@@ -38,7 +38,7 @@ SPACES = {
         "radius": [2, 3],
         "n_bits": [1024, 2048, 4096],
     },
-    # A D-MPNN epoch costs ≈ 3–6 s on the 2 dev cores (≈ 50× an MLP epoch), so its space is a small
+    # A D-MPNN epoch costs ≈ 4 s on one dev core (≈ 10× an MLP epoch), so its space is a small
     # grid around chemprop's defaults (hidden 300, depth 3, one 300-wide FFN layer): the two choices
     # this package adds, the descriptors as molecule features and the L2 term λ of the objective.
     "dmpnn": {
