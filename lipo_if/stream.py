@@ -41,7 +41,7 @@ from collections import Counter
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -214,6 +214,32 @@ def _featurize_deferred(featurizer, table: pd.DataFrame, raw: np.ndarray, deferr
     return np.delete(rows, [deferred[j] for j in slow], axis=0)
 
 
+def start_chunk(pool_of_workers, featurizer, first: int, frame: pd.DataFrame, n_pieces: int, timeout: float,
+                smiles_col: str | None, label_col: str | None, source: str, keep: np.ndarray | None = None,
+                left_out: str = "", prepared: pd.DataFrame | None = None,
+                strict: bool = False) -> Callable[[], tuple[pd.DataFrame, torch.Tensor]]:
+    """Start :func:`prepare_chunk` and return the call that finishes it: the worker processes parse
+    and featurize the chunk's pieces while the caller scores the chunk before (with
+    ``pool_of_workers`` None the work is done here, before returning)."""
+    jobs = _split(first, frame, n_pieces, keep) if prepared is None else _split(first, prepared, n_pieces, keep, prepared=True)
+    if pool_of_workers is None:
+        _configure(featurizer, smiles_col, label_col, source, strict, None, left_out)
+        done = [_prepare(job) for job in jobs]
+        collect = lambda: done  # noqa: E731
+    else:
+        collect = pool_of_workers.map_async(_prepare, jobs).get  # a worker's error is raised by get()
+
+    def finish() -> tuple[pd.DataFrame, torch.Tensor]:
+        parts = collect()
+        raws = [_featurize_deferred(featurizer, table, raw, deferred, timeout) if deferred else raw
+                for table, raw, deferred in parts]
+        table = pd.concat([table for table, _, _ in parts], ignore_index=True)
+        raw = np.concatenate(raws) if raws else featurizer.raw_uncached([])
+        return table, featurizer.model_tensor(raw)
+
+    return finish
+
+
 def prepare_chunk(pool_of_workers, featurizer, first: int, frame: pd.DataFrame, n_pieces: int, timeout: float,
                   smiles_col: str | None, label_col: str | None, source: str, keep: np.ndarray | None = None,
                   left_out: str = "", prepared: pd.DataFrame | None = None, strict: bool = False) -> tuple[pd.DataFrame, torch.Tensor]:
@@ -223,17 +249,8 @@ def prepare_chunk(pool_of_workers, featurizer, first: int, frame: pd.DataFrame, 
     ``prepared``: the chunk's molecule table from the prefilter's first pass (used instead of ``frame``).
     ``strict``: an implausible label raises :class:`DataError` (in-process; the workers have it
     from their initialization)."""
-    jobs = _split(first, frame, n_pieces, keep) if prepared is None else _split(first, prepared, n_pieces, keep, prepared=True)
-    if pool_of_workers is None:
-        _configure(featurizer, smiles_col, label_col, source, strict, None, left_out)
-        parts = [_prepare(job) for job in jobs]
-    else:
-        parts = pool_of_workers.map(_prepare, jobs)
-    raws = [_featurize_deferred(featurizer, table, raw, deferred, timeout) if deferred else raw
-            for table, raw, deferred in parts]
-    table = pd.concat([table for table, _, _ in parts], ignore_index=True)
-    raw = np.concatenate(raws) if raws else featurizer.raw_uncached([])
-    return table, featurizer.model_tensor(raw)
+    return start_chunk(pool_of_workers, featurizer, first, frame, n_pieces, timeout, smiles_col, label_col, source,
+                       keep, left_out, prepared, strict)()
 
 
 # --------------------------------------------------------------------------- the run
@@ -312,19 +329,28 @@ def score_file(inf: Influence, path: str | os.PathLike, out_csv: str | os.PathLi
         if nearest is not None:
             keep = _prefiltered_rows(nearest, path, config.chunk_rows, parts, workers, max(1, n_workers * 2), world,
                                      reading, progress)
+        def complete(index: int, n_rows: int, finish) -> None:
+            table, x = finish()
+            scored = inf.scores(Pool.featurized(table, str(path), featurizer, x))
+            columns = OUTPUT_COLUMNS + [c for c in scored.columns if c not in OUTPUT_COLUMNS]
+            text = scored[columns].assign(**{_KEY: table["key"].to_numpy()}).to_csv(index=False, float_format="%.10g")
+            atomic_write_bytes(_part(parts, index), text.encode())
+            bar.update(n_rows * world.size)
+
+        pending = None  # the chunk the workers are preparing while the one before is scored here
         for index, (first, frame) in enumerate(read_chunks(path, config.chunk_rows)):
             n_chunks, rows = index + 1, rows + len(frame)
             if not world.owns(index) or _part(parts, index).exists():
                 continue
             first_pass = _first_pass_table(parts, index)
             prepared = pd.read_pickle(first_pass) if keep is not None and first_pass.exists() else None
-            table, x = prepare_chunk(workers, featurizer, first, frame, max(1, n_workers * 2), FEATURIZE_TIMEOUT_S,
-                                     smiles_col, label_col, str(path), keep, left_out, prepared, strict)
-            scored = inf.scores(Pool.featurized(table, str(path), featurizer, x))
-            columns = OUTPUT_COLUMNS + [c for c in scored.columns if c not in OUTPUT_COLUMNS]
-            text = scored[columns].assign(**{_KEY: table["key"].to_numpy()}).to_csv(index=False, float_format="%.10g")
-            atomic_write_bytes(_part(parts, index), text.encode())
-            bar.update(len(frame) * world.size)
+            finish = start_chunk(workers, featurizer, first, frame, max(1, n_workers * 2), FEATURIZE_TIMEOUT_S,
+                                 smiles_col, label_col, str(path), keep, left_out, prepared, strict)
+            if pending is not None:
+                complete(*pending)
+            pending = (index, len(frame), finish)
+        if pending is not None:
+            complete(*pending)
     finally:
         bar.close()
         if workers is not None:
