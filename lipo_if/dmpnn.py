@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .graph import ATOM_DIM, BOND_DIM, MolGraphs
+from .model import seeded_init
 
 
 @dataclass
@@ -128,13 +129,4 @@ class DMPNN(nn.Module):
 
 def build_dmpnn(config: DMPNNConfig, seed: int | None = None, init_bias: float | None = None) -> DMPNN:
     """A D-MPNN with a seeded initialization; ``init_bias`` sets the output bias (the label mean)."""
-    if seed is not None:
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-    model = DMPNN(config)
-    if seed is not None:
-        torch.random.set_rng_state(state)
-    if init_bias is not None:
-        with torch.no_grad():
-            model.ffn[-1].bias.fill_(float(init_bias))
-    return model
+    return seeded_init(lambda: DMPNN(config), seed, init_bias, lambda model: model.ffn[-1])

@@ -14,7 +14,7 @@ optimizer, so it is part of the Hessian H = ∇²R(θ̂).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -76,15 +76,22 @@ def build_model(config: ModelConfig, seed: int | None = None, init_bias: float |
     ``init_bias`` sets the output bias (e.g. the training-label mean) so training starts at the
     mean predictor instead of 0 — fewer wasted epochs on a target centred at ≈2.2.
     """
+    return seeded_init(lambda: MLPRegressor(config), seed, init_bias, lambda model: model.layers[-1])
+
+
+def seeded_init(make: Callable[[], nn.Module], seed: int | None, init_bias: float | None,
+                output_layer: Callable[[nn.Module], nn.Linear]) -> nn.Module:
+    """``make()`` under torch's global generator seeded with ``seed`` (its state restored after; None
+    = unseeded), with ``output_layer(model)``'s bias set to ``init_bias`` when given."""
     if seed is not None:
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
-    model = MLPRegressor(config)
+    model = make()
     if seed is not None:
         torch.random.set_rng_state(gen_state)
     if init_bias is not None:
         with torch.no_grad():
-            model.layers[-1].bias.fill_(float(init_bias))
+            output_layer(model).bias.fill_(float(init_bias))
     return model
 
 
