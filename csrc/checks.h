@@ -288,4 +288,23 @@ inline void check_device(const char* op, const at::Tensor& t, bool cuda) {
       cuda ? "a CUDA device" : "CPU", ", got ", t.device());
 }
 
+// linear_grad_dot.segment's operands for either device's kernel: checked (the op's checks and the
+// kernel's device), in the contiguous layout the kernels read (copied only where needed), with their
+// sizes. vec_bias is undefined when None.
+struct SegmentOperands {
+  at::Tensor act, out_grad, vec_weight, vec_bias, indptr;
+  int64_t n, in, out, k, S;
+};
+
+inline SegmentOperands segment_operands(
+    const at::Tensor& act, const at::Tensor& out_grad, const at::Tensor& vec_weight,
+    const std::optional<at::Tensor>& vec_bias, const at::Tensor& indptr, bool cuda) {
+  check_linear_grad_dot_segment(act, out_grad, vec_weight, vec_bias, indptr);
+  check_device("linear_grad_dot.segment", act, cuda);
+  return SegmentOperands{
+      act.contiguous(), out_grad.contiguous(), vec_weight.contiguous(),
+      vec_bias.has_value() ? vec_bias->contiguous() : at::Tensor(), indptr.contiguous(),
+      act.size(0), act.size(1), out_grad.size(1), vec_weight.size(0), indptr.size(0) - 1};
+}
+
 }  // namespace lipo_if

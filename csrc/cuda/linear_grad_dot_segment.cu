@@ -74,15 +74,10 @@ at::Tensor linear_grad_dot_segment_cuda(
     const at::Tensor& act_in, const at::Tensor& out_grad_in, const at::Tensor& vec_weight_in,
     const std::optional<at::Tensor>& vec_bias_in, const at::Tensor& indptr_in) {
   const c10::cuda::CUDAGuard guard(act_in.device());
-  check_linear_grad_dot_segment(act_in, out_grad_in, vec_weight_in, vec_bias_in, indptr_in);
-  check_device("linear_grad_dot.segment", act_in, true);
-  const at::Tensor act = act_in.contiguous();
-  const at::Tensor out_grad = out_grad_in.contiguous();
-  const at::Tensor vec_weight = vec_weight_in.contiguous();
-  const at::Tensor vec_bias = vec_bias_in.has_value() ? vec_bias_in->contiguous() : at::Tensor();
-  const at::Tensor indptr = indptr_in.contiguous();
-  const int64_t n = act.size(0), in = act.size(1), out = out_grad.size(1), k = vec_weight.size(0);
-  const int64_t S = indptr.size(0) - 1;
+  const SegmentOperands o = segment_operands(act_in, out_grad_in, vec_weight_in, vec_bias_in, indptr_in, /*cuda=*/true);
+  // (named references, not a structured binding: C++17 lambdas cannot capture those)
+  const at::Tensor &act = o.act, &out_grad = o.out_grad, &vec_weight = o.vec_weight, &vec_bias = o.vec_bias, &indptr = o.indptr;
+  const int64_t n = o.n, in = o.in, out = o.out, k = o.k, S = o.S;
   at::Tensor result = at::zeros({S, k}, act.options());
   if (n == 0 || k == 0 || out == 0 || S == 0) return result;
   TORCH_CHECK(
