@@ -45,7 +45,7 @@ def main() -> None:
             if args.ensemble > 1:
                 ens = train_ensemble(dataset, str(path), config, args.ensemble, progress=False)
                 first = ens.members[0]
-                single = dict(ens.members[0].metrics, kind="single")
+                single = dict(first.metrics, kind="single")
                 both = [single, dict(ens.metrics, kind=f"ensemble of {args.ensemble}", seed=seed, best_epoch=single["best_epoch"],
                                      final_objective_grad_norm=float("nan"))]
             else:

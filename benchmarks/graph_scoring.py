@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import timed  # noqa: E402
 from stream_scale import synthetic_pool  # noqa: E402  (a sibling benchmark script, not a package)
 
 from lipo_if import ops_reference  # noqa: E402
@@ -50,11 +51,6 @@ def pool_tensors(run, path: Path, rows: int):
     x = pool.features(run.featurizer)
     return x, torch.tensor(pool.table.loc[pool.valid, "label"].to_numpy(dtype=float))
 
-
-def timed(fn) -> tuple[torch.Tensor, float]:
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def main() -> None:

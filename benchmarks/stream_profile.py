@@ -14,22 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from lipo_if.data import molecule_table
-from lipo_if.influence.api import Influence
-from lipo_if.influence.scores import influence_scores
-from lipo_if.rundir import load_run
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import timed  # noqa: E402  (a sibling benchmark module, not a package)
 
+from lipo_if.data import molecule_table  # noqa: E402
+from lipo_if.influence.api import Influence  # noqa: E402
+from lipo_if.influence.scores import influence_scores  # noqa: E402
+from lipo_if.rundir import load_run  # noqa: E402
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def main() -> None:
