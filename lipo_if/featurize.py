@@ -356,8 +356,7 @@ class Featurizer:
     def tensor(self, smiles: Sequence[str]) -> torch.Tensor:
         """The model input ``[n, dim]`` float32 as a tensor (:meth:`transform`); the message-passing
         model's :class:`~lipo_if.graph.GraphFeaturizer` answers the same call with graphs."""
-        smiles = list(smiles)
-        return torch.from_numpy(self.transform(smiles)) if smiles else torch.zeros(0, self.dim)
+        return torch.from_numpy(self.transform(list(smiles)))
 
     def raw_uncached(self, smiles: Sequence[str]) -> np.ndarray:
         """:meth:`raw` without the disk cache (what a worker process computes for a chunk of a large pool)."""

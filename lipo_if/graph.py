@@ -282,11 +282,17 @@ class GraphFeaturizer:
     def tensor(self, smiles: Sequence[str]) -> MolGraphs:
         """The graphs of ``smiles`` (valid SMILES; an invalid one raises DataError)."""
         smiles = list(smiles)
-        if self.vector is not None and smiles:
-            mol_x = self.vector.transform(smiles)
+        vector_raw = self.vector.raw(smiles) if self.vector is not None and smiles else None  # (disk-cached)
+        return self._collate(_build_graphs(smiles), vector_raw)
+
+    def _collate(self, graphs: list, vector_raw: np.ndarray | None) -> MolGraphs:
+        """Per-molecule graph arrays and the vector featurizer's raw rows ``[n, dim]`` (None: no
+        molecules or no molecule features) → :class:`MolGraphs` with standardized ``mol_x``."""
+        if vector_raw is None:
+            mol_x = np.zeros((len(graphs), self.dim), np.float32)
         else:
-            mol_x = np.zeros((len(smiles), self.dim), np.float32)
-        return MolGraphs.from_arrays(_build_graphs(smiles), mol_x)
+            mol_x = self.vector.model_input(vector_raw)
+        return MolGraphs.from_arrays(graphs, mol_x)
 
     def raw_uncached(self, smiles: Sequence[str]) -> np.ndarray:
         """What a worker process computes for a piece of a large pool: an object array ``[n]`` of
@@ -300,11 +306,8 @@ class GraphFeaturizer:
 
     def model_tensor(self, raw: np.ndarray) -> MolGraphs:
         """:meth:`raw_uncached`'s rows → :class:`MolGraphs` (the molecule features standardized)."""
-        if self.vector is not None and len(raw):
-            mol_x = self.vector.model_input(np.stack([r[3] for r in raw]))
-        else:
-            mol_x = np.zeros((len(raw), self.dim), np.float32)
-        return MolGraphs.from_arrays([r[:3] for r in raw], mol_x)
+        vector_raw = np.stack([r[3] for r in raw]) if self.vector is not None and len(raw) else None
+        return self._collate([r[:3] for r in raw], vector_raw)
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "config": {"mol_features": self.config.mol_features, "descriptors": self.config.descriptors},
