@@ -13,6 +13,8 @@ nothing-added ``baseline`` included) and evaluate on validation and test. Strate
 - ``filter@z``: every pool row whose suspicion (robust z) is at most z, for each z of
   ``filter_z``; ``filter``: per seed the ``filter@z`` of lowest **validation** RMSE (test-blind);
   ``influence_filtered``: top-k by influence among the rows ``filter`` keeps;
+- ``weighted``: every eligible pool row, each weighted in the fine-tuning's squared error by its
+  probability of a clean label (:func:`lipo_if.suspicion.clean_weights`; no threshold to choose);
 - ceilings (know what a method cannot): ``clean_oracle`` (every uncorrupted row, known by
   construction) and ``test_oracle`` (top-k by influence on the *test* set, residual-guarded).
 
@@ -44,7 +46,7 @@ from .runcache import config_hash, trained_run
 from .scenarios import SCENARIOS, Scenario, build_scenario
 from .select import eligible, guarded_pool, random_k, resolve_k, top_k
 from .stats import paired_stats
-from .suspicion import DETECTORS, refit_residual_z, suspicion_table
+from .suspicion import DETECTORS, clean_weights, refit_residual_z, suspicion_table
 from .train import FinetuneConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -152,10 +154,12 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
     ft = FinetuneConfig(**{**asdict(finetune_config), "seed": scenario.seed, "from_scratch": config.retrain == "scratch"})
     done: dict[tuple[int, ...], dict] = {}
 
-    def retrain(rows: list[int]) -> dict:
-        key = tuple(sorted(rows))
+    def retrain(rows: list[int], weights: list[float] | None = None) -> dict:
+        order = sorted(range(len(rows)), key=lambda i: rows[i])
+        key = tuple(rows[i] for i in order) + (() if weights is None else ("w",) + tuple(round(float(weights[i]), 6) for i in order))
         if key not in done:
-            new = finetune(base, scenario.pool, ft, progress=False, rows=list(key))
+            new = finetune(base, scenario.pool, ft, progress=False, rows=[rows[i] for i in order],
+                           weights=None if weights is None else [weights[i] for i in order])
             done[key] = {"n_added": new.metrics["n_added"], **{m: float(new.metrics[m]) for m in ("val_rmse", "test_rmse", "test_mae", "test_r2")}}
         return done[key]
 
@@ -172,6 +176,8 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
         extra.append(("influence_ucb", top_k(bound[bound["score"] < 0], k)))
     for name, rows in extra:
         results[name] = {**retrain(rows), "rows": rows}
+    weights = clean_weights(table)  # every eligible row, weighted by its probability of a clean label
+    results["weighted"] = {**retrain(list(weights), list(weights.values())), "rows": list(weights)}
     refit = None
     if config.refit_folds:  # a second look, by models that learnt from the rows the filter trusts
         pool_rows = eligible(table)["row"].to_numpy(dtype=int)
@@ -189,7 +195,7 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
            "found_vs_inspected": {name: found_vs_inspected(scenario, table[f"{name}_suspicion"].to_numpy(dtype=float))
                                   for name in DETECTORS if np.isfinite(table[f"{name}_suspicion"].to_numpy(dtype=float)).any()},
            "n_pool": len(scenario.pool), "n_eligible": int(len(eligible(table))), "n_corrupted": int(scenario.corrupted.sum()), "n_base_train": len(scenario.split.train),
-           "damping": inf.damping, "n_retrainings": len(done), "seconds": round(time.perf_counter() - clock, 1)}
+           "mixture": table.attrs.get("mixture"), "damping": inf.damping, "n_retrainings": len(done), "seconds": round(time.perf_counter() - clock, 1)}
     atomic_write_json(seed_dir / "results.json", out)
     return out
 
@@ -213,7 +219,7 @@ def summarize(seed_results: list[dict]) -> dict:
             "val_delta": float(np.mean([r["val_rmse"] - b["val_rmse"] for r, b in zip(rows, base)])),
             "recovery": d["mean"] / clean["mean"] if clean["mean"] < 0 else float("nan"),
         }
-    for method in ("filter", "filter_refit"):
+    for method in ("filter", "weighted", "filter_refit"):
         for name in ("all", "random_matched", "random"):
             if method in out["strategies"]:
                 out["strategies"][method][f"vs_{name}"] = paired_stats(

@@ -143,14 +143,14 @@ def train_ensemble(dataset: MoleculeDataset, data_path: str, config: TrainConfig
 
 
 def finetune(run: Run | Ensemble, extra: Molecules, config: FinetuneConfig | None = None, progress: bool = True,
-             rows: Sequence[int] | None = None) -> Run | Ensemble:
+             rows: Sequence[int] | None = None, weights: Sequence[float] | None = None) -> Run | Ensemble:
     """:func:`~lipo_if.train.finetune_run` of a run, or of every member of an ensemble (member ``i``
-    with its own seed offset when ``config.seed`` is given)."""
+    with its own seed offset when ``config.seed`` is given); ``weights``: per entry of ``rows``."""
     if not isinstance(run, Ensemble):
-        return finetune_run(run, extra, config, progress=progress, rows=rows)
+        return finetune_run(run, extra, config, progress=progress, rows=rows, weights=weights)
     config = config or FinetuneConfig()
     members = []
     for i, member in enumerate(run.members):
         cfg = config if config.seed < 0 else replace(config, seed=config.seed + MEMBER_SEED_STRIDE * i)
-        members.append(finetune_run(member, extra, cfg, progress=progress, rows=rows))
+        members.append(finetune_run(member, extra, cfg, progress=progress, rows=rows, weights=weights))
     return Ensemble(members)

@@ -103,7 +103,13 @@ def l2_penalty(params: Sequence[torch.Tensor] | nn.Module, weight_decay: float) 
     return 0.5 * weight_decay * total
 
 
-def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> torch.Tensor:
-    """Training objective R(θ) on a batch: mean squared error + (λ/2)‖θ‖² (a 0-dim tensor)."""
+def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight_decay: float,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Training objective R(θ) on a batch: mean squared error + (λ/2)‖θ‖² (a 0-dim tensor).
+
+    ``weight`` ``[B]`` (optional): each row's weight in the mean, ``(1/B) Σ wᵢ (f(xᵢ) − yᵢ)²`` — a
+    row of weight 1 counts as in the plain mean, one of weight 0 not at all (the mean is over the
+    batch, not over Σw, so down-weighting some rows does not scale up the others)."""
     pred = model(x)
-    return torch.mean((pred - y) ** 2) + l2_penalty(model, weight_decay)
+    squared = (pred - y) ** 2
+    return (torch.mean(squared) if weight is None else torch.mean(weight * squared)) + l2_penalty(model, weight_decay)

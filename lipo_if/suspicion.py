@@ -38,7 +38,7 @@ from .influence import Influence
 from .influence.self_influence import self_influence
 from .influence.mlp import mlp_unsupported_reason
 from .pool import Molecules, Pool
-from .select import MAD_TO_SD
+from .select import MAD_TO_SD, eligible
 from .train import FinetuneConfig, Run, predict_tensor
 
 DETECTORS: tuple[str, ...] = ("residual", "self_influence", "leverage", "ensemble_residual")
@@ -160,3 +160,53 @@ def refit_residual_z(run: Run | Ensemble, pool: Pool, rows: Sequence[int], kept:
         residual[judged] = _predict(model, x) - y.double().numpy()
         spread[judged] = validation_spread(model)
     return np.abs(residual - np.median(residual)) / spread
+
+
+def clean_probability(residual_z: np.ndarray, iterations: int = 200, tol: float = 1e-8) -> tuple[np.ndarray, dict]:
+    """``P(clean | z)`` of every row from a two-component mixture of its residual in validation
+    spreads (``residual_z`` of :func:`suspicion_table`, signed): clean labels ``N(0, σ_c²)``, wrong
+    labels ``N(0, σ_w²)`` with ``σ_w > σ_c``, the fraction of wrong labels ``π`` and both spreads
+    fitted by EM on the pool itself (σ_c starts at 1 — what validation says a clean label's residual
+    spreads — σ_w at 3, π at 0.2).
+
+    Why: a hard threshold treats a row just inside it as surely clean and one just outside as
+    surely wrong; the weight of a row in the fine-tuning is better its probability of being clean.
+    NaN rows (excluded) get NaN. Returns ``(p_clean [N] float64, {"sigma_clean", "sigma_wrong",
+    "wrong_fraction", "iterations"})``."""
+    z = np.asarray(residual_z, dtype=float)
+    ok = np.isfinite(z)
+    out = np.full(z.shape, np.nan)
+    x = z[ok]
+    info = {"sigma_clean": 1.0, "sigma_wrong": 3.0, "wrong_fraction": 0.2, "iterations": 0}
+    if x.size < 3:
+        out[ok] = 1.0
+        return out, info
+    s_c, s_w, pi = 1.0, max(3.0, 1.5 * float(np.std(x))), 0.2
+    for it in range(1, iterations + 1):
+        log_c = np.log1p(-pi) - np.log(s_c) - 0.5 * (x / s_c) ** 2
+        log_w = np.log(pi) - np.log(s_w) - 0.5 * (x / s_w) ** 2
+        p_c = 1.0 / (1.0 + np.exp(np.clip(log_w - log_c, -700, 700)))
+        new_pi = float(np.clip(1.0 - p_c.mean(), 1e-4, 0.9))
+        new_c = float(np.sqrt(np.sum(p_c * x ** 2) / max(p_c.sum(), 1e-12)))
+        new_w = float(np.sqrt(np.sum((1 - p_c) * x ** 2) / max((1 - p_c).sum(), 1e-12)))
+        new_c = max(new_c, 1e-3)
+        new_w = max(new_w, 1.05 * new_c)  # the wrong component stays the wide one
+        done = abs(new_pi - pi) + abs(new_c - s_c) + abs(new_w - s_w) < tol
+        s_c, s_w, pi = new_c, new_w, new_pi
+        if done:
+            break
+    log_c = np.log1p(-pi) - np.log(s_c) - 0.5 * (x / s_c) ** 2
+    log_w = np.log(pi) - np.log(s_w) - 0.5 * (x / s_w) ** 2
+    out[ok] = 1.0 / (1.0 + np.exp(np.clip(log_w - log_c, -700, 700)))
+    return out, {"sigma_clean": s_c, "sigma_wrong": s_w, "wrong_fraction": pi, "iterations": it}
+
+
+def clean_weights(table: pd.DataFrame) -> dict[int, float]:
+    """``{row: P(clean)}`` for the eligible rows of a :func:`suspicion_table` (in table order): the
+    weights of the ``weighted`` selection — every eligible pool molecule added, each weighted in the
+    fine-tuning's squared error by :func:`clean_probability` of its residual (fitted on the eligible
+    rows). The mixture's fit is left in ``table.attrs["mixture"]``."""
+    pool = eligible(table)  # (the mixture is fitted on these rows only: out-of-domain rows are never added)
+    p_clean, mixture = clean_probability(pool["residual_z"].to_numpy(dtype=float))
+    table.attrs["mixture"] = mixture
+    return {int(r): float(p) for r, p in zip(pool["row"], p_clean)}

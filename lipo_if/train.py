@@ -218,12 +218,17 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     restore_best: bool = True,
+    sample_weight: torch.Tensor | None = None,
 ) -> FitResult:
     """Adam on R(θ) with early stopping on validation RMSE; returns the best-validation weights.
 
     Shuffling uses a generator seeded with ``config.seed`` so a run is reproducible. With
     ``restore_best=False`` the weights of the last epoch are kept (fixed-epoch fine-tuning).
+    ``sample_weight`` ``[N]`` (optional, ≥ 0): each training row's weight in the squared error
+    (:func:`~lipo_if.model.objective`); None = every row 1.
     """
+    if sample_weight is not None and (sample_weight.shape != (len(x_train),) or not bool(torch.all(sample_weight >= 0))):
+        raise ValueError(f"sample_weight must be [{len(x_train)}] and ≥ 0, got shape {tuple(sample_weight.shape)}")
     from tqdm.auto import tqdm
 
     if config.threads:
@@ -245,7 +250,8 @@ def fit(
         for i in range(0, n, config.batch_size):
             idx = order[i : i + config.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = objective(model, x_train[idx], y_train[idx], config.weight_decay)
+            loss = objective(model, x_train[idx], y_train[idx], config.weight_decay,
+                             None if sample_weight is None else sample_weight[idx])
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
@@ -531,6 +537,23 @@ def filter_extra(run: Run, pool: Pool, rows: Sequence[int] | None = None) -> tup
     return kept, dropped
 
 
+def _extra_weights(pool: Pool, rows: Sequence[int] | None, weights: Sequence[float] | None, kept: Sequence[int],
+                   n_train: int) -> torch.Tensor | None:
+    """The ``[n_train + len(kept)]`` sample weights of train ∪ kept extra rows (train rows 1), or
+    None when no ``weights`` are given."""
+    if weights is None:
+        return None
+    given = [int(r) for r in (pool.table["row"] if rows is None else rows)]
+    values = np.asarray(weights, dtype=float)
+    if values.shape != (len(given),) or not np.all(np.isfinite(values)) or np.any(values < 0):
+        bad = next((w for w in values.ravel() if not (np.isfinite(w) and w >= 0)), None) if values.ndim == 1 else None
+        raise ValueError(f"weights must be one finite value ≥ 0 per row ({len(given)}), got shape {values.shape}"
+                         + (f" with the value {bad}" if bad is not None else ""))
+    weight_of = dict(zip(given, values))
+    return torch.cat([torch.ones(n_train, dtype=torch.float32),
+                      torch.tensor([weight_of[int(r)] for r in kept], dtype=torch.float32)])
+
+
 def finetune_run(
     run: Run,
     extra: Molecules,
@@ -538,12 +561,15 @@ def finetune_run(
     progress: bool = True,
     desc: str = "finetune",
     rows: Sequence[int] | None = None,
+    weights: Sequence[float] | None = None,
 ) -> Run:
     """Retrain ``run`` on its training split plus extra molecules; a new :class:`Run`.
 
     ``extra``: the candidate molecules (a :class:`~lipo_if.pool.Pool`, a CSV path, a DataFrame or
     ``(smiles, labels)``, logD units); ``rows``: which of its ``row`` ids to add, in order (default:
-    all). Those rejected by :func:`filter_extra` are left out and listed in
+    all); ``weights``: one per entry of ``rows`` (or of the pool), each added molecule's weight in
+    the squared error (:func:`~lipo_if.model.objective`; the training rows weigh 1; default: all 1).
+    Those rejected by :func:`filter_extra` are left out and listed in
     ``metrics["extra_dropped"]``. The new run keeps the split and featurizer; its ``metrics`` has
     the keys of :func:`train_run` plus ``n_added``, ``mode`` and ``base_*`` (the starting run's
     metrics). ``run`` is not modified.
@@ -555,6 +581,7 @@ def finetune_run(
     n_given = len(pool) if rows is None else len(rows)
     x_train, y_train = run.tensors("train")
     x_val, y_val = run.tensors("val")
+    sample_weight = _extra_weights(pool, rows, weights, kept, len(x_train))
     if kept:
         x_extra, y_extra = pool.rows_features(run.featurizer, kept)
         x_train, y_train = cat_inputs([x_train, x_extra]), torch.cat([y_train, y_extra])
@@ -572,7 +599,8 @@ def finetune_run(
         model = copy.deepcopy(run.model)
         restore_best = config.early_stopping
     seed_everything(seed)
-    result = fit(model, x_train, y_train, x_val, y_val, train_config, progress=progress, desc=desc, restore_best=restore_best)
+    result = fit(model, x_train, y_train, x_val, y_val, train_config, progress=progress, desc=desc, restore_best=restore_best,
+                 sample_weight=sample_weight)
     new = Run(None, result.model, run.featurizer, run.split, run.config, run.data_path, _dataset=run._dataset)
     new._tensor_cache = {p: run._tensor_cache[p] for p in ("val", "test", "train") if p in run._tensor_cache}
     metrics = new.evaluate()

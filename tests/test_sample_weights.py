@@ -1,0 +1,78 @@
+"""Weighted fine-tuning (a pool row's weight in the squared error) and the clean-label mixture
+whose posterior supplies the weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lipo_if.model import ModelConfig, build_model, objective
+from lipo_if.suspicion import clean_probability
+from lipo_if.train import FinetuneConfig, finetune_run
+
+from test_experiment import tiny_data, tiny_run  # noqa: F401 — fixtures
+
+
+def test_weighted_objective_gradient_is_the_weighted_sum_of_per_row_gradients():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(7, hidden=(5,)), seed=0).double()
+    x, y = torch.randn(11, 7, dtype=torch.float64), torch.randn(11, dtype=torch.float64)
+    w = torch.rand(11, dtype=torch.float64)
+    w[3] = 0.0
+    params = list(model.parameters())
+    got = torch.autograd.grad(objective(model, x, y, 0.01, w), params)
+    want = [torch.zeros_like(p) for p in params]
+    for i in range(11):  # (1/B) Σ wᵢ ∇(f(xᵢ) − yᵢ)², the L2 term once
+        g = torch.autograd.grad((model(x[i : i + 1]) - y[i : i + 1]).pow(2).sum(), params)
+        want = [a + w[i] * b / 11 for a, b in zip(want, g)]
+    want = [a + 0.01 * p for a, p in zip(want, params)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    plain = torch.autograd.grad(objective(model, x, y, 0.01), params)
+    ones = torch.autograd.grad(objective(model, x, y, 0.01, torch.ones(11, dtype=torch.float64)), params)
+    for a, b in zip(plain, ones):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_finetune_weights_one_match_no_weights_and_a_zero_weight_row_is_not_learnt(tiny_run):  # noqa: F811
+    config = FinetuneConfig(finetune_epochs=4, finetune_patience=4, early_stopping=False, finetune_lr=3e-3)
+    extra = (["CCCCCCCCCCCCCCCCO", "c1ccccc1CCCCCCN", "OC(=O)CCCCCCCC"], [9.0, 1.0, 2.0])
+    plain = finetune_run(tiny_run, extra, config, progress=False)
+    ones = finetune_run(tiny_run, extra, config, progress=False, weights=[1.0, 1.0, 1.0])
+    assert ones.metrics["val_rmse"] == plain.metrics["val_rmse"]
+    preds = {}
+    for name, weights in (("learnt", [1.0, 1.0, 1.0]), ("ignored", [0.0, 1.0, 1.0])):
+        run = finetune_run(tiny_run, (extra[0], [9.0, 1.0, 2.0]), config, progress=False, weights=weights)
+        assert run.metrics["n_added"] == 3
+        preds[name] = float(run.predict([extra[0][0]])[0])
+    base = float(tiny_run.predict([extra[0][0]])[0])
+    # a label of 9 logD pulls the prediction up when it counts, and not at all at weight 0
+    assert preds["learnt"] > base + 0.5 and abs(preds["ignored"] - base) < abs(preds["learnt"] - base) / 5
+    with pytest.raises(ValueError, match="weights must be one finite value ≥ 0 per row"):
+        finetune_run(tiny_run, extra, config, progress=False, weights=[1.0, -0.5, 1.0])
+    with pytest.raises(ValueError, match="per row \\(3\\)"):
+        finetune_run(tiny_run, extra, config, progress=False, weights=[1.0])
+
+
+def test_clean_probability_recovers_a_known_mixture_and_ranks_by_the_residual():
+    rng = np.random.default_rng(3)
+    n, wrong = 4000, 0.3
+    is_wrong = rng.random(n) < wrong
+    z = np.where(is_wrong, rng.normal(0, 3.5, n), rng.normal(0, 1.1, n))
+    z[5] = np.nan
+    p, info = clean_probability(z)
+    assert np.isnan(p[5]) and np.all((p[np.isfinite(z)] >= 0) & (p[np.isfinite(z)] <= 1))
+    assert info["wrong_fraction"] == pytest.approx(wrong, abs=0.04)
+    assert info["sigma_clean"] == pytest.approx(1.1, abs=0.08) and info["sigma_wrong"] == pytest.approx(3.5, abs=0.3)
+    ok = np.isfinite(z)
+    order = np.argsort(np.abs(z[ok]))
+    assert np.all(np.diff(p[ok][order]) <= 1e-12)  # farther from 0 → never more likely clean
+    # the posterior against the truth: Bayes' rule with the generating parameters
+    def bayes(x):
+        c = (1 - wrong) * np.exp(-0.5 * (x / 1.1) ** 2) / 1.1
+        w_ = wrong * np.exp(-0.5 * (x / 3.5) ** 2) / 3.5
+        return c / (c + w_)
+    assert np.max(np.abs(p[ok] - bayes(z[ok]))) < 0.08
+    clean_only, info0 = clean_probability(rng.normal(0, 1.0, 500))
+    # one normal: the scale mixture is not identified, but nearly every row stays likely clean
+    assert np.mean(clean_only) > 0.85 and np.mean(clean_only > 0.5) > 0.95
