@@ -46,6 +46,7 @@ from .runcache import config_hash, trained_run
 from .scenarios import SCENARIOS, Scenario, build_scenario
 from .select import eligible, guarded_pool, random_k, resolve_k, top_k
 from .stats import paired_stats
+from .strategies import Selection
 from .suspicion import DETECTORS, clean_weights, refit_residual_z, suspicion_table
 from .train import FinetuneConfig, TrainConfig
 
@@ -152,14 +153,14 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
     test_table = Influence(base, config=config.influence_config("test", train_config.model)).fit().scores(scenario.pool)
     plans = plan(scenario, table, test_table, config, scenario.seed)
     ft = FinetuneConfig(**{**asdict(finetune_config), "seed": scenario.seed, "from_scratch": config.retrain == "scratch"})
-    done: dict[tuple[int, ...], dict] = {}
+    done: dict[tuple, dict] = {}
 
     def retrain(rows: list[int], weights: list[float] | None = None) -> dict:
-        order = sorted(range(len(rows)), key=lambda i: rows[i])
-        key = tuple(rows[i] for i in order) + (() if weights is None else ("w",) + tuple(round(float(weights[i]), 6) for i in order))
+        selection = Selection("", None, rows, weights)
+        key = selection.key()
         if key not in done:
-            new = finetune(base, scenario.pool, ft, progress=False, rows=[rows[i] for i in order],
-                           weights=None if weights is None else [weights[i] for i in order])
+            ordered_rows, ordered_weights = selection.ordered()
+            new = finetune(base, scenario.pool, ft, progress=False, rows=ordered_rows, weights=ordered_weights)
             done[key] = {"n_added": new.metrics["n_added"], **{m: float(new.metrics[m]) for m in ("val_rmse", "test_rmse", "test_mae", "test_r2")}}
         return done[key]
 
@@ -234,20 +235,28 @@ def summarize(seed_results: list[dict]) -> dict:
 
 
 def _verdict(name: str, summary: dict) -> str:
+    """Per scenario in words: did the package's method (``weighted``, else ``filter``) pay — beat
+    nothing added, all of the pool and as many random rows with 95 % confidence — and how much of the
+    clean-pool oracle's gain did it recover."""
     s = summary["strategies"]
-    f, a, r = s["filter"], s["all"], s["random_matched"]
+    method = "weighted" if "weighted" in s else "filter"
+    f, a, r = s[method], s["all"], s["random_matched"]
     lo, hi = f["delta_ci95"]
     beats_all = f["vs_all"]["mean"] < 0 and f["vs_all"]["p_ttest"] < 0.05
     beats_random = f["vs_random_matched"]["mean"] < 0 and f["vs_random_matched"]["p_ttest"] < 0.05
     paid = hi < 0 and beats_all and beats_random
+    what = ("`weighted` (every eligible row, weighted by its probability of a clean label)" if method == "weighted"
+            else "`filter` (the suspicion filter, threshold chosen on validation)")
     text = (f"**{name}: selection {'paid' if paid else 'did not pay (by the goal of beating all-pool and random with 95 % confidence)'}.** "
-            f"`filter` (the suspicion filter, threshold chosen on validation) changed test RMSE by {f['delta']:+.4f} "
-            f"[{lo:+.4f}, {hi:+.4f}] vs nothing added, and by {f['vs_all']['mean']:+.4f} (p = {f['vs_all']['p_ttest']:.2g}) vs adding "
-            f"the whole pool ({a['delta']:+.4f}), {f['vs_random_matched']['mean']:+.4f} (p = {f['vs_random_matched']['p_ttest']:.2g}) vs as many "
-            f"random rows ({r['delta']:+.4f}); it recovered {f['recovery']:.0%} of the clean-pool oracle's gain "
-            f"({s['clean_oracle']['delta']:+.4f}). Today's influence top-k: {s['influence']['delta']:+.4f}, residual-guarded "
-            f"{s['influence_residual']['delta']:+.4f}.")
-    return text
+            f"{what} changed test RMSE by {f['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}] vs nothing added, and by "
+            f"{f['vs_all']['mean']:+.4f} (p = {f['vs_all']['p_ttest']:.2g}) vs adding the whole pool ({a['delta']:+.4f}), "
+            f"{f['vs_random_matched']['mean']:+.4f} (p = {f['vs_random_matched']['p_ttest']:.2g}) vs as many random rows as the "
+            f"filter keeps ({r['delta']:+.4f}); it recovered {f['recovery']:.0%} of the clean-pool oracle's gain "
+            f"({s['clean_oracle']['delta']:+.4f}).")
+    if method == "weighted":
+        text += f" The hard filter: {s['filter']['delta']:+.4f}, {s['filter']['recovery']:.0%}."
+    return text + (f" Today's influence top-k: {s['influence']['delta']:+.4f}, residual-guarded "
+                   f"{s['influence_residual']['delta']:+.4f}.")
 
 
 def plot_scenario(name: str, summary: dict, per_seed: list[dict], path: Path) -> None:

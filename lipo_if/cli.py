@@ -218,9 +218,9 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
                            dataclass_from_args(TrainConfig, args), dataclass_from_args(FinetuneConfig, args),
                            progress=not args.quiet)
     for name, summary in report["scenarios"].items():
-        f = summary["strategies"]["filter"]
-        print(f"{name}: filter Δ test RMSE {f['delta']:+.4f} [{f['delta_ci95'][0]:+.4f}, {f['delta_ci95'][1]:+.4f}], "
-              f"recovery {f['recovery']:.0%}; all {summary['strategies']['all']['delta']:+.4f}")
+        parts = [f"{method} Δ test RMSE {e['delta']:+.4f} [{e['delta_ci95'][0]:+.4f}, {e['delta_ci95'][1]:+.4f}], recovery {e['recovery']:.0%}"
+                 for method in ("weighted", "filter") if (e := summary["strategies"].get(method))]
+        print(f"{name}: {'; '.join(parts)}; all {summary['strategies']['all']['delta']:+.4f}")
     print(f"report written to {Path(args.out) / 'report.md'} (and benchmark.json)")
     return 0
 
