@@ -8,15 +8,21 @@ for CUDA tensors when CUDA is present. Then
   :mod:`lipo_if.stream`), and rank 0 merges the parts into the file one process would write;
 - the solve is data-parallel (:mod:`lipo_if.influence.data_parallel`, swapped in by the solvers
   whenever a group of more than one rank is active), and its solution is broadcast from rank 0,
-  so every rank scores with the same ``s`` bit for bit.
+  so every rank scores with the same ``s`` bit for bit;
+- an ensemble with at least as many members as ranks puts its members on ranks instead: member
+  ``i`` is solved by rank ``i mod size`` alone (inside :func:`alone`) and its fitted state is
+  broadcast from there (:meth:`lipo_if.influence.Influence.fit`) — M whole solves in parallel
+  rather than M solves one after another, each split M ways.
 
 Without torchrun (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) nothing here changes anything.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -73,10 +79,35 @@ class World:
             dist.broadcast(tensor, src=src)
         return tensor
 
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` (any picklable object; CPU tensors inside) on every rank; the other
+        ranks' ``obj`` is ignored."""
+        if not self.active:
+            return obj
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+
+#: > 0 inside :func:`alone`: this process works by itself although it is one of several ranks.
+_alone_depth = 0
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Within this block :func:`current` answers a single process, so work a rank does by itself
+    (one ensemble member's solve) issues no collectives; the other ranks need not take part."""
+    global _alone_depth
+    _alone_depth += 1
+    try:
+        yield
+    finally:
+        _alone_depth -= 1
+
 
 def current() -> World:
     """The :class:`World` of the active process group (one rank when there is none)."""
-    if dist.is_available() and dist.is_initialized():
+    if not _alone_depth and dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size())
     return World()
 

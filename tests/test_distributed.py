@@ -28,7 +28,11 @@ from lipo_if.influence.data_parallel import DataParallelCurvature, data_parallel
 from lipo_if.influence.native_hvp import NativeHessian
 from lipo_if.influence.outputs import output_paths
 
-from test_experiment import tiny_data, tiny_run  # noqa: F401 — fixtures
+from lipo_if.data import load_dataset
+from lipo_if.ensemble import train_ensemble
+from lipo_if.train import TrainConfig
+
+from test_experiment import FEATURES, TINY, tiny_data, tiny_run  # noqa: F401 — fixtures
 from test_native_hvp import WD, make_problem
 from test_stream import pool_file
 
@@ -159,3 +163,26 @@ def test_torchrun_on_two_ranks_writes_the_single_process_file(tiny_run, tmp_path
     summary = json.loads(output_paths(two)["summary"].read_text())
     assert summary["stream"]["ranks"] == 2 and summary["solver"]["info"]["hvp"].endswith("data-parallel over 2 ranks")
     assert summary["counts"] == json.loads(output_paths(single)["summary"].read_text())["counts"]
+
+
+def test_torchrun_puts_ensemble_members_on_ranks(tiny_data, tmp_path):  # noqa: F811
+    """An ensemble of 3 on 2 ranks: member i solved by rank i mod 2 alone (no data-parallel
+    products), every member's s broadcast; the file equals the single process's."""
+    lipo, _ = tiny_data
+    train_ensemble(load_dataset(lipo), str(lipo), TrainConfig(seed=0, **TINY), 3, FEATURES, progress=False).save(tmp_path / "ensemble")
+    source = pool_file(tmp_path / "pool.csv")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **LOOPBACK}
+    single, two = tmp_path / "single.csv", tmp_path / "two.csv"
+    subprocess.run([sys.executable, "-m", "lipo_if.cli", *_influence_args(tmp_path / "ensemble", source, single, 0)],
+                   check=True, env=env, timeout=600)
+    done = subprocess.run([*_torchrun(), *_influence_args(tmp_path / "ensemble", source, two, 0)], env=env, timeout=600,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one_table, two_table = (pd.read_csv(p, keep_default_na=False, dtype=str) for p in (single, two))
+    _compare(two_table, one_table)
+    for column in ("score_se", "score_ucb"):  # the members' spread is the single process's too
+        pd.testing.assert_series_equal(*(pd.to_numeric(t[column], errors="coerce") for t in (two_table, one_table)), rtol=1e-6, atol=1e-12)
+    summary = json.loads(output_paths(two)["summary"].read_text())
+    assert summary["placement"] == "members on 2 ranks"
+    assert [m["solved_on_rank"] for m in summary["members"]] == [0, 1, 0]
+    assert all("data-parallel" not in m["solver"]["info"]["hvp"] for m in summary["members"])

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lipo_if.distributed import World, alone, current
 from lipo_if.domain import Domain
 from lipo_if.ensemble import Ensemble
 from lipo_if.io import atomic_write_bytes, atomic_write_json
@@ -233,9 +234,16 @@ class Influence:
         Raises the solver errors of :func:`~lipo_if.influence.solvers.solve` (their messages say
         which setting to change)."""
         if self.members is not None:
-            for member in self.members:
-                member.fit()
+            world = current()
+            if world.active and len(self.members) >= world.size:
+                self._fit_members_on_ranks(world)
+            else:  # one after another (under torchrun each member's solve is data-parallel over the ranks)
+                for member in self.members:
+                    member.fit()
             self.info = self._ensemble_info()
+            if world.active:
+                self.info["placement"] = (f"members on {world.size} ranks" if len(self.members) >= world.size
+                                          else f"each member data-parallel over {world.size} ranks")
             return self
         if self.config.scorer == "tracin":
             return self._fit_tracin()
@@ -256,6 +264,27 @@ class Influence:
         for warning in self.info["warnings"]:
             log.warning(warning)
         return self
+
+    def _fit_members_on_ranks(self, world: World) -> None:
+        """Member ``i`` solved by rank ``i mod size`` by itself, then its fitted state broadcast from
+        there: every rank ends with every member's ``s``, each computed once."""
+        for i, member in enumerate(self.members):
+            if world.owns(i):
+                with alone():
+                    member.fit()
+        for i, member in enumerate(self.members):
+            owner = i % world.size
+            state = world.broadcast_object(member._fitted_state() if world.rank == owner else None, src=owner)
+            if world.rank != owner:
+                member._restore_fitted_state(state)
+            member.info["solved_on_rank"] = owner
+
+    def _fitted_state(self) -> tuple:
+        """What :meth:`fit` leaves on a single run's object (to hand it to another rank)."""
+        return self.s, self.heldout_grads, self.result, self.info
+
+    def _restore_fitted_state(self, state: tuple) -> None:
+        self.s, self.heldout_grads, self.result, self.info = state
 
     def _ensemble_info(self) -> dict:
         infos = [m.info for m in self.members]
