@@ -4,7 +4,8 @@ neighbours of some held-out molecule.
 Guo et al. restrict the influence search for a test point to its k nearest training points; here
 the points searched are the pool's molecules and the queries are the held-out set's (validation by
 default). Nearness is Tanimoto similarity of Morgan fingerprints (radius 2, 2048 bits — those of
-:mod:`lipo_if.domain`) through RDKit's bulk similarity. A feature-space L2 search (FAISS,
+:mod:`lipo_if.domain`, through its :class:`~lipo_if.domain.FingerprintSet`: RDKit's bulk similarity's
+values by one matrix product). A feature-space L2 search (FAISS,
 scikit-learn) would need the model's input features of every pool molecule — the RDKit
 descriptors that cost ≈ 97 % of a molecule's scoring time (benchmarks/RESULTS.md) and that the
 prefilter exists to skip — while the fingerprint costs ≈ 0.1 ms.
@@ -20,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .domain import fingerprint_generator
+from .domain import FingerprintSet, fingerprint_generator
 from .standardize import _rdkit
 
 
@@ -39,8 +40,8 @@ class NearestPool:
         Chem = _rdkit()
         generator = fingerprint_generator()
         mols = [Chem.MolFromSmiles(s) for s in heldout_smiles]
-        self.queries = [generator.GetFingerprint(m) for m in mols if m is not None]
-        if not self.queries:
+        self.queries = FingerprintSet([generator.GetFingerprint(m) for m in mols if m is not None])
+        if not len(self.queries):
             raise ValueError("the prefilter needs at least one valid held-out molecule")
         self.k = k
         self.similarity = np.full((len(self.queries), k), -np.inf)  # [H, K], best first
@@ -56,14 +57,9 @@ class NearestPool:
 
     def similarities(self, smiles: Sequence[str]) -> np.ndarray:
         """``[m, H]`` Tanimoto similarity of each (valid, standardized) pool SMILES to each held-out molecule."""
-        from rdkit import DataStructs
-
         Chem = _rdkit()
         generator = fingerprint_generator()
-        out = np.empty((len(smiles), len(self.queries)))
-        for i, s in enumerate(smiles):
-            out[i] = DataStructs.BulkTanimotoSimilarity(generator.GetFingerprint(Chem.MolFromSmiles(s)), self.queries)
-        return out
+        return self.queries.similarity([generator.GetFingerprint(Chem.MolFromSmiles(s)) for s in smiles])
 
     def update(self, rows: np.ndarray, similarity: np.ndarray) -> None:
         """Fold in pool ``rows`` ``[m]`` (later in the file than every row seen before, in file order)

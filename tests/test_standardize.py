@@ -173,3 +173,30 @@ def test_the_canonical_tautomer_is_an_option():
     assert standardize(keto, tautomer=True)[0] == standardize(enol, tautomer=True)[0]
     table = molecule_table(pd.DataFrame({"smiles": [keto, enol], "label": ["0.1", "0.2"]}), "<test>", tautomer=True)
     assert table["key"].nunique() == 1
+
+
+def test_fingerprint_set_equals_rdkits_bulk_tanimoto_bit_for_bit(tiny_data):  # noqa: F811
+    """FingerprintSet (one sparse × dense product) against RDKit's BulkTanimotoSimilarity, every
+    element, across block boundaries (BLOCK + a few queries), with an empty fingerprint among the
+    references and queries, and with a fingerprint of another length refused."""
+    from rdkit import Chem, DataStructs
+    from rdkit.DataStructs import ExplicitBitVect
+
+    from lipo_if.domain import FingerprintSet, fingerprint_generator
+
+    lipo, _ = tiny_data
+    smiles = pd.read_csv(lipo)["smiles"].tolist()
+    generator = fingerprint_generator()
+    fps = [generator.GetFingerprint(Chem.MolFromSmiles(s)) for s in smiles]
+    rng = np.random.default_rng(5)
+    references = [fps[i] for i in rng.choice(len(fps), 37, replace=False)] + [ExplicitBitVect(2048)]
+    queries = [fps[i] for i in rng.choice(len(fps), FingerprintSet.BLOCK + 7)] + [ExplicitBitVect(2048)]
+    fs = FingerprintSet(references)
+    expected = np.array([DataStructs.BulkTanimotoSimilarity(q, references) for q in queries])
+    got = fs.similarity(queries)
+    assert got.shape == (len(queries), 38) and np.array_equal(got, expected)
+    best, count = fs.nearest(queries, 0.3)
+    assert np.array_equal(best, expected.max(axis=1)) and np.array_equal(count, (expected >= 0.3).sum(axis=1))
+    assert 0 < count.sum() < count.size * 38, "the case needs pairs on both sides of the threshold"
+    with pytest.raises(ValueError, match="has 1024 bits, expected 2048"):
+        fs.similarity([ExplicitBitVect(1024)])
