@@ -3,6 +3,7 @@ the run's domain (elements, size, nearest-neighbour similarity) and the featuriz
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from lipo_if.pool import Pool
 from lipo_if.select import eligible
 from lipo_if.standardize import LOGD_RANGE, standardize
 
+from conftest import real_data_dir
 from test_experiment import tiny_data, tiny_run  # noqa: F401 — fixtures
 
 ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
@@ -200,3 +202,36 @@ def test_fingerprint_set_equals_rdkits_bulk_tanimoto_bit_for_bit(tiny_data):  # 
     assert 0 < count.sum() < count.size * 38, "the case needs pairs on both sides of the threshold"
     with pytest.raises(ValueError, match="has 1024 bits, expected 2048"):
         fs.similarity([ExplicitBitVect(1024)])
+
+
+#: Structures where Cleanup's steps act: salts, zwitterions, N-oxides, azides and diazo groups,
+#: metal–carbon and metal–heteroatom bonds, isotopes, explicit hydrogens, stereo.
+CLEANUP_CASES = ["[Na+].[O-]C(=O)c1ccccc1", "C[N+](C)(C)C.[Cl-]", "O=[N+]([O-])c1ccccc1", "ON(=O)=O", "[O-][n+]1ccccc1", "C[Hg]C",
+                 "c1ccccc1[Fe]", "[Fe+2].c1cc[cH-]c1.c1cc[cH-]c1", "CC(=O)O[Na]", "C1=CC=CC=C1[N+]#N", "C=[N+]=[N-]", "CN=N#N",
+                 "OC(=O)CC[NH3+]", "[NH4+].[O-]S(=O)(=O)c1ccccc1", "Cl[Pt](Cl)([NH3])[NH3]", "[2H]C([2H])([2H])O", "[H]C([H])([H])O",
+                 "C[C@H](N)C(=O)O", "F/C=C/F", "O=C([O-])c1ccccc1.O=C([O-])c1ccccc1.[Ca+2]", "C1CC1[Li]", "C[Mg]Br", "C[S+](C)[O-]",
+                 "CCO[K]", "C[Zn]C", "OC(=O)c1ccccc1[O-].[Na+]", "C[C@H]1CC[C@@H](C(=O)O)CC1", "O[C@H]1CC[C@H](N)CC1", "CS(=O)(=O)[O-].[K+]"]
+
+
+def test_cleanup_equals_rdkits_cleanup():
+    """lipo_if's cleanup (tools built once) against rdMolStandardize.Cleanup (built per call): the
+    same canonical SMILES on the real Lipophilicity and course molecules when present, the cases
+    above, and every molecule again with its atoms in a shuffled order."""
+    from rdkit import Chem
+    from rdkit.Chem.MolStandardize import rdMolStandardize
+
+    from lipo_if.standardize import cleanup
+
+    smiles = list(CLEANUP_CASES)
+    real = real_data_dir()
+    for name in ("lipophilicity.csv", "external.csv"):
+        if real is not None and (Path(real) / name).exists():
+            table = pd.read_csv(Path(real) / name)
+            smiles += table[next(c for c in table.columns if c.lower() == "smiles")].tolist()
+    mols = [m for m in (Chem.MolFromSmiles(s) for s in smiles) if m is not None]
+    rng = np.random.default_rng(0)
+    mols += [Chem.RenumberAtoms(m, rng.permutation(m.GetNumAtoms()).tolist()) for m in mols]
+    ours = [Chem.MolToSmiles(cleanup(m)) for m in mols]
+    theirs = [Chem.MolToSmiles(rdMolStandardize.Cleanup(m)) for m in mols]
+    assert ours == theirs
+    assert sum(a != Chem.MolToSmiles(m) for a, m in zip(ours, mols)) >= 10, "the cases must exercise Cleanup's steps"
