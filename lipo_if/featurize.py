@@ -67,13 +67,17 @@ class FeaturizerConfig:
 # --------------------------------------------------------------------------- raw feature blocks
 
 
-def _mol(smiles: str):
+def as_mol(molecule):
+    """An RDKit molecule from a SMILES — or the molecule itself, when the caller has parsed it already
+    (a streamed pool's worker parses each standardized SMILES once for every feature block)."""
     from rdkit import Chem, RDLogger
 
+    if isinstance(molecule, Chem.Mol):
+        return molecule
     RDLogger.DisableLog("rdApp.*")
-    mol = Chem.MolFromSmiles(smiles)
+    mol = Chem.MolFromSmiles(molecule)
     if mol is None:
-        raise DataError(f"cannot featurize invalid SMILES {smiles!r}")
+        raise DataError(f"cannot featurize invalid SMILES {molecule!r}")
     return mol
 
 
@@ -97,10 +101,11 @@ class MorganFeaturizer:
     def column_names(self) -> list[str]:
         return [f"{self.name}_{i}" for i in range(self.n_bits)]
 
-    def __call__(self, smiles: Sequence[str]) -> np.ndarray:
+    def __call__(self, smiles: Sequence) -> np.ndarray:
+        """``smiles``: SMILES strings or RDKit molecules."""
         out = np.zeros((len(smiles), self.n_bits), dtype=np.float32)
         for i, smi in enumerate(smiles):
-            mol = _mol(smi)
+            mol = as_mol(smi)
             if self.counts:
                 out[i] = np.log1p(self._generator.GetCountFingerprintAsNumPy(mol).astype(np.float32))
             else:
@@ -161,11 +166,12 @@ class RDKitDescriptorFeaturizer:
     def column_names(self) -> list[str]:
         return [name for name, _ in self._functions]
 
-    def __call__(self, smiles: Sequence[str]) -> np.ndarray:
+    def __call__(self, smiles: Sequence) -> np.ndarray:
+        """``smiles``: SMILES strings or RDKit molecules."""
         out = np.full((len(smiles), self.dim), np.nan, dtype=np.float64)
         with np.errstate(all="ignore"):
             for i, smi in enumerate(smiles):
-                mol = _mol(smi)
+                mol = as_mol(smi)
                 estate = None
                 for j, (name, function) in enumerate(self._functions):
                     try:
@@ -358,8 +364,10 @@ class Featurizer:
         model's :class:`~lipo_if.graph.GraphFeaturizer` answers the same call with graphs."""
         return torch.from_numpy(self.transform(list(smiles)))
 
-    def raw_uncached(self, smiles: Sequence[str]) -> np.ndarray:
-        """:meth:`raw` without the disk cache (what a worker process computes for a chunk of a large pool)."""
+    def raw_uncached(self, smiles: Sequence) -> np.ndarray:
+        """:meth:`raw` without the disk cache (what a worker process computes for a chunk of a large
+        pool); ``smiles``: SMILES strings or RDKit molecules parsed from them (each then parsed once
+        for all the feature blocks, not once per block)."""
         smiles = list(smiles)
         if not smiles:
             return np.zeros((0, self.dim))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .data import DataError
-from .featurize import Featurizer, FeaturizerConfig
+from .featurize import Featurizer, FeaturizerConfig, as_mol
 
 ELEMENTS = (1, 5, 6, 7, 8, 9, 14, 15, 16, 17, 34, 35, 53)
 DEGREES = (0, 1, 2, 3, 4, 5)
@@ -69,15 +69,14 @@ def bond_features(bond) -> list[float]:
     )
 
 
-def _graph_arrays(smiles: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(atom_x [A, ATOM_DIM], bond_x [B, BOND_DIM], ends [B, 2])`` of one molecule; directed bond
-    ``2i`` is bond i's begin→end and ``2i + 1`` its end→begin (local atom indices in ``ends``)."""
-    from rdkit import Chem, RDLogger
-
-    RDLogger.DisableLog("rdApp.*")
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        raise DataError(f"cannot build the graph of invalid SMILES {smiles!r}")
+def _graph_arrays(smiles) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(atom_x [A, ATOM_DIM], bond_x [B, BOND_DIM], ends [B, 2])`` of one molecule (a SMILES or an
+    RDKit molecule); directed bond ``2i`` is bond i's begin→end and ``2i + 1`` its end→begin (local
+    atom indices in ``ends``)."""
+    try:
+        mol = as_mol(smiles)
+    except DataError:
+        raise DataError(f"cannot build the graph of invalid SMILES {smiles!r}") from None
     atom_x = np.array([atom_features(a) for a in mol.GetAtoms()], dtype=np.float32).reshape(-1, ATOM_DIM)
     bond_rows, ends = [], []
     for bond in mol.GetBonds():
@@ -243,7 +242,7 @@ class GraphFeaturizerConfig:
         return "graph" if self.mol_features == NO_MOL_FEATURES else f"graph+{self.mol_features}"
 
 
-def _build_graphs(smiles: Sequence[str]) -> list:
+def _build_graphs(smiles: Sequence) -> list:
     return [_graph_arrays(s) for s in smiles]
 
 
@@ -294,8 +293,9 @@ class GraphFeaturizer:
             mol_x = self.vector.model_input(vector_raw)
         return MolGraphs.from_arrays(graphs, mol_x)
 
-    def raw_uncached(self, smiles: Sequence[str]) -> np.ndarray:
-        """What a worker process computes for a piece of a large pool: an object array ``[n]`` of
+    def raw_uncached(self, smiles: Sequence) -> np.ndarray:
+        """What a worker process computes for a piece of a large pool (``smiles``: SMILES strings or
+        RDKit molecules parsed from them): an object array ``[n]`` of
         ``(atom_x, bond_x, ends, vector raw row or None)`` per molecule (:meth:`model_tensor` collates it)."""
         smiles = list(smiles)
         vector = self.vector.raw_uncached(smiles) if self.vector is not None and smiles else [None] * len(smiles)

@@ -185,10 +185,10 @@ def _prepare(job: tuple[int, pd.DataFrame, np.ndarray | None, bool]) -> tuple[pd
     if keep is not None:
         left_out = (table["error"] == "") & ~table["row"].isin(keep)
         table.loc[left_out, "error"] = _WORKER["left_out"]
-    smiles = table.loc[table["error"] == "", "smiles"].tolist()
-    deferred = [i for i, s in enumerate(smiles) if Chem.MolFromSmiles(s).GetNumHeavyAtoms() > GUARDED_HEAVY_ATOMS]
+    mols = [Chem.MolFromSmiles(s) for s in table.loc[table["error"] == "", "smiles"]]  # parsed once for every feature block
+    deferred = [i for i, m in enumerate(mols) if m.GetNumHeavyAtoms() > GUARDED_HEAVY_ATOMS]
     skip = set(deferred)
-    raw = _WORKER["featurizer"].raw_uncached([s for i, s in enumerate(smiles) if i not in skip])
+    raw = _WORKER["featurizer"].raw_uncached([m for i, m in enumerate(mols) if i not in skip])
     return table, raw, deferred
 
 

@@ -132,3 +132,19 @@ def test_a_run_saved_before_the_descriptor_sets_loads_with_all_descriptors():
     state = Featurizer(FeaturizerConfig(descriptors="all"), cache_dir=False).state_dict()
     del state["config"]["descriptors"]  # the format of runs saved before the field existed
     assert Featurizer.from_state(state, cache_dir=False).config.descriptors == "all"
+
+
+def test_molecules_parsed_once_featurize_as_their_smiles():
+    """raw_uncached on RDKit molecules (a streamed pool's worker parses each SMILES once for every
+    block) equals raw_uncached on the SMILES, every element, for the vector and the graph featurizer."""
+    from rdkit import Chem
+
+    from lipo_if.graph import GraphFeaturizer, GraphFeaturizerConfig
+
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "C[C@H](N)C(=O)O", "O=C(O)c1ccccc1Cl", "CCN(CC)CCOC(=O)c1ccc(N)cc1"]
+    mols = [Chem.MolFromSmiles(s) for s in smiles]
+    vector = Featurizer(FeaturizerConfig(), cache_dir=False)
+    assert np.array_equal(vector.raw_uncached(mols), vector.raw_uncached(smiles), equal_nan=True)
+    graphs = GraphFeaturizer(GraphFeaturizerConfig(mol_features="none"), cache_dir=False)
+    for a, b in zip(graphs.raw_uncached(mols), graphs.raw_uncached(smiles)):
+        assert all(np.array_equal(x, y) for x, y in zip(a[:3], b[:3])) and a[3] is None and b[3] is None
