@@ -49,10 +49,14 @@ INSPECT_COLUMNS = ["row", "smiles", "label", "suspicion", "smiles_standardized",
                    "in_domain", "excluded"]
 
 
+def _validation_residuals(run: Run | Ensemble) -> np.ndarray:
+    x, y = run.tensors("val")
+    return _predict(run, x) - y.double().numpy()
+
+
 def validation_spread(run: Run | Ensemble) -> float:
     """``1.4826·MAD`` of the run's validation residuals (logD): the residual spread of clean labels."""
-    x, y = run.tensors("val")
-    r = _predict(run, x) - y.double().numpy()
+    r = _validation_residuals(run)
     return float(MAD_TO_SD * np.median(np.abs(r - np.median(r))))
 
 
@@ -135,7 +139,7 @@ def _predict(run: Run | Ensemble, x: torch.Tensor) -> np.ndarray:
 
 
 def refit_residual_z(run: Run | Ensemble, pool: Pool, rows: Sequence[int], kept: Sequence[int],
-                     config: FinetuneConfig, folds: int = 2, seed: int = 0) -> np.ndarray:
+                     config: FinetuneConfig, folds: int = 2, seed: int = 0, weights: dict[int, float] | None = None) -> np.ndarray:
     """Cross-fitted residual suspicion of ``rows`` from models that have learnt from the pool's
     trusted rows: ``|r − median(r)| / σ_val`` (as ``residual``), where a row's residual comes from
     ``run`` fine-tuned on the ``kept`` rows of the *other* folds (so no row's own label is in the
@@ -144,8 +148,10 @@ def refit_residual_z(run: Run | Ensemble, pool: Pool, rows: Sequence[int], kept:
     Why: the base model judges the pool from the base training set alone; a model that has also
     learnt from the pool rows a first filter trusts predicts the pool better (most of all where the
     base set is small), which narrows the clean rows' residuals and separates the wrong labels
-    further. ``rows``: ``row`` ids to judge; ``kept`` ⊆ ``rows``: the trusted ones; ``folds ≥ 2``
-    fine-tunings. Returns float64 ``[len(rows)]``, in the order of ``rows``."""
+    further. ``rows``: ``row`` ids to judge; ``kept`` ⊆ ``rows``: the trusted ones; ``weights``
+    (optional, ``{row: weight}`` over ``kept``): each trusted row's weight in those fine-tunings (the
+    ``weighted`` selection's); ``folds ≥ 2`` fine-tunings. Returns float64 ``[len(rows)]``, in the
+    order of ``rows``."""
     rows = np.asarray([int(r) for r in rows])
     if folds < 2 or len(rows) < folds:
         raise ValueError(f"refit_residual_z needs folds ≥ 2 and at least that many rows, got folds={folds}, {len(rows)} rows")
@@ -155,58 +161,88 @@ def refit_residual_z(run: Run | Ensemble, pool: Pool, rows: Sequence[int], kept:
     for f in range(folds):
         judged = fold_of == f
         trusted = [int(r) for r in rows[~judged] if int(r) in kept_set]
-        model = finetune(run, pool, config, progress=False, rows=trusted)
+        model = finetune(run, pool, config, progress=False, rows=trusted,
+                         weights=None if weights is None else [weights[r] for r in trusted])
         x, y = pool.rows_features(run.featurizer, rows[judged])
         residual[judged] = _predict(model, x) - y.double().numpy()
         spread[judged] = validation_spread(model)
     return np.abs(residual - np.median(residual)) / spread
 
 
-def clean_probability(residual_z: np.ndarray, iterations: int = 200, tol: float = 1e-8) -> tuple[np.ndarray, dict]:
+def validation_z(run: Run | Ensemble) -> np.ndarray:
+    """The run's validation residuals in its validation spreads, ``(r − median r) / σ_val`` ``[n_val]``:
+    what the residual z of a clean label looks like for this model."""
+    r = _validation_residuals(run)
+    return (r - np.median(r)) / float(MAD_TO_SD * np.median(np.abs(r - np.median(r))))
+
+
+def clean_probability(residual_z: np.ndarray, clean_reference: np.ndarray | None = None, iterations: int = 200,
+                      tol: float = 1e-8) -> tuple[np.ndarray, dict]:
     """``P(clean | z)`` of every row from a two-component mixture of its residual in validation
-    spreads (``residual_z`` of :func:`suspicion_table`, signed): clean labels ``N(0, σ_c²)``, wrong
-    labels ``N(0, σ_w²)`` with ``σ_w > σ_c``, the fraction of wrong labels ``π`` and both spreads
-    fitted by EM on the pool itself (σ_c starts at 1 — what validation says a clean label's residual
-    spreads — σ_w at 3, π at 0.2).
+    spreads (``residual_z`` of :func:`suspicion_table`, signed): clean labels with density ``f_c``,
+    wrong labels ``N(0, σ_w²)`` with ``σ_w`` above the clean spread, and the fraction of wrong labels
+    ``π``, fitted by EM on the pool itself.
+
+    ``f_c``: without ``clean_reference``, ``N(0, σ_c²)`` with σ_c fitted too (starting at 1 — what
+    validation says a clean label's residual spreads); with ``clean_reference`` (the z of residuals
+    known to be clean: the model's validation residuals, :func:`validation_z`), a Student t fitted to
+    them and held fixed — its heavier tails keep a hard but clean molecule from looking wrong, and
+    only ``π`` and ``σ_w`` are left to the pool.
 
     Why: a hard threshold treats a row just inside it as surely clean and one just outside as
-    surely wrong; the weight of a row in the fine-tuning is better its probability of being clean.
-    NaN rows (excluded) get NaN. Returns ``(p_clean [N] float64, {"sigma_clean", "sigma_wrong",
-    "wrong_fraction", "iterations"})``."""
+    surely wrong; the weight of a row in the fine-tuning is better its probability of being clean
+    (the M-step of EM on this mixture weights each row's squared error by it). NaN rows (excluded)
+    get NaN. Returns ``(p_clean [N] float64, {"clean": "normal" | "t (validation)", "sigma_clean",
+    "t_df", "sigma_wrong", "wrong_fraction", "iterations"})``."""
+    from scipy import stats
+
     z = np.asarray(residual_z, dtype=float)
     ok = np.isfinite(z)
     out = np.full(z.shape, np.nan)
     x = z[ok]
-    info = {"sigma_clean": 1.0, "sigma_wrong": 3.0, "wrong_fraction": 0.2, "iterations": 0}
+    fixed = clean_reference is not None
+    info = {"clean": "t (validation)" if fixed else "normal", "sigma_clean": 1.0, "t_df": None, "sigma_wrong": 3.0,
+            "wrong_fraction": 0.2, "iterations": 0}
     if x.size < 3:
         out[ok] = 1.0
         return out, info
-    s_c, s_w, pi = 1.0, max(3.0, 1.5 * float(np.std(x))), 0.2
+    if fixed:
+        reference = np.asarray(clean_reference, dtype=float)
+        df, _, scale = stats.t.fit(reference[np.isfinite(reference)], floc=0.0)
+        df = float(np.clip(df, 1.0, 100.0))
+        log_clean = stats.t.logpdf(x, df, 0.0, scale)
+        s_c, info["t_df"] = float(scale), df
+    s_c = s_c if fixed else 1.0
+    s_w, pi = max(3.0 * s_c, 1.5 * float(np.std(x))), 0.2
+
+    def log_densities(s_c: float, s_w: float, pi: float) -> tuple[np.ndarray, np.ndarray]:
+        clean = log_clean if fixed else -np.log(s_c) - 0.5 * (x / s_c) ** 2 - 0.5 * np.log(2 * np.pi)
+        return np.log1p(-pi) + clean, np.log(pi) - np.log(s_w) - 0.5 * (x / s_w) ** 2 - 0.5 * np.log(2 * np.pi)
+
+    it = 0
     for it in range(1, iterations + 1):
-        log_c = np.log1p(-pi) - np.log(s_c) - 0.5 * (x / s_c) ** 2
-        log_w = np.log(pi) - np.log(s_w) - 0.5 * (x / s_w) ** 2
+        log_c, log_w = log_densities(s_c, s_w, pi)
         p_c = 1.0 / (1.0 + np.exp(np.clip(log_w - log_c, -700, 700)))
         new_pi = float(np.clip(1.0 - p_c.mean(), 1e-4, 0.9))
-        new_c = float(np.sqrt(np.sum(p_c * x ** 2) / max(p_c.sum(), 1e-12)))
+        new_c = s_c if fixed else max(float(np.sqrt(np.sum(p_c * x ** 2) / max(p_c.sum(), 1e-12))), 1e-3)
         new_w = float(np.sqrt(np.sum((1 - p_c) * x ** 2) / max((1 - p_c).sum(), 1e-12)))
-        new_c = max(new_c, 1e-3)
         new_w = max(new_w, 1.05 * new_c)  # the wrong component stays the wide one
         done = abs(new_pi - pi) + abs(new_c - s_c) + abs(new_w - s_w) < tol
         s_c, s_w, pi = new_c, new_w, new_pi
         if done:
             break
-    log_c = np.log1p(-pi) - np.log(s_c) - 0.5 * (x / s_c) ** 2
-    log_w = np.log(pi) - np.log(s_w) - 0.5 * (x / s_w) ** 2
+    log_c, log_w = log_densities(s_c, s_w, pi)
     out[ok] = 1.0 / (1.0 + np.exp(np.clip(log_w - log_c, -700, 700)))
-    return out, {"sigma_clean": s_c, "sigma_wrong": s_w, "wrong_fraction": pi, "iterations": it}
+    info.update(sigma_clean=s_c, sigma_wrong=s_w, wrong_fraction=pi, iterations=it)
+    return out, info
 
 
-def clean_weights(table: pd.DataFrame) -> dict[int, float]:
+def clean_weights(table: pd.DataFrame, clean_reference: np.ndarray | None = None) -> dict[int, float]:
     """``{row: P(clean)}`` for the eligible rows of a :func:`suspicion_table` (in table order): the
     weights of the ``weighted`` selection — every eligible pool molecule added, each weighted in the
     fine-tuning's squared error by :func:`clean_probability` of its residual (fitted on the eligible
-    rows). The mixture's fit is left in ``table.attrs["mixture"]``."""
+    rows; ``clean_reference``: see there). The mixture's fit is left in ``table.attrs["mixture"]``."""
     pool = eligible(table)  # (the mixture is fitted on these rows only: out-of-domain rows are never added)
-    p_clean, mixture = clean_probability(pool["residual_z"].to_numpy(dtype=float))
+    p_clean, mixture = clean_probability(pool["residual_z"].to_numpy(dtype=float), clean_reference)
     table.attrs["mixture"] = mixture
     return {int(r): float(p) for r, p in zip(pool["row"], p_clean)}

@@ -76,3 +76,23 @@ def test_clean_probability_recovers_a_known_mixture_and_ranks_by_the_residual():
     clean_only, info0 = clean_probability(rng.normal(0, 1.0, 500))
     # one normal: the scale mixture is not identified, but nearly every row stays likely clean
     assert np.mean(clean_only) > 0.85 and np.mean(clean_only > 0.5) > 0.95
+
+
+def test_a_clean_reference_holds_the_clean_component_fixed():
+    """With clean_reference, the clean density is a t fitted to it and only π and σ_w are fitted:
+    on a pool of clean t-distributed residuals and 30 % wide wrong ones, the heavy-tailed clean rows
+    at |z| 2–3 keep more weight than under the fitted normal, and the wrong rows are still ranked last."""
+    rng = np.random.default_rng(3)
+    reference = rng.standard_t(5, 2000)
+    clean = rng.standard_t(5, 700)
+    wrong = rng.normal(0, 4.0, 300)
+    z = np.concatenate([clean, wrong])
+    p_t, info_t = clean_probability(z, clean_reference=reference)
+    p_n, info_n = clean_probability(z)
+    assert info_t["clean"] == "t (validation)" and 3 < info_t["t_df"] < 9 and info_n["clean"] == "normal"
+    assert abs(info_t["wrong_fraction"] - 0.3) < abs(info_n["wrong_fraction"] - 0.3)
+    shoulder = (np.abs(z) > 2) & (np.abs(z) < 3) & (np.arange(z.size) < 700)
+    assert p_t[shoulder].mean() > p_n[shoulder].mean()
+    from sklearn.metrics import roc_auc_score
+    truth = np.r_[np.zeros(700), np.ones(300)]
+    assert roc_auc_score(truth, -p_t) > 0.8
