@@ -1,8 +1,9 @@
 """The weighted selection's clean-label model, side by side: ``normal`` (the package's: a fitted
 normal, ``lipo_if.suspicion.clean_probability``), ``t`` (a Student t fitted to the validation
 residuals, held fixed) and ``refit`` (the normal mixture fitted again on residuals from models that
-learnt, weighted, from the *other* half of the pool: ``lipo_if.suspicion.refit_residual_z`` with
-the first weights, 2 folds — 2 more fine-tunings a seed).
+learnt, weighted, from the *other* folds of the pool: ``lipo_if.suspicion.cross_fitted_clean_weights``;
+``refit`` 2 folds — the package's ``weighted`` since it won here —, ``refit4`` 4; as many more
+fine-tunings a seed).
 
 Reads a finished ``lipo-if benchmark`` folder (its per-seed ``results.json`` and base runs, package
 defaults otherwise), and for every scenario and seed found there rebuilds the scenario and the
@@ -33,10 +34,10 @@ from lipo_if.influence import Influence
 from lipo_if.io import atomic_write_json
 from lipo_if.rundir import load_run
 from lipo_if.scenarios import build_scenario
-from lipo_if.suspicion import clean_weights, refit_residual_z, suspicion_table, validation_z
+from lipo_if.suspicion import clean_weights, cross_fitted_clean_weights, suspicion_table, validation_z
 from lipo_if.train import FinetuneConfig
 
-SCHEMES = ("normal", "t", "refit")
+SCHEMES = ("normal", "t", "refit", "refit4")
 
 
 def interval(d: np.ndarray) -> list[float]:
@@ -45,16 +46,9 @@ def interval(d: np.ndarray) -> list[float]:
 
 
 def seed_weights(base, scenario, table, scheme: str, ft: FinetuneConfig) -> dict[int, float]:
-    if scheme != "refit":
-        return clean_weights(table, validation_z(base) if scheme == "t" else None)
-    first = clean_weights(table)
-    rows = sorted(first)
-    z = refit_residual_z(base, scenario.pool, rows, rows, ft, folds=2, seed=scenario.seed, weights=first)
-    refit = table.copy()
-    refit["residual_z"] = refit["row"].map(dict(zip(rows, z)))  # (|z|: the mixture is symmetric in z)
-    weights = clean_weights(refit)
-    table.attrs["mixture"] = refit.attrs["mixture"]
-    return weights
+    if scheme.startswith("refit"):
+        return cross_fitted_clean_weights(base, scenario.pool, table, ft, folds=int(scheme[len("refit"):] or 2), seed=scenario.seed)
+    return clean_weights(table, validation_z(base) if scheme == "t" else None)
 
 
 def run_seed(seed_dir: Path, dataset, data_path: str, scenario_name: str, seed: int, schemes: list[str], check: bool) -> dict:

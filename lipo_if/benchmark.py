@@ -14,7 +14,9 @@ nothing-added ``baseline`` included) and evaluate on validation and test. Strate
   ``filter_z``; ``filter``: per seed the ``filter@z`` of lowest **validation** RMSE (test-blind);
   ``influence_filtered``: top-k by influence among the rows ``filter`` keeps;
 - ``weighted``: every eligible pool row, each weighted in the fine-tuning's squared error by its
-  probability of a clean label (:func:`lipo_if.suspicion.clean_weights`; no threshold to choose);
+  probability of a clean label, judged by models that learnt from the other folds of the pool
+  (:func:`lipo_if.suspicion.cross_fitted_clean_weights`; no threshold to choose); ``weighted_once``:
+  the same from the base model's residuals alone (:func:`lipo_if.suspicion.clean_weights`);
 - ceilings (know what a method cannot): ``clean_oracle`` (every uncorrupted row, known by
   construction) and ``test_oracle`` (top-k by influence on the *test* set, residual-guarded).
 
@@ -47,7 +49,7 @@ from .scenarios import SCENARIOS, Scenario, build_scenario
 from .select import eligible, guarded_pool, random_k, resolve_k, top_k
 from .stats import paired_stats
 from .strategies import Selection
-from .suspicion import DETECTORS, clean_weights, refit_residual_z, suspicion_table
+from .suspicion import DETECTORS, clean_weights, cross_fitted_clean_weights, refit_residual_z, suspicion_table
 from .train import FinetuneConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,10 @@ class BenchmarkConfig:
                                                        "strategy influence_ucb adds only the confidently helpful rows)"})
     min_similarity: float = field(default=InfluenceConfig.min_similarity, metadata={
         "help": "applicability domain: pool molecules below this nearest-neighbour Tanimoto similarity to the base training set are never selected (0 = off)"})
+    weight_folds: int = field(default=2, metadata={"help": "folds of the second look behind 'weighted' (lipo_if.suspicion."
+                                                           "cross_fitted_clean_weights: each row's P(clean) from models fine-tuned on the "
+                                                           "other folds, weighted; that many more fine-tunings a seed); 0 = the base "
+                                                           "model's residuals alone (then no 'weighted_once')"})
     refit_folds: int = field(default=0, metadata={"help": "folds of the refit detector (lipo_if.suspicion.refit_residual_z) behind "
                                                           "the strategy filter_refit (2: 2 + len(filter_z) more retrainings a seed); "
                                                           "0 = off, the default: it did not pay (benchmarks/RESULTS.md)"})
@@ -86,6 +92,7 @@ class BenchmarkConfig:
                   (self.detector in DETECTORS, f"detector must be one of {', '.join(DETECTORS)}"),
                   (self.ensemble >= 1, f"ensemble must be ≥ 1, got {self.ensemble}"),
                   (self.refit_folds == 0 or self.refit_folds >= 2, f"refit_folds must be 0 (off) or ≥ 2, got {self.refit_folds}"),
+                  (self.weight_folds == 0 or self.weight_folds >= 2, f"weight_folds must be 0 (off) or ≥ 2, got {self.weight_folds}"),
                   (self.retrain in ("finetune", "scratch"), f"retrain must be finetune or scratch, got {self.retrain!r}"),
                   (self.ensemble > 1 or self.detector != "ensemble_residual", "detector ensemble_residual needs ensemble > 1")]
         for ok, message in checks:
@@ -178,6 +185,9 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
     for name, rows in extra:
         results[name] = {**retrain(rows), "rows": rows}
     weights = clean_weights(table)  # every eligible row, weighted by its probability of a clean label
+    if config.weight_folds:  # … judged again by models that learnt (weighted) from the other folds
+        results["weighted_once"] = {**retrain(list(weights), list(weights.values())), "rows": list(weights)}
+        weights = cross_fitted_clean_weights(base, scenario.pool, table, ft, config.weight_folds, seed=scenario.seed)
     results["weighted"] = {**retrain(list(weights), list(weights.values())), "rows": list(weights)}
     refit = None
     if config.refit_folds:  # a second look, by models that learnt from the rows the filter trusts
@@ -220,7 +230,7 @@ def summarize(seed_results: list[dict]) -> dict:
             "val_delta": float(np.mean([r["val_rmse"] - b["val_rmse"] for r, b in zip(rows, base)])),
             "recovery": d["mean"] / clean["mean"] if clean["mean"] < 0 else float("nan"),
         }
-    for method in ("filter", "weighted", "filter_refit"):
+    for method in ("filter", "weighted", "weighted_once", "filter_refit"):
         for name in ("all", "random_matched", "random"):
             if method in out["strategies"]:
                 out["strategies"][method][f"vs_{name}"] = paired_stats(
@@ -245,8 +255,9 @@ def _verdict(name: str, summary: dict) -> str:
     beats_all = f["vs_all"]["mean"] < 0 and f["vs_all"]["p_ttest"] < 0.05
     beats_random = f["vs_random_matched"]["mean"] < 0 and f["vs_random_matched"]["p_ttest"] < 0.05
     paid = hi < 0 and beats_all and beats_random
-    what = ("`weighted` (every eligible row, weighted by its probability of a clean label)" if method == "weighted"
-            else "`filter` (the suspicion filter, threshold chosen on validation)")
+    what = ("`weighted` (every eligible row, weighted by its probability of a clean label"
+            + (", judged by models that learnt from the other folds of the pool)" if "weighted_once" in s else ")")
+            if method == "weighted" else "`filter` (the suspicion filter, threshold chosen on validation)")
     text = (f"**{name}: selection {'paid' if paid else 'did not pay (by the goal of beating all-pool and random with 95 % confidence)'}.** "
             f"{what} changed test RMSE by {f['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}] vs nothing added, and by "
             f"{f['vs_all']['mean']:+.4f} (p = {f['vs_all']['p_ttest']:.2g}) vs adding the whole pool ({a['delta']:+.4f}), "
@@ -254,6 +265,8 @@ def _verdict(name: str, summary: dict) -> str:
             f"filter keeps ({r['delta']:+.4f}); it recovered {f['recovery']:.0%} of the clean-pool oracle's gain "
             f"({s['clean_oracle']['delta']:+.4f}).")
     if method == "weighted":
+        once = s.get("weighted_once")
+        text += (f" The base model's weights alone (`weighted_once`): {once['delta']:+.4f}, {once['recovery']:.0%}." if once else "")
         text += f" The hard filter: {s['filter']['delta']:+.4f}, {s['filter']['recovery']:.0%}."
     return text + (f" Today's influence top-k: {s['influence']['delta']:+.4f}, residual-guarded "
                    f"{s['influence_residual']['delta']:+.4f}.")

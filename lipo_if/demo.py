@@ -38,7 +38,7 @@ BUDGET_SECONDS = 15 * 60
 def estimate_seconds(n_seeds: int, n_k: int, oracle: bool = True, n_other_guards: int = 2, ntk: bool = True,
                      threshold: bool = False, greedy: bool = True, crossfit_folds: int = 0, n_filters: int = 0) -> float:
     """Rough wall time on idle cores: per seed one training, 1–2 solves (+ the greedy guard's matrix)
-    and ``2 (+1 threshold) + n_filters + n_k·(influence + other guards + random + oracle [+ crossfit])``
+    and ``2 (+1 threshold) + n_filters (the filter@z groups, the weighted group and its judges) + n_k·(influence + other guards + random + oracle [+ crossfit])``
     fine-tunings (+ K trainings and solves when cross-fitting). Identical selections are retrained
     once, so this is an upper bound."""
     solve = SECONDS["ntk_solve"] if ntk else SECONDS["solve"]
@@ -52,7 +52,8 @@ def estimate_for(config) -> float:
     """:func:`estimate_seconds` of an :class:`~lipo_if.experiment.ExperimentConfig`."""
     others = [g for g in config.compare_guards if g != config.guard]
     return estimate_seconds(config.seeds, len(config.k), config.oracle, len(others), config.influence_backend == "ntk",
-                            config.threshold_strategy, config.guards_needing_group, config.crossfit_folds, len(config.filter_z))
+                            config.threshold_strategy, config.guards_needing_group, config.crossfit_folds,
+                            len(config.filter_z) + int(config.weighted) * (1 + config.weight_folds))
 
 
 def _threads_for_load() -> None:

@@ -45,6 +45,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .crossfit import crossfit_scores
@@ -56,7 +57,7 @@ from .io import atomic_write_json, atomic_write_text
 from .pool import Pool
 from .report import conclusion, plot_predicted_vs_actual, plot_rmse_vs_k, plot_score_hist, plot_score_vs_similarity, render_markdown
 from .runcache import config_hash, fitted_influence, trained_run
-from .suspicion import suspicion_table
+from .suspicion import clean_weights, cross_fitted_clean_weights, suspicion_table
 from .select import GUARDS, SelectionConfig, eligible, guarded_pool, random_k, residual_outliers, select, top_k, uses_greedy
 from .stats import aggregate, fidelity
 from .strategies import DIAGNOSTIC_NOTE, GUARD_STRATEGY, METHODS, METRICS, Selection
@@ -96,9 +97,15 @@ class ExperimentConfig:
     min_similarity: float = field(default=InfluenceConfig.min_similarity, metadata={
         "help": "applicability domain (lipo_if.domain): external molecules whose nearest-neighbour Tanimoto similarity to the "
                 "training set is below this are scored but never selected (0 = off)"})
-    method: str = field(default="filter", metadata={"help": "the selection the report's 'influence' entry holds: filter (the suspicion "
-                                                             "filter, the winner of `lipo-if benchmark`) or influence_topk (top-k by influence, "
-                                                             "k chosen on validation)", "choices": METHODS})
+    weighted: bool = field(default=True, metadata={"help": "also retrain the strategy 'weighted': every eligible row, each weighted in "
+                                                           "the fine-tuning by its probability of a clean label (lipo_if.suspicion)"})
+    weight_folds: int = field(default=2, metadata={"help": "'weighted' judges every row again by models fine-tuned on the other folds "
+                                                           "of the pool (lipo_if.suspicion.cross_fitted_clean_weights; that many more "
+                                                           "fine-tunings a seed); 0 = the base model's residuals alone"})
+    method: str = field(default="weighted", metadata={"help": "the selection the report's 'influence' entry holds: weighted (every eligible "
+                                                               "molecule weighted by P(clean), the winner of `lipo-if benchmark`), filter (the "
+                                                               "suspicion filter) or influence_topk (top-k by influence, k chosen on validation)",
+                                                               "choices": METHODS})
 
     def __post_init__(self) -> None:
         self.k = tuple(float(k) for k in self.k)
@@ -122,6 +129,8 @@ class ExperimentConfig:
             (all(z > 0 for z in self.filter_z), f"filter_z must be positive, got {list(self.filter_z)}"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}"),
             (self.method != "filter" or bool(self.filter_z), "method filter needs filter_z thresholds"),
+            (self.method != "weighted" or self.weighted, "method weighted needs the strategy weighted (--weighted)"),
+            (self.weight_folds == 0 or self.weight_folds >= 2, f"weight_folds must be 0 (off) or ≥ 2, got {self.weight_folds}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -153,11 +162,12 @@ class ExperimentConfig:
 
 
 def plan_selections(val_scores: pd.DataFrame, test_scores: pd.DataFrame | None, config: ExperimentConfig, seed: int,
-                    group=None, crossfit_table: pd.DataFrame | None = None) -> list[Selection]:
+                    group=None, crossfit_table: pd.DataFrame | None = None, weights: dict[int, float] | None = None) -> list[Selection]:
     """Every selection of one seed (``original`` is not a retraining and is not listed).
 
     ``group``: the :class:`~lipo_if.select.GroupModel` the greedy guards need; ``crossfit_table``:
-    the cross-fitted scores (strategy ``crossfit``, residual-guarded like ``influence``).
+    the cross-fitted scores (strategy ``crossfit``, residual-guarded like ``influence``);
+    ``weights``: ``{row: P(clean)}`` of the strategy ``weighted`` (none without).
     """
     pool = eligible(val_scores)
 
@@ -169,6 +179,8 @@ def plan_selections(val_scores: pd.DataFrame, test_scores: pd.DataFrame | None, 
         plans.append(Selection("influence_threshold", None, chosen(config.guard, "threshold")))
     for z in config.filter_z:  # retrained each; "filter" is the one of lowest validation RMSE (run_seed)
         plans.append(Selection(f"filter@{z:g}", None, [int(r) for r, v in zip(pool["row"], pool["suspicion"]) if v <= z]))
+    if weights is not None:
+        plans.append(Selection("weighted", None, list(weights), list(weights.values())))
     for k in config.k:
         plans.append(Selection("influence_topk", k, chosen(config.guard, k=k)))
         for guard in config.compare_guards:
@@ -213,7 +225,7 @@ def run_seed(
     base = trained_run(dataset, data_path, seed_dir / "original", TrainConfig(**{**asdict(train_config), "seed": seed}),
                        featurizer_config, progress=progress, members=config.ensemble)
     val_scores, val_summary, val_inf = _influence_table(base, pool, config.influence_config("validation", progress), seed_dir,
-                                                        "influence_val", suspicion=bool(config.filter_z))
+                                                        "influence_val", suspicion=bool(config.filter_z) or config.weighted)
     summaries = {"validation": val_summary}
     test_scores = None
     if config.oracle:
@@ -243,22 +255,30 @@ def run_seed(
 
     offset = float(val_summary.get("renormalization_offset") or 0.0)
     score_of = val_scores.set_index("row")["score"]
-    plans = plan_selections(val_scores, test_scores, config, seed, group, crossfit_table)
     ft_config = FinetuneConfig(**{**asdict(finetune_config), "seed": seed})
+    weights = None
+    if config.weighted:
+        weights = (cross_fitted_clean_weights(base, pool, val_scores, ft_config, config.weight_folds, seed=seed) if config.weight_folds
+                   else clean_weights(val_scores))
+    plans = plan_selections(val_scores, test_scores, config, seed, group, crossfit_table, weights)
     results: list[dict] = [{"strategy": "original", "k": None, "rows": [], **_metrics_row(base.metrics, 0)}]
     baseline_val_mse = None
-    done: dict[tuple[int, ...], dict] = {}  # identical selections are retrained once
+    done: dict[tuple, dict] = {}  # identical selections are retrained once
     for plan in tqdm(plans, desc=f"seed {seed}: retraining", disable=not progress, leave=False):
-        key = tuple(sorted(plan.rows))
+        key = plan.key()
         if key not in done:
-            new = finetune(base, pool, ft_config, progress=False, rows=list(key))
+            rows, weights = plan.ordered()
+            new = finetune(base, pool, ft_config, progress=False, rows=rows, weights=weights)
             done[key] = {**_metrics_row(new.metrics, new.metrics["n_added"]), "val_mse": float(new.metrics["val_rmse"]) ** 2,
                          "best_epoch": new.metrics["best_epoch"]}
         val_mse = done[key]["val_mse"]
         if plan.strategy == "baseline":
             baseline_val_mse = val_mse
-        predicted = float(score_of.loc[plan.rows].sum()) + offset * len(plan.rows) if plan.rows else 0.0
+        weight = np.ones(len(plan.rows)) if plan.weights is None else np.asarray(plan.weights, dtype=float)
+        predicted = float(np.dot(weight, score_of.loc[plan.rows].to_numpy(dtype=float) + offset)) if plan.rows else 0.0
         entry = {"strategy": plan.strategy, "k": plan.k, "rows": plan.rows, **done[key], "predicted_delta_val_mse": predicted}
+        if plan.weights is not None:
+            entry["weights"] = plan.weights
         if group is not None and plan.rows:
             entry["predicted_delta_val_mse_second_order"] = group.objective(plan.rows) + offset * len(plan.rows)
         results.append(entry)
@@ -273,7 +293,7 @@ def run_seed(
         "seed": seed, "results": results, "influence_summaries": {k: _digest(v) for k, v in summaries.items()},
         "guard_dropped_rows": [int(r) for r in val_scores.loc[outliers, "row"]],
         "n_eligible": int(len(eligible(val_scores))), "group_model": group_info, "crossfit": crossfit_info,
-        "n_retrainings": len(done),
+        "n_retrainings": len(done), "weights_mixture": val_scores.attrs.get("mixture") if weights is not None else None,
     }
     atomic_write_json(seed_dir / "results.json", out)
     return out, val_scores

@@ -27,6 +27,10 @@ def _fmt_diff(d: dict | None) -> tuple[str, str]:
 def _method_phrase(report: dict) -> str:
     """What the report's ``influence`` entry (the method a user gets) did, in words."""
     inf = report["influence"]
+    if inf.get("method") == "weighted":
+        return (f"The default selection, weighted fine-tuning (every eligible molecule added, each weighted by its probability "
+                f"of a clean label from a two-component mixture of the residuals; the strategy that paid most on the pools of "
+                f"`lipo-if benchmark`), added {inf['n_added']:.0f} molecules on average and")
     if inf.get("method", "influence_topk") == "filter":
         return (f"The default selection, the suspicion filter (every eligible molecule whose label lies within z validation "
                 f"spreads of the model's prediction, z chosen on validation; the strategy that paid on the pools of "
@@ -67,7 +71,7 @@ def conclusion(report: dict) -> str:
     if allx and allx.get("test_rmse_diff_vs_baseline"):
         parts.append(f"All external ({allx['n_added']:.0f} molecules): {allx['test_rmse_diff_vs_baseline']['mean']:+.4f}.")
     topk = report.get("influence_topk")
-    if inf.get("method") == "filter" and topk and topk.get("test_rmse_diff_vs_baseline"):
+    if inf.get("method") in ("filter", "weighted") and topk and topk.get("test_rmse_diff_vs_baseline"):
         parts.append(f"Top-{k} by influence: {topk['test_rmse_diff_vs_baseline']['mean']:+.4f} "
                      f"(p = {_fmt(topk['test_rmse_diff_vs_baseline']['p_ttest'], 2)}).")
     if orc and orc.get("test_rmse_diff_vs_baseline"):
@@ -118,7 +122,7 @@ def render_markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     order = ["original", "baseline", "influence", "influence_topk", "influence_unguarded", "influence_residual", "influence_greedy",
-             "influence_residual_greedy", "crossfit", "influence_threshold", "filter", "random", "all_external", "oracle"]
+             "influence_residual_greedy", "crossfit", "influence_threshold", "filter", "weighted", "random", "all_external", "oracle"]
     for name in order:
         entry = report.get(name)
         if not entry:

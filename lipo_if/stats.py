@@ -43,7 +43,7 @@ def _summarize(rows: list[dict], seeds: list[int], baseline: list[dict] | None) 
     return out
 
 
-def aggregate(seed_results: list[dict], ks: Sequence[float], method: str = "filter") -> dict:
+def aggregate(seed_results: list[dict], ks: Sequence[float], method: str = "weighted") -> dict:
     """The strategy entries of ``report.json`` from the per-seed results (``ks``: the experiment's k
     values). ``influence`` is a copy of the ``method`` entry (:data:`~lipo_if.strategies.METHODS`;
     ``influence_topk`` when ``method`` was not run), with ``method`` naming it."""
@@ -139,12 +139,12 @@ def recovery(by_k: dict[str, dict[str, dict]]) -> dict:
 
 def fidelity(seed_results: list[dict]) -> dict:
     """Predicted (Σ first-order scores) vs actual change of validation MSE over the retrained groups of
-    the influence and control strategies (the suspicion filter's groups — hundreds of molecules,
-    chosen without the scores — are left out)."""
+    the influence and control strategies (the suspicion filter's and the weighted groups — hundreds
+    of molecules, chosen without the scores — are left out)."""
     from scipy.stats import pearsonr, spearmanr
 
     groups = [r for s in seed_results for r in s["results"]
-              if r["strategy"] not in ("original", "baseline") and not r["strategy"].startswith("filter")]
+              if r["strategy"] not in ("original", "baseline", "weighted") and not r["strategy"].startswith("filter")]
     pairs = [(r["predicted_delta_val_mse"], r["actual_delta_val_mse"], r["strategy"]) for r in groups
              if r.get("actual_delta_val_mse") is not None]
     pred = np.array([p[0] for p in pairs], dtype=float)

@@ -256,7 +256,7 @@ def test_lipo_if_run_with_the_dmpnn(tmp_path, small_lipo_csv, capsys):
     assert "greedy guard needs the MLP" in capsys.readouterr().err
     assert main(["-q", "run", *common, "--compare-guards", "none", "--no-oracle"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["influence"]["method"] == "filter" and np.isfinite(report["influence"]["test_rmse_mean"])
+    assert report["influence"]["method"] == "weighted" and np.isfinite(report["influence"]["test_rmse_mean"])
     table = __import__("pandas").read_csv(out / "seed_0" / "influence_val.csv")
     assert table["suspicion"].notna().any() and table["self_influence_raw"].isna().all()
 

@@ -112,9 +112,9 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
         assert all(np.isfinite(p["test_rmse"]) for p in entry["per_seed"])
     assert report["baseline"]["n_added"] == 0
     assert report["influence_topk"]["k"] in ("2", "4") and set(report["influence_topk"]["by_k"]) == {"2", "4"}
-    # the report's `influence` is the default method, the suspicion filter, number for number
-    assert report["method"] == "filter" and report["influence"]["method"] == "filter"
-    assert {k: v for k, v in report["influence"].items() if k != "method"} == report["filter"]
+    # the report's `influence` is the default method, weighted fine-tuning, number for number
+    assert report["method"] == "weighted" and report["influence"]["method"] == "weighted"
+    assert {k: v for k, v in report["influence"].items() if k != "method"} == report["weighted"]
     assert report["random"]["by_k"]["4"]["n_added"] == 4
     assert "p_ttest" in report["influence_topk"]["test_rmse_diff_vs_baseline"]
     assert "TEST" in report["oracle"]["note"]
@@ -146,6 +146,12 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
         chosen = min((r for r in rs if r["strategy"].startswith("filter@")), key=lambda r: r["val_rmse"])
         assert pick(rs, "filter")["test_rmse"] == chosen["test_rmse"] and WRONG_ROW not in chosen["rows"]
     assert report["filter"]["test_rmse_mean"] == pytest.approx(np.mean([pick(rs, "filter")["test_rmse"] for rs in per_seed]))
+    # weighted: every eligible row, the +9 label weighted near zero and below every other row
+    for rs in per_seed:
+        weighted = pick(rs, "weighted")
+        assert set(weighted["rows"]) == set(pick(rs, "all_external")["rows"]) and WRONG_ROW in weighted["rows"]
+        weight = dict(zip(weighted["rows"], weighted["weights"]))
+        assert weight[WRONG_ROW] < 0.05 and weight[WRONG_ROW] < min(w for r, w in weight.items() if r != WRONG_ROW)
     # … and the baseline retraining is reproduced independently: fine-tune seed 0's model with nothing added
     base0 = load_run(out / "seed_0" / "original", data_path=lipo)
     redo = finetune_run(base0, ([], []), FinetuneConfig(finetune_epochs=3, seed=0), progress=False)
@@ -156,7 +162,7 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
     assert again["influence"] == report["influence"] and again["recovery"] == report["recovery"]
     md = (out / "report.md").read_text()
     assert "oracle's gain" in md and "Headline (chosen on validation)" in md
-    assert "| **influence** (= filter, the default) |" in md and "| influence_topk |" in md and "What it means" in md and report["conclusion"] in md
+    assert "| **influence** (= weighted, the default) |" in md and "| influence_topk |" in md and "What it means" in md and report["conclusion"] in md
     for png in ("rmse_vs_k.png", "score_hist.png", "predicted_vs_actual.png", "score_vs_similarity.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # a second invocation reuses the finished seeds and rewrites the same report

@@ -112,6 +112,45 @@ def test_refit_residual_is_cross_fitted_and_ranks_the_crafted_wrong_labels_first
         refit_residual_z(tiny_run, pool, rows, kept, config, folds=1)
 
 
+def test_cross_fitted_weights_judge_each_row_by_models_that_did_not_see_it(tiny_run, tiny_data):  # noqa: F811
+    """cross_fitted_clean_weights: the first weights (base model's residuals), then each fold judged
+    by θ̂ fine-tuned on the other fold's rows *with those weights* (recomputed here independently),
+    the mixture fitted again; the crafted ±8 / +9 labels get the smallest weights."""
+    from lipo_if.ensemble import finetune
+    from lipo_if.pool import Pool
+    from lipo_if.suspicion import clean_probability, clean_weights, cross_fitted_clean_weights
+    from lipo_if.train import FinetuneConfig, predict_tensor
+
+    _, external = tiny_data
+    frame = pd.read_csv(external)
+    frame.loc[7, "Label"] += 8.0
+    frame.loc[8, "Label"] -= 8.0
+    pool = Pool.from_frame(frame)
+    inf = Influence(tiny_run, solver="function-space", damping=0.1, progress=False).fit()
+    table = suspicion_table(inf, pool)
+    config = FinetuneConfig(finetune_epochs=2, seed=0)
+    weights = cross_fitted_clean_weights(tiny_run, pool, table, config, folds=2, seed=3)
+    first = clean_weights(table.copy())
+    rows = list(first)
+    crafted = {7, 8, WRONG_ROW} & set(rows)  # (those the applicability domain lets through)
+    assert list(weights) == rows and len(crafted) >= 2
+    assert set(sorted(rows, key=weights.get)[:len(crafted)]) == crafted
+    fold_of = np.random.default_rng(3).permutation(len(rows)) % 2
+    residual, spread = np.empty(len(rows)), np.empty(len(rows))
+    for f in (0, 1):
+        judged = fold_of == f
+        trusted = [r for r, g in zip(rows, fold_of) if g != f]
+        model = finetune(tiny_run, pool, config, progress=False, rows=trusted, weights=[first[r] for r in trusted])
+        x, y = pool.rows_features(tiny_run.featurizer, [r for r, j in zip(rows, judged) if j])
+        residual[judged] = predict_tensor(model.model, x) - y.double().numpy()
+        xv, yv = model.tensors("val")
+        rv = predict_tensor(model.model, xv) - yv.double().numpy()
+        spread[judged] = 1.4826 * np.median(np.abs(rv - np.median(rv)))
+    expected, _ = clean_probability(np.abs(residual - np.median(residual)) / spread)
+    np.testing.assert_allclose([weights[r] for r in rows], expected, rtol=1e-9, atol=1e-12)
+    assert table.attrs["mixture"]["folds"] == 2 and "first" in table.attrs["mixture"]
+
+
 def test_corruptions_are_known_by_construction():
     rng = np.random.default_rng(0)
     labels = rng.normal(2.0, 1.2, size=200)
@@ -150,7 +189,8 @@ def test_benchmark_end_to_end_on_a_tiny_dataset(tmp_path):
     report = json.loads((out / "benchmark.json").read_text())
     summary = report["scenarios"]["noisy"]
     per_seed = report["per_seed"]["noisy"]
-    for name in ("baseline", "all", "random", "influence", "filter", "filter_refit", "clean_oracle", "test_oracle", "random_matched"):
+    for name in ("baseline", "all", "random", "influence", "filter", "filter_refit", "weighted", "weighted_once", "clean_oracle",
+                 "test_oracle", "random_matched"):
         deltas = [s["results"][name]["test_rmse"] - s["results"]["baseline"]["test_rmse"] for s in per_seed]
         assert summary["strategies"][name]["delta"] == pytest.approx(np.mean(deltas), abs=1e-12)
     assert summary["strategies"]["clean_oracle"]["corrupted_added"] == 0
