@@ -31,7 +31,7 @@ from .pool import Pool
 from .rundir import load_run
 from .runcache import fitted_influence
 from .stream import StreamConfig, read_chunks, score_file
-from .suspicion import DEFAULT_DETECTOR, DETECTORS, INSPECT_COLUMNS, inspect
+from .suspicion import DEFAULT_DETECTOR, DETECTORS, INSPECT_COLUMNS, WEIGHT_COLUMNS, inspect, weigh_pool
 from .train import FinetuneConfig, TrainConfig, train_run
 from .validate import ValidateConfig, run_validation
 
@@ -366,9 +366,21 @@ def _add_featurizer_arguments(parser: argparse.ArgumentParser) -> None:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     config = dataclass_from_args(FinetuneConfig, args)
     run = load_run(args.run, data_path=args.data)
-    new = finetune(run, Pool.read(args.extra), config, progress=not args.quiet)
+    pool = Pool.read(args.extra)
+    table = None
+    if args.weighted:  # every eligible molecule, weighted by its probability of a clean label
+        table = weigh_pool(run, pool, config, folds=args.weight_folds, progress=not args.quiet)
+        chosen = table[table["weight"] > 0]
+        new = finetune(run, pool, config, progress=not args.quiet, rows=chosen["row"].tolist(), weights=chosen["weight"].tolist())
+    else:
+        new = finetune(run, pool, config, progress=not args.quiet)
     out = new.save(args.out)
     _write_history(out, new)
+    if table is not None:
+        atomic_write_text(out / "weights.csv", table[WEIGHT_COLUMNS].to_csv(index=False, float_format="%.6g"))
+        mixture = table.attrs.get("mixture") or {}
+        print(f"weights written to {out / 'weights.csv'}: {int((table['weight'] > 0).sum())} molecules, total weight "
+              f"{table['weight'].sum():.1f}; estimated fraction of wrong labels {mixture.get('wrong_fraction', float('nan')):.2f}")
     m = new.metrics
     print(f"{m['mode']} with {m['n_added']} of {m['n_extra_given']} extra molecules added "
           f"({len(m['extra_dropped'])} left out: invalid, repeated, or already in train/validation/test): "
@@ -409,6 +421,11 @@ def _register_retraining_commands(sub: Any) -> None:
     p.add_argument("--extra", required=True, help="CSV of molecules to add (SMILES and label columns, like the external file)")
     p.add_argument("--out", required=True, help="new run directory to write")
     p.add_argument("--data", help="Lipophilicity CSV if it moved since training")
+    p.add_argument("--weighted", action="store_true",
+                   help="add every eligible molecule weighted by its probability of a clean label (the selection that won "
+                        "'lipo-if benchmark'; lipo_if.suspicion.weigh_pool); writes NEW_RUN_DIR/weights.csv")
+    p.add_argument("--weight-folds", type=int, default=2,
+                   help="with --weighted: folds of the cross-fitted second look (0 = the base model's residuals alone)")
     add_dataclass_arguments(p, FinetuneConfig, group="retraining")
     p.set_defaults(func=_cmd_finetune)
 

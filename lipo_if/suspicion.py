@@ -269,3 +269,33 @@ def cross_fitted_clean_weights(run: Run | Ensemble, pool: Pool, table: pd.DataFr
     weights = clean_weights(judged)
     table.attrs["mixture"] = {**judged.attrs["mixture"], "folds": folds, "first": first_mixture}
     return weights
+
+
+#: The columns of the table :func:`weigh_pool` returns (and ``lipo-if finetune --weighted`` writes).
+WEIGHT_COLUMNS = ["row", "smiles", "label", "weight", "prediction", "residual", "residual_z", "nn_similarity", "in_domain", "excluded"]
+
+
+def weigh_pool(run: Run | Ensemble, molecules: Molecules, config: FinetuneConfig | None = None, folds: int = 2,
+               damping: float | str = "auto", progress: bool = False) -> pd.DataFrame:
+    """The ``weighted`` selection of ``molecules`` for ``run`` — what won ``lipo-if benchmark``: one row
+    per input molecule with ``weight`` = its probability of a clean label (every eligible row,
+    :func:`cross_fitted_clean_weights` with ``folds`` judges fine-tuned by ``config``;
+    ``folds=0``: :func:`clean_weights` of the base model's residuals alone), 0 where the row is not
+    eligible (``excluded`` says why, or out of the applicability domain). Pass the rows and weights
+    to :func:`lipo_if.finetune`::
+
+        pool = lipo_if.Pool.read("pool.csv")
+        chosen = weigh_pool(run, pool).query("weight > 0")
+        new = lipo_if.finetune(run, pool, rows=chosen["row"].tolist(), weights=chosen["weight"].tolist())
+
+    The mixture's fit is in ``table.attrs["mixture"]``."""
+    config = config or FinetuneConfig()
+    pool = Pool.coerce(molecules)
+    inf = Influence(run, heldout="validation", hessian="gauss-newton", solver="function-space", damping=damping,
+                    progress=progress).fit()
+    table = suspicion_table(inf, pool)
+    weights = cross_fitted_clean_weights(run, pool, table, config, folds, seed=max(config.seed, 0)) if folds else clean_weights(table)
+    out = table.copy()
+    out["weight"] = out["row"].map(weights).fillna(0.0).to_numpy(dtype=float)
+    out.attrs["mixture"] = table.attrs.get("mixture")
+    return out

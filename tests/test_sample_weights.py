@@ -10,7 +10,7 @@ from lipo_if.model import ModelConfig, build_model, objective
 from lipo_if.suspicion import clean_probability
 from lipo_if.train import FinetuneConfig, finetune_run
 
-from test_experiment import tiny_data, tiny_run  # noqa: F401 — fixtures
+from test_experiment import WRONG_ROW, tiny_data, tiny_run  # noqa: F401 — fixtures
 
 
 def test_weighted_objective_gradient_is_the_weighted_sum_of_per_row_gradients():
@@ -96,3 +96,37 @@ def test_a_clean_reference_holds_the_clean_component_fixed():
     from sklearn.metrics import roc_auc_score
     truth = np.r_[np.zeros(700), np.ones(300)]
     assert roc_auc_score(truth, -p_t) > 0.8
+
+
+def test_finetune_weighted_cli_weighs_the_pool_and_fine_tunes_with_the_weights(tiny_data, tiny_run, tmp_path):  # noqa: F811
+    """`lipo-if finetune --weighted`: weights.csv holds every input row, the crafted wrong labels
+    get the smallest positive weights and non-eligible rows 0; the new run is the fine-tuning with
+    exactly those rows and weights (reproduced through the Python API)."""
+    import json
+
+    import pandas as pd
+
+    from lipo_if import Pool, finetune, load_run
+    from lipo_if.cli import main
+    from lipo_if.train import FinetuneConfig
+
+    _, external = tiny_data
+    frame = pd.read_csv(external)
+    frame.loc[8, "Label"] -= 8.0  # (WRONG_ROW's label is the fixture's +9 already)
+    pool_csv = tmp_path / "pool.csv"
+    frame.to_csv(pool_csv, index=False)
+    tiny_run.save(tmp_path / "base")
+    out = tmp_path / "weighted"
+    assert main(["-q", "finetune", "--run", str(tmp_path / "base"), "--extra", str(pool_csv), "--out", str(out), "--weighted",
+                 "--finetune-epochs", "2", "--seed", "0"]) == 0
+    table = pd.read_csv(out / "weights.csv", keep_default_na=False)
+    assert table["row"].tolist() == list(range(len(frame)))
+    positive = table[table["weight"].astype(float) > 0]
+    assert set(positive.sort_values("weight")["row"][:2]) == {8, WRONG_ROW}
+    assert (table.loc[table["excluded"] != "", "weight"].astype(float) == 0).all() and (table["excluded"] != "").any()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_added"] == len(positive)
+    base = load_run(tmp_path / "base")
+    again = finetune(base, Pool.read(pool_csv), FinetuneConfig(finetune_epochs=2, seed=0), progress=False,
+                     rows=positive["row"].tolist(), weights=positive["weight"].astype(float).tolist())
+    assert again.metrics["test_rmse"] == pytest.approx(metrics["test_rmse"], rel=1e-6)
