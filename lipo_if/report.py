@@ -28,9 +28,11 @@ def _method_phrase(report: dict) -> str:
     """What the report's ``influence`` entry (the method a user gets) did, in words."""
     inf = report["influence"]
     if inf.get("method") == "weighted":
+        judged = ("under models fine-tuned on the other folds of the pool" if report.get("experiment_config", {}).get("weight_folds", 2)
+                  else "under the base model")
         return (f"The default selection, weighted fine-tuning (every eligible molecule added, each weighted by its probability "
-                f"of a clean label from a two-component mixture of the residuals; the strategy that paid most on the pools of "
-                f"`lipo-if benchmark`), added {inf['n_added']:.0f} molecules on average and")
+                f"of a clean label from a two-component mixture of its residual {judged}; the strategy that paid most on the "
+                f"pools of `lipo-if benchmark`), added {inf['n_added']:.0f} molecules on average and")
     if inf.get("method", "influence_topk") == "filter":
         return (f"The default selection, the suspicion filter (every eligible molecule whose label lies within z validation "
                 f"spreads of the model's prediction, z chosen on validation; the strategy that paid on the pools of "
