@@ -91,3 +91,22 @@ def test_train_cli_writes_an_ensemble_that_influence_scores(tiny_data, tmp_path,
 
     written = pd.read_csv(tmp_path / "s.csv")
     assert {"score", "excluded"} <= set(written.columns) and written["score"].notna().sum() == 16
+
+
+def test_an_ensemble_weighs_a_pool_by_its_members_mean(tiny_ensemble, tiny_data):  # noqa: F811
+    """weigh_pool on an ensemble: the residuals are the members' mean's, the judges are fine-tuned
+    ensembles; the fixture's +9 label gets the smallest positive weight, excluded rows 0."""
+    import pandas as pd
+
+    from lipo_if.suspicion import weigh_pool
+
+    from test_experiment import WRONG_ROW
+
+    _, external = tiny_data
+    table = weigh_pool(tiny_ensemble, Pool.read(external), FinetuneConfig(finetune_epochs=2, seed=0))
+    positive = table[table["weight"] > 0]
+    assert int(positive.sort_values("weight")["row"].iloc[0]) == WRONG_ROW
+    assert (table.loc[table["excluded"] != "", "weight"] == 0).all()
+    members = np.mean([m.predict(positive["smiles_standardized"].tolist()) for m in tiny_ensemble.members], axis=0)
+    np.testing.assert_allclose(positive["prediction"].to_numpy(dtype=float), members, rtol=1e-5, atol=1e-6)
+    assert isinstance(table, pd.DataFrame) and table.attrs["mixture"]["folds"] == 2
