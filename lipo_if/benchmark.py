@@ -184,10 +184,10 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
         extra.append(("influence_ucb", top_k(bound[bound["score"] < 0], k)))
     for name, rows in extra:
         results[name] = {**retrain(rows), "rows": rows}
-    weights = clean_weights(table)  # every eligible row, weighted by its probability of a clean label
-    if config.weight_folds:  # … judged again by models that learnt (weighted) from the other folds
-        results["weighted_once"] = {**retrain(list(weights), list(weights.values())), "rows": list(weights)}
-        weights = cross_fitted_clean_weights(base, scenario.pool, table, ft, config.weight_folds, seed=scenario.seed)
+    if config.weight_folds:  # the one-pass weights beside the default's cross-fitted ones
+        once = clean_weights(table)
+        results["weighted_once"] = {**retrain(list(once), list(once.values())), "rows": list(once)}
+    weights = cross_fitted_clean_weights(base, scenario.pool, table, ft, config.weight_folds, seed=scenario.seed)
     results["weighted"] = {**retrain(list(weights), list(weights.values())), "rows": list(weights)}
     refit = None
     if config.refit_folds:  # a second look, by models that learnt from the rows the filter trusts

@@ -57,7 +57,7 @@ from .io import atomic_write_json, atomic_write_text
 from .pool import Pool
 from .report import conclusion, plot_predicted_vs_actual, plot_rmse_vs_k, plot_score_hist, plot_score_vs_similarity, render_markdown
 from .runcache import config_hash, fitted_influence, trained_run
-from .suspicion import clean_weights, cross_fitted_clean_weights, suspicion_table
+from .suspicion import cross_fitted_clean_weights, suspicion_table
 from .select import GUARDS, SelectionConfig, eligible, guarded_pool, random_k, residual_outliers, select, top_k, uses_greedy
 from .stats import aggregate, fidelity
 from .strategies import DIAGNOSTIC_NOTE, GUARD_STRATEGY, METHODS, METRICS, Selection
@@ -256,10 +256,7 @@ def run_seed(
     offset = float(val_summary.get("renormalization_offset") or 0.0)
     score_of = val_scores.set_index("row")["score"]
     ft_config = FinetuneConfig(**{**asdict(finetune_config), "seed": seed})
-    weights = None
-    if config.weighted:
-        weights = (cross_fitted_clean_weights(base, pool, val_scores, ft_config, config.weight_folds, seed=seed) if config.weight_folds
-                   else clean_weights(val_scores))
+    weights = cross_fitted_clean_weights(base, pool, val_scores, ft_config, config.weight_folds, seed=seed) if config.weighted else None
     plans = plan_selections(val_scores, test_scores, config, seed, group, crossfit_table, weights)
     results: list[dict] = [{"strategy": "original", "k": None, "rows": [], **_metrics_row(base.metrics, 0)}]
     baseline_val_mse = None
@@ -267,8 +264,8 @@ def run_seed(
     for plan in tqdm(plans, desc=f"seed {seed}: retraining", disable=not progress, leave=False):
         key = plan.key()
         if key not in done:
-            rows, weights = plan.ordered()
-            new = finetune(base, pool, ft_config, progress=False, rows=rows, weights=weights)
+            rows, row_weights = plan.ordered()
+            new = finetune(base, pool, ft_config, progress=False, rows=rows, weights=row_weights)
             done[key] = {**_metrics_row(new.metrics, new.metrics["n_added"]), "val_mse": float(new.metrics["val_rmse"]) ** 2,
                          "best_epoch": new.metrics["best_epoch"]}
         val_mse = done[key]["val_mse"]

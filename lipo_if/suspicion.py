@@ -172,8 +172,7 @@ def refit_residual_z(run: Run | Ensemble, pool: Pool, rows: Sequence[int], kept:
 def validation_z(run: Run | Ensemble) -> np.ndarray:
     """The run's validation residuals in its validation spreads, ``(r − median r) / σ_val`` ``[n_val]``:
     what the residual z of a clean label looks like for this model."""
-    r = _validation_residuals(run)
-    return (r - np.median(r)) / float(MAD_TO_SD * np.median(np.abs(r - np.median(r))))
+    return robust_z(_validation_residuals(run), signed=True)
 
 
 def clean_probability(residual_z: np.ndarray, clean_reference: np.ndarray | None = None, iterations: int = 200,
@@ -206,13 +205,13 @@ def clean_probability(residual_z: np.ndarray, clean_reference: np.ndarray | None
     if x.size < 3:
         out[ok] = 1.0
         return out, info
+    s_c = 1.0
     if fixed:
         reference = np.asarray(clean_reference, dtype=float)
         df, _, scale = stats.t.fit(reference[np.isfinite(reference)], floc=0.0)
         df = float(np.clip(df, 1.0, 100.0))
         log_clean = stats.t.logpdf(x, df, 0.0, scale)
         s_c, info["t_df"] = float(scale), df
-    s_c = s_c if fixed else 1.0
     s_w, pi = max(3.0 * s_c, 1.5 * float(np.std(x))), 0.2
 
     def log_densities(s_c: float, s_w: float, pi: float) -> tuple[np.ndarray, np.ndarray]:
@@ -257,11 +256,12 @@ def cross_fitted_clean_weights(run: Run | Ensemble, pool: Pool, table: pd.DataFr
     pool better, which narrows the clean rows' residuals and separates the wrong ones further
     (``folds`` more fine-tunings). ``table``: a :func:`suspicion_table` of ``pool`` by ``run``;
     both mixtures' fits are left in ``table.attrs["mixture"]`` (``"first"`` the one of the base
-    model's residuals). Returns ``{row: P(clean)}`` over the eligible rows."""
+    model's residuals). ``folds=0`` (or fewer eligible rows than folds): the first weights alone.
+    Returns ``{row: P(clean)}`` over the eligible rows."""
     first = clean_weights(table)
     first_mixture = table.attrs["mixture"]
     rows = list(first)
-    if len(rows) < folds:
+    if folds == 0 or len(rows) < folds:
         return first
     z = refit_residual_z(run, pool, rows, rows, config, folds, seed=seed, weights=first)
     judged = table.copy()
@@ -294,7 +294,7 @@ def weigh_pool(run: Run | Ensemble, molecules: Molecules, config: FinetuneConfig
     inf = Influence(run, heldout="validation", hessian="gauss-newton", solver="function-space", damping=damping,
                     progress=progress).fit()
     table = suspicion_table(inf, pool)
-    weights = cross_fitted_clean_weights(run, pool, table, config, folds, seed=max(config.seed, 0)) if folds else clean_weights(table)
+    weights = cross_fitted_clean_weights(run, pool, table, config, folds, seed=max(config.seed, 0))
     out = table.copy()
     out["weight"] = out["row"].map(weights).fillna(0.0).to_numpy(dtype=float)
     out.attrs["mixture"] = table.attrs.get("mixture")

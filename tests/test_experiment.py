@@ -134,6 +134,9 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
         assert all(WRONG_ROW not in r["rows"] for r in greedy) and all(r["n_added"] <= r["k"] for r in greedy)
     # the report's numbers are the per-seed retrainings' numbers, aggregated
     per_seed = [json.loads((out / f"seed_{seed}" / "results.json").read_text())["results"] for seed in (0, 1)]
+    for seed in (0, 1):  # the weights' mixture fit is kept with the seed (the cross-fitted one, the first inside)
+        mixture = json.loads((out / f"seed_{seed}" / "results.json").read_text())["weights_mixture"]
+        assert mixture["folds"] == 2 and 0 < mixture["first"]["wrong_fraction"] < 1
     pick = lambda rs, name, k=None: next(r for r in rs if r["strategy"] == name and r["k"] == k)  # noqa: E731
     for k in ("2", "4"):
         rows = [pick(rs, "influence_topk", float(k)) for rs in per_seed]

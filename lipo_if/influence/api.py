@@ -235,15 +235,15 @@ class Influence:
         which setting to change)."""
         if self.members is not None:
             world = current()
-            if world.active and len(self.members) >= world.size:
+            on_ranks = world.active and len(self.members) >= world.size
+            if on_ranks:
                 self._fit_members_on_ranks(world)
             else:  # one after another (under torchrun each member's solve is data-parallel over the ranks)
                 for member in self.members:
                     member.fit()
             self.info = self._ensemble_info()
             if world.active:
-                self.info["placement"] = (f"members on {world.size} ranks" if len(self.members) >= world.size
-                                          else f"each member data-parallel over {world.size} ranks")
+                self.info["placement"] = f"members on {world.size} ranks" if on_ranks else f"each member data-parallel over {world.size} ranks"
             return self
         if self.config.scorer == "tracin":
             return self._fit_tracin()
