@@ -82,6 +82,7 @@ def main() -> None:
                         help="TrainConfig fields fixed in every trial (e.g. lr_decay=0.955 threads=1), over the searched value")
     parser.add_argument("--grid", nargs="*", default=[], metavar="FIELD=V1,V2",
                         help="search this grid instead of the family's space (e.g. descriptors=all,fast)")
+    parser.add_argument("--no-defaults", action="store_true", help="skip trial 0 (the package defaults), e.g. when measured already")
     parser.add_argument("--json")
     args = parser.parse_args()
     path = resolve_lipophilicity_path(data_dir=args.data_dir)
@@ -94,6 +95,8 @@ def main() -> None:
         default = getattr(FeaturizerConfig(), FEATURIZER_KEYS[key]) if key in FEATURIZER_KEYS else getattr(TrainConfig(), key)
         grid[key] = [type(default)(v) for v in values.split(",")]
     for i, params in enumerate(trials(args.model, args.trials, grid or None)):
+        if args.no_defaults and i == 0:
+            continue
         params = {**params, **{k: v for k, v in fixed.items() if k in params}}
         train = {**{k: v for k, v in params.items() if k not in FEATURIZER_KEYS}, **fixed}
         features = FeaturizerConfig(**{FEATURIZER_KEYS[k]: v for k, v in params.items() if k in FEATURIZER_KEYS})

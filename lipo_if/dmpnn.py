@@ -5,10 +5,16 @@ Messages live on directed bonds. For bond ``u→v`` with atom features ``x_u`` a
 
     h⁰_uv   = τ(W_i [x_u ‖ e_uv])
     m^t_uv  = Σ_{k→u, k ≠ v} h^{t−1}_ku            (= incoming(u) − h^{t−1}_vu)
-    h^t_uv  = τ(h⁰_uv + W_h m^t_uv)                  t = 1 … depth − 1
+    h^t_uv  = τ(s_uv + W_h m^t_uv)                   t = 1 … depth − 1
     a_v     = τ(W_o [x_v ‖ Σ_{u→v} h_uv])            per atom
-    z       = mean_v a_v  ‖  mol_x                   per molecule (mol_x: e.g. RDKit descriptors)
+    z       = agg_v a_v  ‖  mol_x                    per molecule (mol_x: e.g. RDKit descriptors)
     f       = FFN(z)                                  Linear–ReLU–…–Linear, one output
+
+The skip term ``s_uv`` is ``h⁰_uv`` (``message_skip="relu"``) or the pre-activation ``W_i [x_u ‖ e_uv]``
+(``"linear"``, as Yang et al. write it and chemprop computes it); ``agg`` is the atoms' mean
+(``aggregation="mean"``), their sum, or their sum / 100 (``"norm"``, chemprop 2's default readout:
+a sum keeps the molecule's size, which a mean throws away, and the constant keeps it in the range of
+the other features).
 
 Like the MLP (:mod:`lipo_if.model`) it has no dropout and no normalization layers, so the loss is
 a deterministic function of θ with a well-defined gradient and Hessian at θ̂; the training objective
@@ -28,6 +34,13 @@ from torch import nn
 from .graph import ATOM_DIM, BOND_DIM, MolGraphs
 from .model import seeded_init
 
+#: Readouts from atoms to the molecule: mean, sum, or sum / ``NORM_AGGREGATION_SCALE`` ("norm").
+AGGREGATIONS = ("mean", "sum", "norm")
+#: chemprop 2's ``NormAggregation`` default divisor.
+NORM_AGGREGATION_SCALE = 100.0
+#: The skip term of the message update: the activated (``relu``) or raw (``linear``) W_i output.
+MESSAGE_SKIPS = ("relu", "linear")
+
 
 @dataclass
 class DMPNNConfig:
@@ -41,10 +54,16 @@ class DMPNNConfig:
     ffn_hidden: tuple[int, ...] = (300,)
     atom_dim: int = ATOM_DIM
     bond_dim: int = BOND_DIM
+    # The two defaults below are what runs saved before these fields existed computed; a checkpoint
+    # without them loads as it was trained.
+    aggregation: str = "mean"
+    message_skip: str = "relu"
 
     def __post_init__(self) -> None:
         self.ffn_hidden = tuple(int(h) for h in self.ffn_hidden)
         checks = [
+            (self.aggregation in AGGREGATIONS, f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"),
+            (self.message_skip in MESSAGE_SKIPS, f"message_skip must be one of {', '.join(MESSAGE_SKIPS)}, got {self.message_skip!r}"),
             (self.mol_dim >= 0, f"mol_dim must be ≥ 0, got {self.mol_dim}"),
             (self.hidden > 0, f"hidden must be positive, got {self.hidden}"),
             (self.depth >= 1, f"depth must be ≥ 1, got {self.depth}"),
@@ -101,16 +120,21 @@ class DMPNN(nn.Module):
     def encode(self, g: MolGraphs, taps: list | None = None) -> torch.Tensor:
         """Molecule embeddings ``[M, hidden + mol_dim]`` (the FFN's input); ``taps``: a list that
         receives a :class:`Tap` per Linear application (the influence scores' per-row factors)."""
-        h0 = torch.relu(self._linear(self.W_i, "W_i", torch.cat([g.atom_x[g.bond_src], g.bond_x], dim=1), "bonds", taps))
+        pre = self._linear(self.W_i, "W_i", torch.cat([g.atom_x[g.bond_src], g.bond_x], dim=1), "bonds", taps)
+        h0 = torch.relu(pre)
+        skip = pre if self.config.message_skip == "linear" else h0
         h = h0
         n_atoms = g.atom_x.shape[0]
         for _ in range(self.config.depth - 1):
             incoming = h.new_zeros(n_atoms, h.shape[1]).index_add(0, g.bond_dst, h)
-            h = torch.relu(h0 + self._linear(self.W_h, "W_h", incoming[g.bond_src] - h[g.bond_rev], "bonds", taps))
+            h = torch.relu(skip + self._linear(self.W_h, "W_h", incoming[g.bond_src] - h[g.bond_rev], "bonds", taps))
         incoming = h.new_zeros(n_atoms, h.shape[1]).index_add(0, g.bond_dst, h)
         atoms = torch.relu(self._linear(self.W_o, "W_o", torch.cat([g.atom_x, incoming], dim=1), "atoms", taps))
-        counts = g.n_atoms.clamp(min=1).to(atoms.dtype).unsqueeze(1)
-        mols = atoms.new_zeros(len(g), atoms.shape[1]).index_add(0, g.atom_mol, atoms) / counts
+        mols = atoms.new_zeros(len(g), atoms.shape[1]).index_add(0, g.atom_mol, atoms)
+        if self.config.aggregation == "mean":
+            mols = mols / g.n_atoms.clamp(min=1).to(atoms.dtype).unsqueeze(1)
+        elif self.config.aggregation == "norm":
+            mols = mols / NORM_AGGREGATION_SCALE
         return torch.cat([mols, g.mol_x.to(mols.dtype)], dim=1)
 
     def forward(self, g: MolGraphs, taps: list | None = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 
 from .data import DataError, MoleculeDataset, Split, load_dataset, make_split
 from .io import atomic_write_bytes, atomic_write_text
-from .dmpnn import DMPNN, DMPNNConfig, build_dmpnn
+from .dmpnn import AGGREGATIONS, DMPNN, MESSAGE_SKIPS, DMPNNConfig, build_dmpnn
 from .featurize import Featurizer, FeaturizerConfig
 from .graph import GraphFeaturizer, GraphFeaturizerConfig, cat_inputs
 from .model import MLPRegressor, ModelConfig, build_model, objective
@@ -42,8 +42,8 @@ MODEL_FAMILIES = ("mlp", "dmpnn")
 #: What an unset (None) TrainConfig field means, per family: the MLP's are the package's long-standing
 #: defaults; the D-MPNN's were chosen on validation (benchmarks/tune_model.py, benchmarks/RESULTS.md).
 FAMILY_DEFAULTS = {
-    "mlp": {"weight_decay": 1e-3, "lr_decay": 1.0, "max_epochs": 300},
-    "dmpnn": {"weight_decay": 1e-5, "lr_decay": 0.955, "max_epochs": 100},
+    "mlp": {"weight_decay": 1e-3, "lr_decay": 1.0, "max_epochs": 300, "warmup_epochs": 0},
+    "dmpnn": {"weight_decay": 1e-5, "lr_decay": 0.955, "max_epochs": 100, "warmup_epochs": 0},
 }
 
 
@@ -60,11 +60,19 @@ class TrainConfig:
     ffn_hidden: tuple[int, ...] = field(default=(300,), metadata={"help": "hidden widths of the feed-forward head (dmpnn)"})
     mol_features: str = field(default="rdkit2d", metadata={"help": "molecule-level features beside the graph embedding (dmpnn): "
                                                                     "a featurizer name (e.g. rdkit2d) or 'none'"})
+    aggregation: str = field(default="mean", metadata={"help": "atoms → molecule readout (dmpnn): mean, sum, or norm (sum / 100, "
+                                                                "chemprop's)", "choices": AGGREGATIONS})
+    message_skip: str = field(default="relu", metadata={"help": "skip term of the message update (dmpnn): relu (activated "
+                                                                 "W_i output) or linear (its pre-activation, chemprop's)",
+                                                         "choices": MESSAGE_SKIPS})
     weight_decay: float | None = field(default=None, metadata={"help": "λ of the L2 term (λ/2)‖θ‖² written into the loss "
                                                                        "(unset: the family's, 1e-3 mlp, 1e-5 dmpnn)"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     lr_decay: float | None = field(default=None, metadata={"help": "multiply the learning rate by this after every epoch, 1 = "
                                                                    "constant (unset: the family's, 1 mlp, 0.955 dmpnn)"})
+    warmup_epochs: int | None = field(default=None, metadata={"help": "raise the learning rate linearly from lr/10 to lr over "
+                                                                      "this many epochs, step by step, before lr_decay starts "
+                                                                      "(unset: the family's, 0)"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size"})
     max_epochs: int | None = field(default=None, metadata={"help": "upper bound on epochs (unset: the family's, 300 mlp, 100 dmpnn)"})
     patience: int = field(default=30, metadata={"help": "early stopping: epochs without a better validation RMSE"})
@@ -93,6 +101,7 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be ≥ 0, got {self.warmup_epochs}"),
             (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
             (self.max_epochs > 0, f"max_epochs must be positive, got {self.max_epochs}"),
             (self.patience > 0, f"patience must be positive, got {self.patience}"),
@@ -123,7 +132,8 @@ def build_network(config: TrainConfig, featurizer: Featurizer | GraphFeaturizer,
                   init_bias: float | None) -> MLPRegressor | DMPNN:
     """A freshly initialized model of ``config.model`` for ``featurizer``'s input."""
     if config.model == "dmpnn":
-        shape = DMPNNConfig(mol_dim=featurizer.dim, hidden=config.mp_hidden, depth=config.mp_depth, ffn_hidden=config.ffn_hidden)
+        shape = DMPNNConfig(mol_dim=featurizer.dim, hidden=config.mp_hidden, depth=config.mp_depth, ffn_hidden=config.ffn_hidden,
+                            aggregation=config.aggregation, message_skip=config.message_skip)
         return build_dmpnn(shape, seed=seed, init_bias=init_bias)
     return build_model(ModelConfig(featurizer.dim, config.hidden), seed=seed, init_bias=init_bias)
 
@@ -241,14 +251,20 @@ def fit(
     history: list[dict] = []
     start = time.perf_counter()
     n = len(x_train)
+    warmup_steps = config.warmup_epochs * math.ceil(n / config.batch_size)
     bar = tqdm(range(1, config.max_epochs + 1), desc=desc, disable=not progress, leave=False)
-    epoch = 0
+    epoch, step = 0, 0
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=generator)
         total = 0.0
         for i in range(0, n, config.batch_size):
             idx = order[i : i + config.batch_size]
+            if step < warmup_steps:  # the exponential decay's epochs start counting after the warm-up
+                optimizer.param_groups[0]["lr"] = config.lr * (0.1 + 0.9 * step / warmup_steps)
+            elif step == warmup_steps and warmup_steps:
+                optimizer.param_groups[0]["lr"] = config.lr
+            step += 1
             optimizer.zero_grad(set_to_none=True)
             loss = objective(model, x_train[idx], y_train[idx], config.weight_decay,
                              None if sample_weight is None else sample_weight[idx])
@@ -256,7 +272,8 @@ def fit(
             optimizer.step()
             total += loss.item() * len(idx)
         lr_of_epoch = optimizer.param_groups[0]["lr"]
-        schedule.step()
+        if epoch > config.warmup_epochs:
+            schedule.step()
         val_rmse = float(np.sqrt(np.mean((predict_tensor(model, x_val) - y_val.double().numpy()) ** 2))) if len(x_val) else float("nan")
         history.append({"epoch": epoch, "train_objective": total / n, "val_rmse": val_rmse})
         if not math.isfinite(total):
@@ -595,6 +612,7 @@ def finetune_run(
             **asdict(run.config), "seed": seed, "lr": config.finetune_lr, "max_epochs": config.finetune_epochs,
             "patience": config.finetune_patience if config.early_stopping else config.finetune_epochs,
             "min_epochs": min(run.config.min_epochs, config.finetune_epochs),
+            "warmup_epochs": 0,  # a warm-up protects a random initialization; θ̂ is not one
         })
         model = copy.deepcopy(run.model)
         restore_best = config.early_stopping

@@ -29,9 +29,13 @@ def graphs(mol_dim: int = 3, seed: int = 0) -> MolGraphs:
     return g.to(torch.float64)
 
 
-def tiny_model(mol_dim: int = 3, seed: int = 0) -> DMPNN:
+def tiny_model(mol_dim: int = 3, seed: int = 0, **shape) -> DMPNN:
     torch.manual_seed(seed)
-    return DMPNN(DMPNNConfig(mol_dim=mol_dim, hidden=7, depth=3, ffn_hidden=(5,))).double()
+    return DMPNN(DMPNNConfig(mol_dim=mol_dim, hidden=7, depth=3, ffn_hidden=(5,), **shape)).double()
+
+
+#: Every readout × skip combination (the defaults first).
+SHAPES = [dict(aggregation=a, message_skip=s) for s in ("relu", "linear") for a in ("mean", "sum", "norm")]
 
 
 def test_graph_of_a_molecule_matches_rdkit():
@@ -84,32 +88,39 @@ def _dmpnn_by_the_equations(model: DMPNN, smiles: str, mol_x: torch.Tensor) -> t
         nbrs[u].append(v)
         nbrs[v].append(u)
     relu, W_i, W_h = torch.relu, model.W_i.weight, model.W_h.weight
-    h0 = {uv: relu(W_i @ torch.cat([x[uv[0]], e[uv]])) for uv in e}
+    pre = {uv: W_i @ torch.cat([x[uv[0]], e[uv]]) for uv in e}
+    h0 = {uv: relu(p) for uv, p in pre.items()}
+    skip = pre if model.config.message_skip == "linear" else h0
     h = dict(h0)
     for _ in range(model.config.depth - 1):
         m = {(u, v): sum((h[(k, u)] for k in nbrs[u] if k != v), torch.zeros(W_h.shape[1], dtype=torch.float64)) for (u, v) in e}
-        h = {uv: relu(h0[uv] + W_h @ m[uv]) for uv in e}
-    atoms = [relu(model.W_o.weight @ torch.cat([x[v], sum((h[(u, v)] for u in nbrs[v]), torch.zeros(W_h.shape[0], dtype=torch.float64))])
-                  + model.W_o.bias) for v in x]
-    z = torch.cat([torch.stack(atoms).mean(0), mol_x])
+        h = {uv: relu(skip[uv] + W_h @ m[uv]) for uv in e}
+    atoms = torch.stack([relu(model.W_o.weight @ torch.cat([x[v], sum((h[(u, v)] for u in nbrs[v]), torch.zeros(W_h.shape[0], dtype=torch.float64))])
+                              + model.W_o.bias) for v in x])
+    readout = {"mean": atoms.mean(0), "sum": atoms.sum(0), "norm": atoms.sum(0) / 100.0}[model.config.aggregation]
+    z = torch.cat([readout, mol_x])
     for i, layer in enumerate(model.ffn):
         z = layer.weight @ z + layer.bias
         z = relu(z) if i < len(model.ffn) - 1 else z
     return z[0]
 
 
-def test_forward_matches_the_equations():
-    g, model = graphs(), tiny_model()
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda d: f"{d['aggregation']}-{d['message_skip']}")
+def test_forward_matches_the_equations(shape):
+    g, model = graphs(), tiny_model(**shape)
     with torch.no_grad():
         expected = torch.stack([_dmpnn_by_the_equations(model, s, g.mol_x[i]) for i, s in enumerate(SMILES)])
         assert torch.allclose(model(g), expected, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("block", [None, ["W_h.weight", "ffn.0.bias"], ["W_i.weight"], ["W_o.weight", "W_o.bias"]])
-def test_graph_scores_match_per_molecule_autodiff(block):
+@pytest.mark.parametrize("block,shape", [(None, SHAPES[0]), (["W_h.weight", "ffn.0.bias"], SHAPES[0]), (["W_i.weight"], SHAPES[0]),
+                                         (["W_o.weight", "W_o.bias"], SHAPES[0]), (None, SHAPES[-1]), (["W_i.weight"], SHAPES[-1]),
+                                         (None, SHAPES[1])])
+def test_graph_scores_match_per_molecule_autodiff(block, shape):
     """The segment-summed scores equal explicit per-molecule gradients (autodiff, one molecule at a
-    time) dotted with fresh random vectors — every element, float64, chunks of odd size."""
-    g, model = graphs(), tiny_model()
+    time) dotted with fresh random vectors — every element, float64, chunks of odd size; with the
+    pre-activation skip, W_i's output reaches the loss twice (through h⁰ and the skip)."""
+    g, model = graphs(), tiny_model(**shape)
     y = torch.randn(len(g), dtype=torch.float64)
     op = HessianOperator(model, g, y, 1e-3, params=block)
     vecs = torch.randn(3, op.n_params, dtype=torch.float64)
@@ -237,6 +248,38 @@ def test_lr_decay_lowers_the_rate_every_epoch(small_lipo_csv):
     assert lrs == pytest.approx([TINY["lr"] * 0.5 ** (c.epoch - 1) for c in run.checkpoints]) and len(lrs) >= 1
     with pytest.raises(ValueError, match="lr_decay must be in"):
         TrainConfig(lr_decay=1.5)
+
+
+def test_warmup_raises_the_rate_step_by_step_then_decay_starts(small_lipo_csv, tmp_path, monkeypatch):
+    """Warm-up from lr/10 to lr over ``warmup_epochs`` (per step), then ``lr_decay`` a epoch; a
+    chemprop-shaped model (sum / 100 readout, linear skip) saves and loads as it was trained, and
+    fine-tuning θ̂ does not warm up again."""
+    ds = load_dataset(small_lipo_csv)
+    config = TrainConfig(seed=0, **{**TINY, "max_epochs": 5, "min_epochs": 5, "lr_decay": 0.5, "warmup_epochs": 2,
+                                    "checkpoint_every": 1, "patience": 5, "aggregation": "norm", "message_skip": "linear"})
+    run = train_run(ds, str(small_lipo_csv), config, progress=False)
+    steps = -(-len(run.split.train) // config.batch_size)
+    lr = config.lr
+    expected = {1: lr * (0.1 + 0.9 * (steps - 1) / (2 * steps)), 2: lr * (0.1 + 0.9 * (2 * steps - 1) / (2 * steps)),
+                3: lr, 4: lr * 0.5, 5: lr * 0.25}
+    assert {c.epoch: c.lr for c in run.checkpoints} == pytest.approx({e: v for e, v in expected.items() if e <= run.metrics["best_epoch"]})
+    assert run.model.config.aggregation == "norm" and run.model.config.message_skip == "linear"
+    back = lipo_if.load_run(run.save(tmp_path / "r"))
+    assert back.model.config == run.model.config
+    smiles = run.smiles("test")
+    np.testing.assert_array_equal(back.predict(smiles), run.predict(smiles))
+    import lipo_if.train as train_module
+
+    seen = []
+    real_fit = train_module.fit
+    monkeypatch.setattr(train_module, "fit", lambda *a, **k: seen.append(a[5]) or real_fit(*a, **k))
+    extra = (run.smiles("val")[:3], run.labels("val")[:3])
+    tuned = finetune_run(run, extra, FinetuneConfig(finetune_epochs=2, finetune_lr=1e-4), progress=False)
+    assert tuned.metrics["epochs_run"] == 2 and seen[0].warmup_epochs == 0 and seen[0].lr == 1e-4
+    with pytest.raises(ValueError, match="warmup_epochs must be"):
+        TrainConfig(warmup_epochs=-1)
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        DMPNNConfig(aggregation="max")
 
 
 def test_lipo_if_run_with_the_dmpnn(tmp_path, small_lipo_csv, capsys):
