@@ -43,7 +43,7 @@ MODEL_FAMILIES = ("mlp", "dmpnn")
 #: defaults; the D-MPNN's were chosen on validation (benchmarks/tune_model.py, benchmarks/RESULTS.md).
 FAMILY_DEFAULTS = {
     "mlp": {"weight_decay": 1e-3, "lr_decay": 1.0, "max_epochs": 300, "warmup_epochs": 0},
-    "dmpnn": {"weight_decay": 1e-5, "lr_decay": 0.955, "max_epochs": 100, "warmup_epochs": 0},
+    "dmpnn": {"weight_decay": 1e-5, "lr_decay": 0.955, "max_epochs": 100, "warmup_epochs": 2},
 }
 
 
@@ -60,10 +60,10 @@ class TrainConfig:
     ffn_hidden: tuple[int, ...] = field(default=(300,), metadata={"help": "hidden widths of the feed-forward head (dmpnn)"})
     mol_features: str = field(default="rdkit2d", metadata={"help": "molecule-level features beside the graph embedding (dmpnn): "
                                                                     "a featurizer name (e.g. rdkit2d) or 'none'"})
-    aggregation: str = field(default="mean", metadata={"help": "atoms → molecule readout (dmpnn): mean, sum, or norm (sum / 100, "
-                                                                "chemprop's)", "choices": AGGREGATIONS})
-    message_skip: str = field(default="relu", metadata={"help": "skip term of the message update (dmpnn): relu (activated "
-                                                                 "W_i output) or linear (its pre-activation, chemprop's)",
+    aggregation: str = field(default="sum", metadata={"help": "atoms → molecule readout (dmpnn): mean, sum, or norm (sum / 100, "
+                                                               "chemprop's)", "choices": AGGREGATIONS})
+    message_skip: str = field(default="linear", metadata={"help": "skip term of the message update (dmpnn): relu (activated "
+                                                                   "W_i output) or linear (its pre-activation, chemprop's)",
                                                          "choices": MESSAGE_SKIPS})
     weight_decay: float | None = field(default=None, metadata={"help": "λ of the L2 term (λ/2)‖θ‖² written into the loss "
                                                                        "(unset: the family's, 1e-3 mlp, 1e-5 dmpnn)"})
@@ -72,7 +72,7 @@ class TrainConfig:
                                                                    "constant (unset: the family's, 1 mlp, 0.955 dmpnn)"})
     warmup_epochs: int | None = field(default=None, metadata={"help": "raise the learning rate linearly from lr/10 to lr over "
                                                                       "this many epochs, step by step, before lr_decay starts "
-                                                                      "(unset: the family's, 0)"})
+                                                                      "(unset: the family's, 0 mlp, 2 dmpnn)"})
     batch_size: int = field(default=64, metadata={"help": "minibatch size"})
     max_epochs: int | None = field(default=None, metadata={"help": "upper bound on epochs (unset: the family's, 300 mlp, 100 dmpnn)"})
     patience: int = field(default=30, metadata={"help": "early stopping: epochs without a better validation RMSE"})

@@ -243,7 +243,7 @@ def test_a_streamed_pool_through_the_dmpnn_equals_the_one_table_path(tmp_path, d
 def test_lr_decay_lowers_the_rate_every_epoch(small_lipo_csv):
     ds = load_dataset(small_lipo_csv)
     run = train_run(ds, str(small_lipo_csv), TrainConfig(seed=0, **{**TINY, "max_epochs": 4, "min_epochs": 4, "lr_decay": 0.5,
-                                                                     "checkpoint_every": 1, "patience": 4}), progress=False)
+                                                                     "warmup_epochs": 0, "checkpoint_every": 1, "patience": 4}), progress=False)
     lrs = [c.lr for c in run.checkpoints]
     assert lrs == pytest.approx([TINY["lr"] * 0.5 ** (c.epoch - 1) for c in run.checkpoints]) and len(lrs) >= 1
     with pytest.raises(ValueError, match="lr_decay must be in"):
