@@ -35,7 +35,7 @@ from lipo_if.io import atomic_write_json
 from lipo_if.rundir import load_run
 from lipo_if.scenarios import build_scenario
 from lipo_if.suspicion import clean_weights, cross_fitted_clean_weights, suspicion_table, validation_z
-from lipo_if.train import FinetuneConfig
+from lipo_if.train import FinetuneConfig, exact_gauss_newton_solver
 
 SCHEMES = ("normal", "t", "refit", "refit4")
 
@@ -55,7 +55,7 @@ def run_seed(seed_dir: Path, dataset, data_path: str, scenario_name: str, seed: 
     cached = json.loads((seed_dir / "results.json").read_text())
     scenario = build_scenario(scenario_name, dataset, seed)
     base = load_run(seed_dir / "base", data_path=data_path)
-    inf = Influence(base, config=BenchmarkConfig().influence_config("validation", base.config.model)).fit()
+    inf = Influence(base, config=BenchmarkConfig().influence_config("validation", exact_gauss_newton_solver(base.config.model))).fit()
     table = suspicion_table(inf, scenario.pool)
     ft = FinetuneConfig(**{**asdict(FinetuneConfig()), "seed": seed, "from_scratch": False})
     out = {"seed": seed, "benchmark": {k: cached["results"][k] for k in ("baseline", "all", "filter", "weighted", "clean_oracle")}}

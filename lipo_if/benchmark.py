@@ -50,7 +50,7 @@ from .select import eligible, guarded_pool, random_k, resolve_k, top_k
 from .stats import paired_stats
 from .strategies import Selection
 from .suspicion import DETECTORS, clean_weights, cross_fitted_clean_weights, refit_residual_z, suspicion_table
-from .train import FinetuneConfig, TrainConfig
+from .train import FinetuneConfig, TrainConfig, exact_gauss_newton_solver
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,10 @@ class BenchmarkConfig:
             if not ok:
                 raise ValueError(message)
 
-    def influence_config(self, heldout: str, model: str = "mlp") -> InfluenceConfig:
-        """The solve of a scenario: in function space for the MLP (exact), by CG for the D-MPNN (the
-        function-space form needs the MLP); the same damped Gauss–Newton system either way."""
-        return InfluenceConfig(heldout=heldout, hessian="gauss-newton", solver="function-space" if model == "mlp" else "cg",
+    def influence_config(self, heldout: str, solver: str = "function-space") -> InfluenceConfig:
+        """The solve of a scenario: the exact damped Gauss–Newton system by ``solver``
+        (:func:`~lipo_if.train.exact_gauss_newton_solver` of the base model's family)."""
+        return InfluenceConfig(heldout=heldout, hessian="gauss-newton", solver=solver,
                                damping=self.damping, min_similarity=self.min_similarity, progress=False)
 
 
@@ -155,9 +155,10 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
     clock = time.perf_counter()
     base = trained_run(dataset, data_path, seed_dir / "base", train_config, featurizer_config, split=scenario.split, progress=progress,
                        members=config.ensemble)
-    inf = Influence(base, config=config.influence_config("validation", train_config.model)).fit()
+    solver = exact_gauss_newton_solver(train_config.model)
+    inf = Influence(base, config=config.influence_config("validation", solver)).fit()
     table = suspicion_table(inf, scenario.pool, config.detector)
-    test_table = Influence(base, config=config.influence_config("test", train_config.model)).fit().scores(scenario.pool)
+    test_table = Influence(base, config=config.influence_config("test", solver)).fit().scores(scenario.pool)
     plans = plan(scenario, table, test_table, config, scenario.seed)
     ft = FinetuneConfig(**{**asdict(finetune_config), "seed": scenario.seed, "from_scratch": config.retrain == "scratch"})
     done: dict[tuple, dict] = {}

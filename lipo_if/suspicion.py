@@ -39,7 +39,7 @@ from .influence.self_influence import self_influence
 from .influence.mlp import mlp_unsupported_reason
 from .pool import Molecules, Pool
 from .select import MAD_TO_SD, eligible
-from .train import FinetuneConfig, Run, predict_tensor
+from .train import FinetuneConfig, Run, exact_gauss_newton_solver, predict_tensor
 
 DETECTORS: tuple[str, ...] = ("residual", "self_influence", "leverage", "ensemble_residual")
 DEFAULT_DETECTOR = "residual"
@@ -291,7 +291,7 @@ def weigh_pool(run: Run | Ensemble, molecules: Molecules, config: FinetuneConfig
     The mixture's fit is in ``table.attrs["mixture"]``."""
     config = config or FinetuneConfig()
     pool = Pool.coerce(molecules)
-    inf = Influence(run, heldout="validation", hessian="gauss-newton", solver="function-space", damping=damping,
+    inf = Influence(run, heldout="validation", hessian="gauss-newton", solver=exact_gauss_newton_solver(run.config.model), damping=damping,
                     progress=progress).fit()
     table = suspicion_table(inf, pool)
     weights = cross_fitted_clean_weights(run, pool, table, config, folds, seed=max(config.seed, 0))

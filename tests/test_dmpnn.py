@@ -282,6 +282,19 @@ def test_warmup_raises_the_rate_step_by_step_then_decay_starts(small_lipo_csv, t
         DMPNNConfig(aggregation="max")
 
 
+def test_weigh_pool_on_a_dmpnn_run(dmpnn_run):
+    """The weighted selection's weights for a D-MPNN run (its exact solve is CG: the function-space
+    form needs the MLP); a weight is a probability, 0 where the row is not eligible."""
+    from lipo_if.suspicion import weigh_pool
+
+    _, run = dmpnn_run
+    pool = (["CCCCCCCCCO", "Cc1ccc(Br)cc1C", "OCC(O)C(O)C(O)CO", "CCCCCCCCCCCC", "OC(=O)CCC(=O)O", "not a smiles"],
+            [2.8, 3.5, -2.5, 6.0, -0.5, 1.0])
+    table = weigh_pool(run, pool, FinetuneConfig(finetune_epochs=2), folds=0)
+    assert len(table) == 6 and table["weight"].between(0, 1).all()
+    assert table.loc[table["excluded"] != "", "weight"].eq(0).all() and (table["excluded"] != "").sum() >= 1
+
+
 def test_lipo_if_run_with_the_dmpnn(tmp_path, small_lipo_csv, capsys):
     """``lipo-if run --model dmpnn``: the experiment end to end (suspicion filter by residuals, CG
     influence, fine-tuning); the settings that need the MLP's function-space solve fail first, named."""
