@@ -24,6 +24,7 @@ from scipy.stats import loguniform
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from lipo_if.data import load_dataset, make_split, resolve_lipophilicity_path
+from lipo_if.ensemble import member_config
 from lipo_if.featurize import FeaturizerConfig
 from lipo_if.train import Run, TrainConfig, build_network, fit, make_featurizer, predict_tensor, seed_everything
 
@@ -49,16 +50,22 @@ SPACES = {
 FEATURIZER_KEYS = {"featurizer": "name", "radius": "radius", "n_bits": "n_bits", "descriptors": "descriptors"}
 
 
-def val_rmse(dataset, path: str, config: TrainConfig, features: FeaturizerConfig) -> tuple[float, int]:
-    """Train like ``train_run`` and evaluate on validation only: ``(val RMSE, best epoch)``."""
-    seed_everything(config.seed)
+def val_rmse(dataset, path: str, config: TrainConfig, features: FeaturizerConfig, inits: int = 1) -> tuple[float, int]:
+    """Train like ``train_run`` and evaluate on validation only: ``(val RMSE, best epoch)``; with
+    ``inits`` > 1 the mean over that many initializations on the split of ``config.seed`` (seeds of
+    an ensemble's members, ``seed + MEMBER_SEED_STRIDE·i``) and the first one's best epoch."""
     split = make_split(dataset, config.split, config.seed)
     featurizer = make_featurizer(config, features).fit([dataset.smiles[i] for i in split.train])
     run = Run(None, None, featurizer, split, config, path, _dataset=dataset)  # type: ignore[arg-type]
     (xt, yt), (xv, yv) = run.tensors("train"), run.tensors("val")
-    model = build_network(config, featurizer, seed=config.seed, init_bias=float(yt.mean()))
-    result = fit(model, xt, yt, xv, yv, config, progress=False)
-    return float(((predict_tensor(model, xv) - yv.double().numpy()) ** 2).mean() ** 0.5), result.best_epoch
+    scores, epochs = [], []
+    for i in range(inits):
+        member = member_config(config, i)
+        seed_everything(member.seed)
+        model = build_network(member, featurizer, seed=member.seed, init_bias=float(yt.mean()))
+        epochs.append(fit(model, xt, yt, xv, yv, member, progress=False).best_epoch)
+        scores.append(float(((predict_tensor(model, xv) - yv.double().numpy()) ** 2).mean() ** 0.5))
+    return statistics.mean(scores), epochs[0]
 
 
 def trials(model: str, n: int, space: dict | None = None) -> list[dict]:
@@ -82,6 +89,7 @@ def main() -> None:
                         help="TrainConfig fields fixed in every trial (e.g. lr_decay=0.955 threads=1), over the searched value")
     parser.add_argument("--grid", nargs="*", default=[], metavar="FIELD=V1,V2",
                         help="search this grid instead of the family's space (e.g. descriptors=all,fast)")
+    parser.add_argument("--inits", type=int, default=1, help="initializations per split seed, their validation RMSE averaged")
     parser.add_argument("--no-defaults", action="store_true", help="skip trial 0 (the package defaults), e.g. when measured already")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -102,8 +110,8 @@ def main() -> None:
         features = FeaturizerConfig(**{FEATURIZER_KEYS[k]: v for k, v in params.items() if k in FEATURIZER_KEYS})
         start = time.perf_counter()
         scores, epochs = zip(*(val_rmse(dataset, str(path), TrainConfig(seed=s, model=args.model, max_epochs=args.max_epochs, **train),
-                                        features) for s in args.seeds))
-        row = {"trial": i, "model": args.model, "fixed": fixed, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+                                        features, args.inits) for s in args.seeds))
+        row = {"trial": i, "model": args.model, "fixed": fixed, "inits": args.inits, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
                "val_rmse_mean": round(statistics.mean(scores), 4), "per_seed": [round(v, 4) for v in scores],
                "best_epochs": list(epochs), "seconds": round(time.perf_counter() - start, 1)}
         results.append(row)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .data import DataError, default_cache_dir
+from .descriptors import ESTATE_REDUCTIONS, check_descriptor_spec, descriptor_names
 from .io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,10 @@ class FeaturizerConfig:
     radius: int = field(default=2, metadata={"help": "Morgan radius (2 = ECFP4)"})
     n_bits: int = field(default=2048, metadata={"help": "Morgan fingerprint length"})
     clip: float = field(default=6.0, metadata={"help": "clip standardized descriptors to ±clip standard deviations"})
-    descriptors: str = field(default="fast", metadata={"help": "rdkit2d's descriptor set: fast (RDKit's 217 without the costliest "
-                                                                "families, ≈ 60 %% of the block's time; as good on validation, "
-                                                                "benchmarks/RESULTS.md) or all",
-                                                        "choices": ("all", "fast")})
+    descriptors: str = field(default="lean", metadata={"help": "rdkit2d's descriptor set: lean (the 138 that earn their time on "
+                                                                "validation), fast (RDKit's 217 without the costliest families) "
+                                                                "or all, optionally minus families (e.g. fast-fragments; "
+                                                                "lipo_if.descriptors)"})
 
     def __post_init__(self) -> None:
         parts = self.parts
@@ -56,8 +57,7 @@ class FeaturizerConfig:
             raise ValueError(f"Morgan radius must be ≥ 0 and n_bits > 0, got radius={self.radius}, n_bits={self.n_bits}")
         if self.clip <= 0:
             raise ValueError(f"clip must be positive, got {self.clip}")
-        if self.descriptors not in DESCRIPTOR_SETS:
-            raise ValueError(f"descriptors must be one of {', '.join(DESCRIPTOR_SETS)}, got {self.descriptors!r}")
+        check_descriptor_spec(self.descriptors)
 
     @property
     def parts(self) -> list[str]:
@@ -113,46 +113,22 @@ class MorganFeaturizer:
         return out
 
 
-#: The four EState descriptors, each of which has RDKit recompute every atom's EState index
-#: (``EStateIndices(mol, force=1)``, ≈ 0.27 ms a molecule each): computed once per molecule here and
-#: reduced the way RDKit reduces them (rdkit.Chem.EState.EState) — the same values, bit for bit.
-ESTATE_REDUCTIONS = {
-    "MaxEStateIndex": max,
-    "MinEStateIndex": min,
-    "MaxAbsEStateIndex": lambda values: max(abs(x) for x in values),
-    "MinAbsEStateIndex": lambda values: min(abs(x) for x in values),
-}
-
-
-#: The descriptor families that cost most per molecule (``benchmarks/descriptor_cost.py``, 300
-#: Lipophilicity molecules, 2026-12-02): qed 1.1 ms; BertzCT 0.33; Ipc + AvgIpc 0.40; SPS 0.22; the
-#: BCUT2D family 0.19 (its first member computes all eight); Chi3/Chi4 n/v 0.55; BalabanJ 0.10; the
-#: four EState extremes 0.42 (computed once here) — together ≈ 3.4 of ≈ 5.6 ms. ``descriptors="fast"``
-#: leaves them out (MolLogP, 0.13 ms, stays: Crippen's logP is the closest descriptor to the target).
-COSTLY_DESCRIPTORS = frozenset({
-    "qed", "BertzCT", "Ipc", "AvgIpc", "SPS", "Chi3n", "Chi3v", "Chi4n", "Chi4v", "BalabanJ", *ESTATE_REDUCTIONS,
-    *(f"BCUT2D_{suffix}" for suffix in ("MWHI", "MWLOW", "CHGHI", "CHGLO", "LOGPHI", "LOGPLOW", "MRHI", "MRLOW")),
-})
-DESCRIPTOR_SETS = ("all", "fast")
-
-
 class RDKitDescriptorFeaturizer:
     """RDKit's 2D descriptors (``Descriptors._descList``): ``[n, n_descriptors]`` float64, raw.
 
     Values that RDKit cannot compute, or that overflow, come back as NaN; the fitted transform
     imputes them with the training mean. The EState indices are computed once per molecule for
     the four descriptors that reduce them (:data:`ESTATE_REDUCTIONS`); every value equals RDKit's
-    own function's (tested).
+    own function's (tested). ``descriptors``: a set spec of :mod:`lipo_if.descriptors`.
     """
 
     def __init__(self, descriptors: str = "all") -> None:
         from rdkit.Chem import Descriptors
         from rdkit.Chem.EState.EState import EStateIndices
 
-        if descriptors not in DESCRIPTOR_SETS:
-            raise ValueError(f"descriptors must be one of {', '.join(DESCRIPTOR_SETS)}, got {descriptors!r}")
+        functions = dict(Descriptors._descList)
         self.descriptors = descriptors
-        self._functions = [(name, f) for name, f in Descriptors._descList if descriptors == "all" or name not in COSTLY_DESCRIPTORS]
+        self._functions = [(name, functions[name]) for name in descriptor_names(descriptors, list(functions))]
         self._estate = EStateIndices
 
     @property

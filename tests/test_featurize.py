@@ -41,7 +41,7 @@ def test_standardization_uses_training_statistics_only():
     train = ["CCO", "CCCO", "CCCCO", "CCCCCO"]
     feat = Featurizer(FeaturizerConfig("rdkit2d"), cache_dir=False).fit(train)
     names = feat.column_names()
-    j = names.index("MolWt")
+    j = names.index("MolMR")
     x_train = feat.transform(train)
     assert x_train[:, j].mean() == pytest.approx(0.0, abs=1e-5)
     assert x_train[:, j].std() == pytest.approx(1.0, abs=1e-4)
@@ -112,7 +112,8 @@ def test_descriptors_equal_rdkit_own_functions():
 
 
 def test_the_fast_descriptor_set_is_the_full_set_without_the_costly_families():
-    from lipo_if.featurize import COSTLY_DESCRIPTORS, FeaturizerConfig
+    from lipo_if.descriptors import COSTLY_DESCRIPTORS
+    from lipo_if.featurize import FeaturizerConfig
 
     smiles = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "C[N+](C)(C)C"]
     full, fast = RDKitDescriptorFeaturizer(), RDKitDescriptorFeaturizer("fast")
@@ -121,14 +122,52 @@ def test_the_fast_descriptor_set_is_the_full_set_without_the_costly_families():
     assert fast.column_names() == [names[j] for j in kept] and fast.dim == full.dim - len(COSTLY_DESCRIPTORS)
     assert "qed" not in fast.column_names() and "MolLogP" in fast.column_names()
     np.testing.assert_array_equal(fast(smiles), full(smiles)[:, kept])
-    with pytest.raises(ValueError, match="descriptors must be one of all, fast"):
+    with pytest.raises(ValueError, match="descriptors must be one of all, fast, lean"):
         FeaturizerConfig(descriptors="cheap")
+
+
+def test_the_lean_set_is_fast_without_its_dropped_families():
+    from lipo_if.descriptors import LEAN_DROPPED_FAMILIES, family_of
+
+    fast, lean = RDKitDescriptorFeaturizer("fast").column_names(), RDKitDescriptorFeaturizer("lean").column_names()
+    assert lean == [n for n in fast if family_of(n) not in LEAN_DROPPED_FAMILIES] and len(lean) == 138
+    assert "MolLogP" in lean and "fr_benzene" in lean and "PEOE_VSA1" not in lean
+    assert RDKitDescriptorFeaturizer("lean-fragments").column_names() == [n for n in lean if not n.startswith("fr_")]
+
+
+def test_every_rdkit_descriptor_is_in_exactly_one_family():
+    from rdkit.Chem import Descriptors
+
+    from lipo_if.descriptors import DESCRIPTOR_FAMILIES
+
+    for name, _ in Descriptors._descList:
+        assert sum(member(name) for member in DESCRIPTOR_FAMILIES.values()) == 1, name
+
+
+def test_a_set_minus_families_drops_exactly_those_families_in_rdkit_order():
+    from lipo_if.descriptors import DESCRIPTOR_FAMILIES, family_of
+    from lipo_if.featurize import FeaturizerConfig
+
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "C[N+](C)(C)C", "O=[N+]([O-])c1ccc(Cl)cc1"]
+    fast = RDKitDescriptorFeaturizer("fast")
+    fewer = RDKitDescriptorFeaturizer("fast-fragments-peoe_vsa")
+    names = fast.column_names()
+    kept = [j for j, name in enumerate(names) if family_of(name) not in ("fragments", "peoe_vsa")]
+    assert fewer.column_names() == [names[j] for j in kept]
+    assert sum(name.startswith("fr_") for name in names) == 85 and not any(n.startswith(("fr_", "PEOE")) for n in fewer.column_names())
+    np.testing.assert_array_equal(fewer(smiles), fast(smiles)[:, kept])
+    assert set(RDKitDescriptorFeaturizer("all-bcut").column_names()) == {
+        n for n in RDKitDescriptorFeaturizer().column_names() if not n.startswith("BCUT2D")}
+    with pytest.raises(ValueError, match="unknown descriptor family 'fragment'.*choose from fragments"):
+        FeaturizerConfig(descriptors="fast-fragment")
+    with pytest.raises(ValueError, match="leaves no descriptor"):
+        RDKitDescriptorFeaturizer("all-" + "-".join(DESCRIPTOR_FAMILIES))
 
 
 def test_a_run_saved_before_the_descriptor_sets_loads_with_all_descriptors():
     from lipo_if.featurize import Featurizer, FeaturizerConfig
 
-    assert FeaturizerConfig().descriptors == "fast"
+    assert FeaturizerConfig().descriptors == "lean"
     state = Featurizer(FeaturizerConfig(descriptors="all"), cache_dir=False).state_dict()
     del state["config"]["descriptors"]  # the format of runs saved before the field existed
     assert Featurizer.from_state(state, cache_dir=False).config.descriptors == "all"
