@@ -167,7 +167,7 @@ def test_a_set_minus_families_drops_exactly_those_families_in_rdkit_order():
 def test_a_run_saved_before_the_descriptor_sets_loads_with_all_descriptors():
     from lipo_if.featurize import Featurizer, FeaturizerConfig
 
-    assert FeaturizerConfig().descriptors == "lean"
+    assert FeaturizerConfig().descriptors == "fast"
     state = Featurizer(FeaturizerConfig(descriptors="all"), cache_dir=False).state_dict()
     del state["config"]["descriptors"]  # the format of runs saved before the field existed
     assert Featurizer.from_state(state, cache_dir=False).config.descriptors == "all"
