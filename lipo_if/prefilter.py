@@ -5,10 +5,10 @@ Guo et al. restrict the influence search for a test point to its k nearest train
 the points searched are the pool's molecules and the queries are the held-out set's (validation by
 default). Nearness is Tanimoto similarity of Morgan fingerprints (radius 2, 2048 bits — those of
 :mod:`lipo_if.domain`, through its :class:`~lipo_if.domain.FingerprintSet`: RDKit's bulk similarity's
-values by one matrix product). A feature-space L2 search (FAISS,
-scikit-learn) would need the model's input features of every pool molecule — the RDKit
-descriptors that cost ≈ 97 % of a molecule's scoring time (benchmarks/RESULTS.md) and that the
-prefilter exists to skip — while the fingerprint costs ≈ 0.1 ms.
+values by one matrix product). Chosen by a race (``benchmarks/prefilter_race.py``, RESULTS.md): an
+exact L2 search in the model's input space keeps as many of the full ranking's most helpful
+molecules (88 against 86 of 100 at K = 5) but must featurize every pool molecule first, the RDKit
+descriptors the prefilter exists to skip — 8× the first pass's cost a molecule.
 
 :class:`NearestPool` keeps, for each of the ``H`` held-out molecules, the ``K`` most similar pool
 rows seen so far (``[H, K]`` similarities and rows), fed piece by piece in file order; ties go to
