@@ -24,18 +24,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 from sklearn.neighbors import NearestNeighbors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import timed  # noqa: E402  (a sibling benchmark module, not a package)
+from _pool_sample import add_pool_sample_args, load_pool_sample  # noqa: E402  (sibling benchmark modules, not a package)
+from _timing import timed  # noqa: E402
 
 from lipo_if.data import molecule_table  # noqa: E402
 from lipo_if.influence.api import Influence  # noqa: E402
 from lipo_if.pool import Pool  # noqa: E402
 from lipo_if.prefilter import NearestPool  # noqa: E402
-from lipo_if.rundir import load_run  # noqa: E402
 
 
 def kept_rows(neighbours: np.ndarray, rows: np.ndarray) -> set[int]:
@@ -45,17 +43,11 @@ def kept_rows(neighbours: np.ndarray, rows: np.ndarray) -> set[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir")
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--pool", required=True)
-    parser.add_argument("--rows", type=int, default=10_000)
+    add_pool_sample_args(parser, rows=10_000)
     parser.add_argument("--k", type=int, nargs="+", default=[5, 20])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--json")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    run = load_run(args.run, data_path=str(Path(args.data_dir) / "lipophilicity.csv") if args.data_dir else None)
-    frame = pd.read_csv(args.pool, nrows=args.rows, dtype=str, keep_default_na=False)
+    run, frame = load_pool_sample(args)
     table, standardize_s = timed(lambda: molecule_table(frame, Path(args.pool), "smiles", "label"))
     valid = table[table["error"] == ""]
     smiles, rows = valid["smiles"].tolist(), valid["row"].to_numpy()
@@ -90,8 +82,8 @@ def main() -> None:
               "first_pass_ms_per_row": {name: round(1000 * s / len(smiles), 3) for name, s in best.items()},
               "per_k": {}}
     for k in args.k:
-        result["per_k"][k] = {name: {"kept": len(kept_rows(found[name][:, :k], rows)),
-                                     "full_top100_kept": len(kept_rows(found[name][:, :k], rows) & top)} for name in found}
+        kept = {name: kept_rows(neighbours[:, :k], rows) for name, neighbours in found.items()}
+        result["per_k"][k] = {name: {"kept": len(k_rows), "full_top100_kept": len(k_rows & top)} for name, k_rows in kept.items()}
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

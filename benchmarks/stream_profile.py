@@ -23,17 +23,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from rdkit import Chem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import timed  # noqa: E402  (a sibling benchmark module, not a package)
+from _pool_sample import add_pool_sample_args, load_pool_sample  # noqa: E402  (sibling benchmark modules, not a package)
+from _timing import timed  # noqa: E402
 
 from lipo_if.data import molecule_table  # noqa: E402
 from lipo_if.influence.api import Influence  # noqa: E402
 from lipo_if.influence.scores import influence_scores  # noqa: E402
-from lipo_if.rundir import load_run  # noqa: E402
 
 
 
@@ -73,16 +72,10 @@ def _domain_by_bulk_loop(domain):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir")
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--pool", required=True)
-    parser.add_argument("--rows", type=int, default=2000)
+    add_pool_sample_args(parser, rows=2000)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every stage, now and before; the best of each")
-    parser.add_argument("--json")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    run = load_run(args.run, data_path=str(Path(args.data_dir) / "lipophilicity.csv") if args.data_dir else None)
-    frame = pd.read_csv(args.pool, nrows=args.rows, dtype=str, keep_default_na=False)
+    run, frame = load_pool_sample(args)
     load = Path("/proc/loadavg").read_text().split()[:3]
     featurizer = run.featurizer
     inf = Influence(run, solver="function-space", damping=0.001, progress=False).fit()

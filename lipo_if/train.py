@@ -40,17 +40,18 @@ CHECKPOINTS_FILE = "checkpoints.pt"
 #: ``TrainConfig.model`` choices: the MLP on fingerprints + descriptors, or the D-MPNN on graphs.
 MODEL_FAMILIES = ("mlp", "dmpnn")
 
-
-def exact_gauss_newton_solver(family: str) -> str:
-    """The solver of an exact damped Gauss–Newton system that a model family allows:
-    ``function-space`` (closed form) for the MLP, ``cg`` for the D-MPNN (the closed form needs the MLP)."""
-    return "function-space" if family == "mlp" else "cg"
 #: What an unset (None) TrainConfig field means, per family: the MLP's are the package's long-standing
 #: defaults; the D-MPNN's were chosen on validation (benchmarks/tune_model.py, benchmarks/RESULTS.md).
 FAMILY_DEFAULTS = {
     "mlp": {"weight_decay": 1e-3, "lr_decay": 1.0, "max_epochs": 300, "warmup_epochs": 0},
     "dmpnn": {"weight_decay": 1e-5, "lr_decay": 0.955, "max_epochs": 100, "warmup_epochs": 2},
 }
+
+
+def exact_gauss_newton_solver(family: str) -> str:
+    """The solver of an exact damped Gauss–Newton system that a model family allows:
+    ``function-space`` (closed form) for the MLP, ``cg`` for the D-MPNN (the closed form needs the MLP)."""
+    return "function-space" if family == "mlp" else "cg"
 
 
 @dataclass
