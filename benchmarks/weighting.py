@@ -1,17 +1,20 @@
-"""The weighted selection's clean-label model, side by side: ``normal`` (the package's: a fitted
-normal, ``lipo_if.suspicion.clean_probability``), ``t`` (a Student t fitted to the validation
-residuals, held fixed) and ``refit`` (the normal mixture fitted again on residuals from models that
-learnt, weighted, from the *other* folds of the pool: ``lipo_if.suspicion.cross_fitted_clean_weights``;
-``refit`` 2 folds — the package's ``weighted`` since it won here —, ``refit4`` 4; as many more
-fine-tunings a seed).
+"""The weighted selection's weights, side by side: each scheme is (how the residuals are judged,
+the power τ of P(clean) — ``lipo_if.suspicion.clean_weights``): ``once`` (the base model's
+residuals, τ = 1), ``refit`` (cross-fitted: each row judged by θ̂ fine-tuned, weighted, on the
+other of 2 folds of the pool — ``lipo_if.suspicion.cross_fitted_clean_weights`` — τ = 1),
+``refit-sqrt`` (τ = ½, the package's ``weighted`` since it won here on validation),
+``refit-quarter`` (τ = ¼), ``once-sqrt`` (base residuals, τ = ½). Each cross-fitted scheme is 2 more
+fine-tunings a seed.
 
 Reads a finished ``lipo-if benchmark`` folder (its per-seed ``results.json`` and base runs, package
 defaults otherwise), and for every scenario and seed found there rebuilds the scenario and the
 suspicion table from the saved base model, computes the weights of each ``--schemes`` entry and
 fine-tunes θ̂ with them exactly as the benchmark does (same ``FinetuneConfig``, same seed, one
 thread). Each scheme is paired by seed with the benchmark's own retrainings (nothing added, the
-filter, the clean-pool oracle); the first seed's ``normal`` scheme is the benchmark's ``weighted``
-and is checked to reproduce its test RMSE (it must: otherwise the pairing means nothing).
+filter, the clean-pool oracle); the first seed's ``once`` scheme must reproduce the test RMSE of
+the benchmark's one-pass weights (``weighted_once``, or ``weighted`` in a folder written before
+the weights were cross-fitted) — otherwise the pairing means nothing. Validation RMSE is reported
+beside test: the choice of τ is made on it.
 
     python benchmarks/weighting.py runs/bench-lowdata --data-dir ../shared/data [--json OUT]
 """
@@ -34,10 +37,11 @@ from lipo_if.influence import Influence
 from lipo_if.io import atomic_write_json
 from lipo_if.rundir import load_run
 from lipo_if.scenarios import build_scenario
-from lipo_if.suspicion import clean_weights, cross_fitted_clean_weights, suspicion_table, validation_z
+from lipo_if.suspicion import clean_weights, cross_fitted_clean_weights, suspicion_table
 from lipo_if.train import FinetuneConfig, exact_gauss_newton_solver
 
-SCHEMES = ("normal", "t", "refit", "refit4")
+#: scheme → (folds of the cross-fitted look, 0 = the base model's residuals; power of P(clean))
+SCHEMES = {"once": (0, 1.0), "refit": (2, 1.0), "refit-sqrt": (2, 0.5), "refit-quarter": (2, 0.25), "once-sqrt": (0, 0.5)}
 
 
 def interval(d: np.ndarray) -> list[float]:
@@ -46,9 +50,10 @@ def interval(d: np.ndarray) -> list[float]:
 
 
 def seed_weights(base, scenario, table, scheme: str, ft: FinetuneConfig) -> dict[int, float]:
-    if scheme.startswith("refit"):
-        return cross_fitted_clean_weights(base, scenario.pool, table, ft, folds=int(scheme[len("refit"):] or 2), seed=scenario.seed)
-    return clean_weights(table, validation_z(base) if scheme == "t" else None)
+    folds, power = SCHEMES[scheme]
+    if folds:
+        return cross_fitted_clean_weights(base, scenario.pool, table, ft, folds=folds, seed=scenario.seed, power=power)
+    return clean_weights(table, power=power)
 
 
 def run_seed(seed_dir: Path, dataset, data_path: str, scenario_name: str, seed: int, schemes: list[str], check: bool) -> dict:
@@ -59,8 +64,9 @@ def run_seed(seed_dir: Path, dataset, data_path: str, scenario_name: str, seed: 
     table = suspicion_table(inf, scenario.pool)
     ft = FinetuneConfig(**{**asdict(FinetuneConfig()), "seed": seed, "from_scratch": False})
     out = {"seed": seed, "benchmark": {k: cached["results"][k] for k in ("baseline", "all", "filter", "weighted", "clean_oracle")}}
-    for scheme in schemes:
-        if scheme == "normal" and not check:
+    once_key = "weighted_once" if "weighted_once" in cached["results"] else "weighted"  # (a folder from before cross-fitting)
+    for scheme in dict.fromkeys(["once", *schemes]):
+        if scheme == "once" and not check:
             continue
         weights = seed_weights(base, scenario, table, scheme, ft)
         rows = sorted(weights)
@@ -70,42 +76,47 @@ def run_seed(seed_dir: Path, dataset, data_path: str, scenario_name: str, seed: 
         bad = scenario.corrupted[rows]
         out[scheme] = {"test_rmse": float(new.metrics["test_rmse"]), "val_rmse": float(new.metrics["val_rmse"]),
                        "weight_clean": float(w[~bad].sum()), "weight_wrong": float(w[bad].sum()), "n_clean": int((~bad).sum()),
-                       "mixture": table.attrs["mixture"], "seconds": round(time.perf_counter() - clock, 1)}
+                       "n_wrong": int(bad.sum()), "mixture": table.attrs["mixture"], "seconds": round(time.perf_counter() - clock, 1)}
     if check:
-        got, want = out["normal"]["test_rmse"], cached["results"]["weighted"]["test_rmse"]
+        got, want = out["once"]["test_rmse"], cached["results"][once_key]["test_rmse"]
         if abs(got - want) > 1e-9:
-            raise SystemExit(f"{seed_dir}: the normal scheme gave test RMSE {got:.6f}, the benchmark's weighted {want:.6f}: "
+            raise SystemExit(f"{seed_dir}: the once scheme gave test RMSE {got:.6f}, the benchmark's {once_key} {want:.6f}: "
                              "not the same retraining, so no pairing")
-    out["normal"] = out.get("normal") or {"test_rmse": cached["results"]["weighted"]["test_rmse"],
-                                          "val_rmse": cached["results"]["weighted"]["val_rmse"]}
+    out["once"] = out.get("once") or {"test_rmse": cached["results"][once_key]["test_rmse"],
+                                      "val_rmse": cached["results"][once_key]["val_rmse"]}
     return out
 
 
-def summarize(per_seed: list[dict], schemes: list[str]) -> dict:
+def summarize(per_seed: list[dict], schemes: list[str], reference: str = "refit") -> dict:
     base = np.array([s["benchmark"]["baseline"]["test_rmse"] for s in per_seed])
     clean = np.array([s["benchmark"]["clean_oracle"]["test_rmse"] for s in per_seed]) - base
     out = {"n_seeds": len(per_seed), "clean_oracle_delta": float(clean.mean())}
     for name in ("filter", "all"):
         d = np.array([s["benchmark"][name]["test_rmse"] for s in per_seed]) - base
         out[name] = {"delta": float(d.mean()), "ci95": interval(d), "recovery": float(d.mean() / clean.mean())}
-    schemes = ["normal", *[s for s in schemes if s != "normal"]]
+    schemes = list(dict.fromkeys(["once", *schemes]))
     for scheme in schemes:
         test = np.array([s[scheme]["test_rmse"] for s in per_seed])
         val = np.array([s[scheme]["val_rmse"] for s in per_seed])
         d = test - base
         out[scheme] = {"delta": float(d.mean()), "ci95": interval(d), "recovery": float(d.mean() / clean.mean()),
                        "val_rmse_mean": float(val.mean())}
+        if "weight_clean" in per_seed[-1][scheme]:
+            out[scheme]["weight_share_clean"] = float(np.mean([s[scheme]["weight_clean"] / s[scheme]["n_clean"] for s in per_seed]))
+            out[scheme]["weight_share_wrong"] = float(np.mean([s[scheme]["weight_wrong"] / s[scheme]["n_wrong"] for s in per_seed]))
         for other in ("filter", "all"):
             diff = test - np.array([s["benchmark"][other]["test_rmse"] for s in per_seed])
             out[scheme][f"vs_{other}"] = {"mean": float(diff.mean()), "ci95": interval(diff), "n_better": int((diff < 0).sum())}
-    normal = np.array([s["normal"]["test_rmse"] for s in per_seed])
-    normal_val = np.array([s["normal"]["val_rmse"] for s in per_seed])
-    for scheme in schemes:
-        if scheme != "normal":
-            diff = np.array([s[scheme]["test_rmse"] for s in per_seed]) - normal
-            vdiff = np.array([s[scheme]["val_rmse"] for s in per_seed]) - normal_val
-            out[scheme]["vs_normal"] = {"test_mean": float(diff.mean()), "test_ci95": interval(diff), "n_better": int((diff < 0).sum()),
-                                        "val_mean": float(vdiff.mean()), "val_n_better": int((vdiff < 0).sum())}
+    if reference in schemes:
+        ref = np.array([s[reference]["test_rmse"] for s in per_seed])
+        ref_val = np.array([s[reference]["val_rmse"] for s in per_seed])
+        for scheme in schemes:
+            if scheme != reference:
+                diff = np.array([s[scheme]["test_rmse"] for s in per_seed]) - ref
+                vdiff = np.array([s[scheme]["val_rmse"] for s in per_seed]) - ref_val
+                out[scheme]["vs_reference"] = {"reference": reference, "test_mean": float(diff.mean()), "test_ci95": interval(diff),
+                                               "n_better": int((diff < 0).sum()), "val_mean": float(vdiff.mean()),
+                                               "val_n_better": int((vdiff < 0).sum())}
     return out
 
 
@@ -126,12 +137,15 @@ def main() -> None:
                     for i, p in enumerate(seed_dirs)]
         report["scenarios"][scenario_dir.name] = {"summary": summarize(per_seed, args.schemes), "per_seed": per_seed}
         summary = report["scenarios"][scenario_dir.name]["summary"]
-        for name in ("all", "filter", *dict.fromkeys(s for s in ("normal", *args.schemes) if s in summary)):
+        for name in ("all", "filter", *dict.fromkeys(("once", *args.schemes))):
             e = summary[name]
-            extra = (f"; vs normal test {e['vs_normal']['test_mean']:+.4f} {e['vs_normal']['n_better']}/{summary['n_seeds']} better, "
-                     f"val {e['vs_normal']['val_mean']:+.4f}") if "vs_normal" in e else ""
-            print(f"{scenario_dir.name} {name}: Δ test {e['delta']:+.4f} [{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}], recovery {e['recovery']:.0%}{extra}",
-                  flush=True)
+            ref = e.get("vs_reference")
+            extra = (f"; vs {ref['reference']} test {ref['test_mean']:+.4f} {ref['n_better']}/{summary['n_seeds']} better, "
+                     f"val {ref['val_mean']:+.4f} ({ref['val_n_better']} better)") if ref else ""
+            share = (f", weight share clean {e['weight_share_clean']:.2f} / wrong {e['weight_share_wrong']:.2f}"
+                     if "weight_share_clean" in e else "")
+            print(f"{scenario_dir.name} {name}: Δ test {e['delta']:+.4f} [{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}], recovery "
+                  f"{e['recovery']:.0%}, val {e.get('val_rmse_mean', float('nan')):.4f}{share}{extra}", flush=True)
     if args.json:
         atomic_write_json(args.json, report)
 

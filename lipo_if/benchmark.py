@@ -49,7 +49,7 @@ from .scenarios import SCENARIOS, Scenario, build_scenario
 from .select import eligible, guarded_pool, random_k, resolve_k, top_k
 from .stats import paired_stats
 from .strategies import Selection
-from .suspicion import DETECTORS, clean_weights, cross_fitted_clean_weights, refit_residual_z, suspicion_table
+from .suspicion import CLEAN_WEIGHT_POWER, DETECTORS, check_weight_power, clean_weights, cross_fitted_clean_weights, refit_residual_z, suspicion_table
 from .train import FinetuneConfig, TrainConfig, exact_gauss_newton_solver
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ class BenchmarkConfig:
                                                            "cross_fitted_clean_weights: each row's P(clean) from models fine-tuned on the "
                                                            "other folds, weighted; that many more fine-tunings a seed); 0 = the base "
                                                            "model's residuals alone (then no 'weighted_once')"})
+    weight_power: float = field(default=CLEAN_WEIGHT_POWER, metadata={"help": "'weighted' (and 'weighted_once'): each row's weight is "
+                                                                          "P(clean) to this power (0 < τ ≤ 1; 1 = the probability itself)"})
     refit_folds: int = field(default=0, metadata={"help": "folds of the refit detector (lipo_if.suspicion.refit_residual_z) behind "
                                                           "the strategy filter_refit (2: 2 + len(filter_z) more retrainings a seed); "
                                                           "0 = off, the default: it did not pay (benchmarks/RESULTS.md)"})
@@ -98,6 +100,7 @@ class BenchmarkConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_weight_power(self.weight_power)
 
     def influence_config(self, heldout: str, solver: str = "function-space") -> InfluenceConfig:
         """The solve of a scenario: the exact damped Gauss–Newton system by ``solver``
@@ -186,9 +189,10 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
     for name, rows in extra:
         results[name] = {**retrain(rows), "rows": rows}
     if config.weight_folds:  # the one-pass weights beside the default's cross-fitted ones
-        once = clean_weights(table)
+        once = clean_weights(table, power=config.weight_power)
         results["weighted_once"] = {**retrain(list(once), list(once.values())), "rows": list(once)}
-    weights = cross_fitted_clean_weights(base, scenario.pool, table, ft, config.weight_folds, seed=scenario.seed)
+    weights = cross_fitted_clean_weights(base, scenario.pool, table, ft, config.weight_folds, seed=scenario.seed,
+                                         power=config.weight_power)
     results["weighted"] = {**retrain(list(weights), list(weights.values())), "rows": list(weights)}
     refit = None
     if config.refit_folds:  # a second look, by models that learnt from the rows the filter trusts

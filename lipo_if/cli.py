@@ -31,7 +31,7 @@ from .pool import Pool
 from .rundir import load_run
 from .runcache import fitted_influence
 from .stream import StreamConfig, read_chunks, score_file
-from .suspicion import DEFAULT_DETECTOR, DETECTORS, INSPECT_COLUMNS, WEIGHT_COLUMNS, inspect, weigh_pool
+from .suspicion import CLEAN_WEIGHT_POWER, DEFAULT_DETECTOR, DETECTORS, INSPECT_COLUMNS, WEIGHT_COLUMNS, check_weight_power, inspect, weigh_pool
 from .train import FinetuneConfig, TrainConfig, train_run
 from .validate import ValidateConfig, run_validation
 
@@ -365,11 +365,12 @@ def _add_featurizer_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     config = dataclass_from_args(FinetuneConfig, args)
+    check_weight_power(args.weight_power)  # before the run is loaded and the pool read
     run = load_run(args.run, data_path=args.data)
     pool = Pool.read(args.extra)
     table = None
     if args.weighted:  # every eligible molecule, weighted by its probability of a clean label
-        table = weigh_pool(run, pool, config, folds=args.weight_folds, progress=not args.quiet)
+        table = weigh_pool(run, pool, config, folds=args.weight_folds, progress=not args.quiet, power=args.weight_power)
         chosen = table[table["weight"] > 0]
         new = finetune(run, pool, config, progress=not args.quiet, rows=chosen["row"].tolist(), weights=chosen["weight"].tolist())
     else:
@@ -426,6 +427,8 @@ def _register_retraining_commands(sub: Any) -> None:
                         "'lipo-if benchmark'; lipo_if.suspicion.weigh_pool); writes NEW_RUN_DIR/weights.csv")
     p.add_argument("--weight-folds", type=int, default=2,
                    help="with --weighted: folds of the cross-fitted second look (0 = the base model's residuals alone)")
+    p.add_argument("--weight-power", type=float, default=CLEAN_WEIGHT_POWER,
+                   help=f"with --weighted: each molecule's weight is P(clean) to this power (0 < τ ≤ 1; default {CLEAN_WEIGHT_POWER})")
     add_dataclass_arguments(p, FinetuneConfig, group="retraining")
     p.set_defaults(func=_cmd_finetune)
 

@@ -57,7 +57,7 @@ from .io import atomic_write_json, atomic_write_text
 from .pool import Pool
 from .report import conclusion, plot_predicted_vs_actual, plot_rmse_vs_k, plot_score_hist, plot_score_vs_similarity, render_markdown
 from .runcache import config_hash, fitted_influence, trained_run
-from .suspicion import cross_fitted_clean_weights, suspicion_table
+from .suspicion import CLEAN_WEIGHT_POWER, check_weight_power, cross_fitted_clean_weights, suspicion_table
 from .select import GUARDS, SelectionConfig, eligible, guarded_pool, random_k, residual_outliers, select, top_k, uses_greedy
 from .stats import aggregate, fidelity
 from .strategies import DIAGNOSTIC_NOTE, GUARD_STRATEGY, METHODS, METRICS, Selection
@@ -102,6 +102,8 @@ class ExperimentConfig:
     weight_folds: int = field(default=2, metadata={"help": "'weighted' judges every row again by models fine-tuned on the other folds "
                                                            "of the pool (lipo_if.suspicion.cross_fitted_clean_weights; that many more "
                                                            "fine-tunings a seed); 0 = the base model's residuals alone"})
+    weight_power: float = field(default=CLEAN_WEIGHT_POWER, metadata={"help": "'weighted': each row's weight is P(clean) to this power "
+                                                                          "(0 < τ ≤ 1; 1 = the probability itself; lipo_if.suspicion.CLEAN_WEIGHT_POWER)"})
     method: str = field(default="weighted", metadata={"help": "the selection the report's 'influence' entry holds: weighted (every eligible "
                                                                "molecule weighted by P(clean), the winner of `lipo-if benchmark`), filter (the "
                                                                "suspicion filter) or influence_topk (top-k by influence, k chosen on validation)",
@@ -132,6 +134,7 @@ class ExperimentConfig:
             (self.method != "weighted" or self.weighted, "method weighted needs the strategy weighted (--weighted)"),
             (self.weight_folds == 0 or self.weight_folds >= 2, f"weight_folds must be 0 (off) or ≥ 2, got {self.weight_folds}"),
         ]
+        check_weight_power(self.weight_power)
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -256,7 +259,8 @@ def run_seed(
     offset = float(val_summary.get("renormalization_offset") or 0.0)
     score_of = val_scores.set_index("row")["score"]
     ft_config = FinetuneConfig(**{**asdict(finetune_config), "seed": seed})
-    weights = cross_fitted_clean_weights(base, pool, val_scores, ft_config, config.weight_folds, seed=seed) if config.weighted else None
+    weights = cross_fitted_clean_weights(base, pool, val_scores, ft_config, config.weight_folds, seed=seed,
+                                         power=config.weight_power) if config.weighted else None
     plans = plan_selections(val_scores, test_scores, config, seed, group, crossfit_table, weights)
     results: list[dict] = [{"strategy": "original", "k": None, "rows": [], **_metrics_row(base.metrics, 0)}]
     baseline_val_mse = None

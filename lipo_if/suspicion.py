@@ -43,6 +43,14 @@ from .train import FinetuneConfig, Run, exact_gauss_newton_solver, predict_tenso
 
 DETECTORS: tuple[str, ...] = ("residual", "self_influence", "leverage", "ensemble_residual")
 DEFAULT_DETECTOR = "residual"
+#: The exponent τ of the ``weighted`` selection's fine-tuning weight ``P(clean)^τ``, chosen on
+#: validation RMSE over the 10 seeds of ``noisy`` and ``lowdata`` among τ ∈ {1, ½, ¼} (benchmarks/
+#: RESULTS.md, "Pools that hold value"). Why not 1: the two-normal mixture cannot tell a clean
+#: label's heavy tail from a wrong label and over-states the wrong fraction (≈ 0.5 where 0.3 is
+#: wrong), so clean rows keep only ≈ 65 % of their weight — and giving clean rows their full weight
+#: is what the clean-pool oracle's gain needs most. √P tempers that (clean rows ≈ 79 %, wrong rows
+#: 15 → 21 %); a density ratio to the validation residuals, calibrated, let too many wrong labels in.
+CLEAN_WEIGHT_POWER = 0.5
 #: The columns ``lipo-if inspect`` writes: the verdict, then its evidence.
 INSPECT_COLUMNS = ["row", "smiles", "label", "suspicion", "smiles_standardized", "prediction", "residual", "residual_z", "leverage",
                    "self_influence_raw", *(f"{name}_suspicion" for name in DETECTORS), "score", "nn_similarity", "n_neighbors",
@@ -236,19 +244,30 @@ def clean_probability(residual_z: np.ndarray, clean_reference: np.ndarray | None
     return out, info
 
 
-def clean_weights(table: pd.DataFrame, clean_reference: np.ndarray | None = None) -> dict[int, float]:
-    """``{row: P(clean)}`` for the eligible rows of a :func:`suspicion_table` (in table order): the
-    weights of the ``weighted`` selection — every eligible pool molecule added, each weighted in the
-    fine-tuning's squared error by :func:`clean_probability` of its residual (fitted on the eligible
-    rows; ``clean_reference``: see there). The mixture's fit is left in ``table.attrs["mixture"]``."""
+def check_weight_power(power: float) -> float:
+    """``power`` if it is a valid exponent of P(clean) (0 < τ ≤ 1), else :class:`ValueError` naming it."""
+    if not (np.isfinite(power) and 0 < power <= 1):
+        raise ValueError(f"weight power must be in (0, 1] (1 = P(clean) itself), got {power}")
+    return float(power)
+
+
+def clean_weights(table: pd.DataFrame, clean_reference: np.ndarray | None = None,
+                  power: float = CLEAN_WEIGHT_POWER) -> dict[int, float]:
+    """``{row: P(clean)^power}`` for the eligible rows of a :func:`suspicion_table` (in table order):
+    the weights of the ``weighted`` selection — every eligible pool molecule added, each weighted in
+    the fine-tuning's squared error by :func:`clean_probability` of its residual (fitted on the
+    eligible rows; ``clean_reference``: see there) raised to ``power`` (see
+    :data:`CLEAN_WEIGHT_POWER`; 1 = the probability itself). The mixture's fit is left in
+    ``table.attrs["mixture"]``, with ``power``."""
+    power = check_weight_power(power)
     pool = eligible(table)  # (the mixture is fitted on these rows only: out-of-domain rows are never added)
     p_clean, mixture = clean_probability(pool["residual_z"].to_numpy(dtype=float), clean_reference)
-    table.attrs["mixture"] = mixture
-    return {int(r): float(p) for r, p in zip(pool["row"], p_clean)}
+    table.attrs["mixture"] = {**mixture, "power": power}
+    return {int(r): float(p) ** power for r, p in zip(pool["row"], p_clean)}
 
 
 def cross_fitted_clean_weights(run: Run | Ensemble, pool: Pool, table: pd.DataFrame, config: FinetuneConfig,
-                               folds: int = 2, seed: int = 0) -> dict[int, float]:
+                               folds: int = 2, seed: int = 0, power: float = CLEAN_WEIGHT_POWER) -> dict[int, float]:
     """The ``weighted`` selection's weights, judged a second time: :func:`clean_weights` of the
     residuals that :func:`refit_residual_z` gives — each eligible row judged by ``run`` fine-tuned on
     the *other* folds' rows, weighted by the first :func:`clean_weights` (so no row is judged by a
@@ -257,8 +276,9 @@ def cross_fitted_clean_weights(run: Run | Ensemble, pool: Pool, table: pd.DataFr
     (``folds`` more fine-tunings). ``table``: a :func:`suspicion_table` of ``pool`` by ``run``;
     both mixtures' fits are left in ``table.attrs["mixture"]`` (``"first"`` the one of the base
     model's residuals). ``folds=0`` (or fewer eligible rows than folds): the first weights alone.
-    Returns ``{row: P(clean)}`` over the eligible rows."""
-    first = clean_weights(table)
+    ``power``: both passes' weights are ``P(clean)^power`` (:func:`clean_weights`).
+    Returns ``{row: P(clean)^power}`` over the eligible rows."""
+    first = clean_weights(table, power=power)
     first_mixture = table.attrs["mixture"]
     rows = list(first)
     if folds == 0 or len(rows) < folds:
@@ -266,7 +286,7 @@ def cross_fitted_clean_weights(run: Run | Ensemble, pool: Pool, table: pd.DataFr
     z = refit_residual_z(run, pool, rows, rows, config, folds, seed=seed, weights=first)
     judged = table.copy()
     judged["residual_z"] = judged["row"].map(dict(zip(rows, z)))  # (|z|: the mixture is symmetric in z)
-    weights = clean_weights(judged)
+    weights = clean_weights(judged, power=power)
     table.attrs["mixture"] = {**judged.attrs["mixture"], "folds": folds, "first": first_mixture}
     return weights
 
@@ -276,9 +296,10 @@ WEIGHT_COLUMNS = ["row", "smiles", "label", "weight", "prediction", "residual", 
 
 
 def weigh_pool(run: Run | Ensemble, molecules: Molecules, config: FinetuneConfig | None = None, folds: int = 2,
-               damping: float | str = "auto", progress: bool = False) -> pd.DataFrame:
+               damping: float | str = "auto", progress: bool = False, power: float = CLEAN_WEIGHT_POWER) -> pd.DataFrame:
     """The ``weighted`` selection of ``molecules`` for ``run`` — what won ``lipo-if benchmark``: one row
-    per input molecule with ``weight`` = its probability of a clean label (every eligible row,
+    per input molecule with ``weight`` = its probability of a clean label to the ``power``
+    (:data:`CLEAN_WEIGHT_POWER`; every eligible row,
     :func:`cross_fitted_clean_weights` with ``folds`` judges fine-tuned by ``config``;
     ``folds=0``: :func:`clean_weights` of the base model's residuals alone), 0 where the row is not
     eligible (``excluded`` says why, or out of the applicability domain). Pass the rows and weights
@@ -294,7 +315,7 @@ def weigh_pool(run: Run | Ensemble, molecules: Molecules, config: FinetuneConfig
     inf = Influence(run, heldout="validation", hessian="gauss-newton", solver=exact_gauss_newton_solver(run.config.model), damping=damping,
                     progress=progress).fit()
     table = suspicion_table(inf, pool)
-    weights = cross_fitted_clean_weights(run, pool, table, config, folds, seed=max(config.seed, 0))
+    weights = cross_fitted_clean_weights(run, pool, table, config, folds, seed=max(config.seed, 0), power=power)
     out = table.copy()
     out["weight"] = out["row"].map(weights).fillna(0.0).to_numpy(dtype=float)
     out.attrs["mixture"] = table.attrs.get("mixture")

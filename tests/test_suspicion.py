@@ -118,7 +118,7 @@ def test_cross_fitted_weights_judge_each_row_by_models_that_did_not_see_it(tiny_
     the mixture fitted again; the crafted ±8 / +9 labels get the smallest weights."""
     from lipo_if.ensemble import finetune
     from lipo_if.pool import Pool
-    from lipo_if.suspicion import clean_probability, clean_weights, cross_fitted_clean_weights
+    from lipo_if.suspicion import CLEAN_WEIGHT_POWER, clean_probability, clean_weights, cross_fitted_clean_weights
     from lipo_if.train import FinetuneConfig, predict_tensor
 
     _, external = tiny_data
@@ -147,8 +147,34 @@ def test_cross_fitted_weights_judge_each_row_by_models_that_did_not_see_it(tiny_
         rv = predict_tensor(model.model, xv) - yv.double().numpy()
         spread[judged] = 1.4826 * np.median(np.abs(rv - np.median(rv)))
     expected, _ = clean_probability(np.abs(residual - np.median(residual)) / spread)
-    np.testing.assert_allclose([weights[r] for r in rows], expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose([weights[r] for r in rows], expected ** CLEAN_WEIGHT_POWER, rtol=1e-9, atol=1e-12)
     assert table.attrs["mixture"]["folds"] == 2 and "first" in table.attrs["mixture"]
+
+
+def test_clean_weights_are_the_mixture_probability_to_the_power():
+    """clean_weights = clean_probability(z)^τ over the eligible rows (τ = 1: the probability itself;
+    √ lifts a borderline row more than a clear one and leaves the order unchanged); τ outside (0, 1]
+    is refused with its value named."""
+    from lipo_if.suspicion import CLEAN_WEIGHT_POWER, clean_probability, clean_weights
+
+    rng = np.random.default_rng(5)
+    z = np.concatenate([rng.normal(0, 1, 300), rng.choice([-1, 1], 60) * rng.uniform(3, 5, 60)])
+    table = pd.DataFrame({"row": np.arange(len(z) + 1), "score": 0.0, "residual": 0.0,
+                          "residual_z": np.append(z, np.nan), "excluded": [""] * len(z) + ["invalid SMILES"]})
+    p, _ = clean_probability(z)
+    for power in (1.0, 0.5, 0.25):
+        weights = clean_weights(table.copy(), power=power)
+        assert list(weights) == list(range(len(z)))  # the excluded row gets no weight
+        np.testing.assert_allclose(list(weights.values()), p ** power, rtol=1e-12)
+    half = np.array(list(clean_weights(table.copy(), power=0.5).values()))
+    assert np.all(half >= p - 1e-15) and np.array_equal(np.argsort(half, kind="stable"), np.argsort(p, kind="stable"))
+    assert (half[:300].mean() - p[:300].mean()) > (half[300:].mean() - p[300:].mean())  # clean rows gain the most weight
+    default = clean_weights(table)
+    np.testing.assert_allclose(list(default.values()), p ** CLEAN_WEIGHT_POWER, rtol=1e-12)
+    assert table.attrs["mixture"]["power"] == CLEAN_WEIGHT_POWER
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=f"got {bad}"):
+            clean_weights(table.copy(), power=bad)
 
 
 def test_corruptions_are_known_by_construction():
