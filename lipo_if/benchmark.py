@@ -14,7 +14,7 @@ nothing-added ``baseline`` included) and evaluate on validation and test. Strate
   ``filter_z``; ``filter``: per seed the ``filter@z`` of lowest **validation** RMSE (test-blind);
   ``influence_filtered``: top-k by influence among the rows ``filter`` keeps;
 - ``weighted``: every eligible pool row, each weighted in the fine-tuning's squared error by its
-  probability of a clean label, judged by models that learnt from the other folds of the pool
+  probability of a clean label to the power τ (``weight_power``, ½ by default), judged by models that learnt from the other folds of the pool
   (:func:`lipo_if.suspicion.cross_fitted_clean_weights`; no threshold to choose); ``weighted_once``:
   the same from the base model's residuals alone (:func:`lipo_if.suspicion.clean_weights`);
 - ceilings (know what a method cannot): ``clean_oracle`` (every uncorrupted row, known by
@@ -260,7 +260,7 @@ def _verdict(name: str, summary: dict) -> str:
     beats_all = f["vs_all"]["mean"] < 0 and f["vs_all"]["p_ttest"] < 0.05
     beats_random = f["vs_random_matched"]["mean"] < 0 and f["vs_random_matched"]["p_ttest"] < 0.05
     paid = hi < 0 and beats_all and beats_random
-    what = ("`weighted` (every eligible row, weighted by its probability of a clean label"
+    what = ("`weighted` (every eligible row, weighted by its probability of a clean label to a power"
             + (", judged by models that learnt from the other folds of the pool)" if "weighted_once" in s else ")")
             if method == "weighted" else "`filter` (the suspicion filter, threshold chosen on validation)")
     text = (f"**{name}: selection {'paid' if paid else 'did not pay (by the goal of beating all-pool and random with 95 % confidence)'}.** "

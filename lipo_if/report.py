@@ -31,7 +31,8 @@ def _method_phrase(report: dict) -> str:
         judged = ("under models fine-tuned on the other folds of the pool" if report.get("experiment_config", {}).get("weight_folds", 2)
                   else "under the base model")
         return (f"The default selection, weighted fine-tuning (every eligible molecule added, each weighted by its probability "
-                f"of a clean label from a two-component mixture of its residual {judged}; the strategy that paid most on the "
+                f"of a clean label, to the power {report.get('experiment_config', {}).get('weight_power', 1):g}, from a two-component "
+                f"mixture of its residual {judged}; the strategy that paid most on the "
                 f"pools of `lipo-if benchmark`), added {inf['n_added']:.0f} molecules on average and")
     if inf.get("method", "influence_topk") == "filter":
         return (f"The default selection, the suspicion filter (every eligible molecule whose label lies within z validation "

@@ -7,7 +7,7 @@ configured guard); ``crossfit`` ranks by cross-fitted influence; ``random`` and 
 ``oracle`` ranks by influence on the *test* set — a leaky ceiling, never a method.
 ``filter@z`` adds every eligible row of suspicion ≤ z and ``filter`` is the ``filter@z`` of lowest
 validation RMSE; ``weighted`` adds every eligible row, each weighted in the fine-tuning by its
-probability of a clean label (:func:`lipo_if.suspicion.clean_weights`). The report's ``influence``
+probability of a clean label to a power (:func:`lipo_if.suspicion.clean_weights`). The report's ``influence``
 entry is the experiment's *method* (:data:`METHODS`; ``ExperimentConfig.method`` holds the default,
 the one that paid most in ``lipo-if benchmark``).
 """
