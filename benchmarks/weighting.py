@@ -4,7 +4,9 @@ residuals, τ = 1), ``refit`` (cross-fitted: each row judged by θ̂ fine-tuned,
 other of 2 folds of the pool — ``lipo_if.suspicion.cross_fitted_clean_weights`` — τ = 1),
 ``refit-sqrt`` (τ = ½, the package's ``weighted`` since it won here on validation),
 ``refit-quarter`` (τ = ¼), ``once-sqrt`` (base residuals, τ = ½). Each cross-fitted scheme is 2 more
-fine-tunings a seed.
+fine-tunings a seed. Two diagnostics that know the corruptions (``DIAGNOSTICS``) split the gap
+between ``refit`` and the clean-pool oracle into the clean rows' missing weight and the wrong
+rows' weight.
 
 Reads a finished ``lipo-if benchmark`` folder (its per-seed ``results.json`` and base runs, package
 defaults otherwise), and for every scenario and seed found there rebuilds the scenario and the
@@ -42,6 +44,10 @@ from lipo_if.train import FinetuneConfig, exact_gauss_newton_solver
 
 #: scheme → (folds of the cross-fitted look, 0 = the base model's residuals; power of P(clean))
 SCHEMES = {"once": (0, 1.0), "refit": (2, 1.0), "refit-sqrt": (2, 0.5), "refit-quarter": (2, 0.25), "once-sqrt": (0, 0.5)}
+#: diagnostics that know the corruptions (never methods): where ``refit``'s weights lose the oracle's
+#: gain — ``oracle-clean-full``: clean rows at weight 1, wrong rows keep ``refit``'s weight;
+#: ``oracle-drop-wrong``: clean rows keep ``refit``'s weight, wrong rows 0
+DIAGNOSTICS = ("oracle-clean-full", "oracle-drop-wrong")
 
 
 def interval(d: np.ndarray) -> list[float]:
@@ -49,11 +55,21 @@ def interval(d: np.ndarray) -> list[float]:
     return [float(d.mean() - half), float(d.mean() + half)]
 
 
-def seed_weights(base, scenario, table, scheme: str, ft: FinetuneConfig) -> dict[int, float]:
+def seed_weights(base, scenario, table, scheme: str, ft: FinetuneConfig, memo: dict) -> dict[int, float]:
+    if scheme in DIAGNOSTICS:
+        refit = memo.get("refit") or seed_weights(base, scenario, table, "refit", ft, memo)
+        wrong = scenario.corrupted
+        if scheme == "oracle-clean-full":
+            return {r: (w if wrong[r] else 1.0) for r, w in refit.items()}
+        return {r: (0.0 if wrong[r] else w) for r, w in refit.items()}
+    if scheme in memo:
+        return memo[scheme]
     folds, power = SCHEMES[scheme]
     if folds:
-        return cross_fitted_clean_weights(base, scenario.pool, table, ft, folds=folds, seed=scenario.seed, power=power)
-    return clean_weights(table, power=power)
+        memo[scheme] = cross_fitted_clean_weights(base, scenario.pool, table, ft, folds=folds, seed=scenario.seed, power=power)
+    else:
+        memo[scheme] = clean_weights(table, power=power)
+    return memo[scheme]
 
 
 def run_seed(seed_dir: Path, dataset, data_path: str, scenario_name: str, seed: int, schemes: list[str], check: bool) -> dict:
@@ -65,10 +81,11 @@ def run_seed(seed_dir: Path, dataset, data_path: str, scenario_name: str, seed: 
     ft = FinetuneConfig(**{**asdict(FinetuneConfig()), "seed": seed, "from_scratch": False})
     out = {"seed": seed, "benchmark": {k: cached["results"][k] for k in ("baseline", "all", "filter", "weighted", "clean_oracle")}}
     once_key = "weighted_once" if "weighted_once" in cached["results"] else "weighted"  # (a folder from before cross-fitting)
+    memo: dict = {}
     for scheme in dict.fromkeys(["once", *schemes]):
         if scheme == "once" and not check:
             continue
-        weights = seed_weights(base, scenario, table, scheme, ft)
+        weights = seed_weights(base, scenario, table, scheme, ft, memo)
         rows = sorted(weights)
         clock = time.perf_counter()
         new = finetune(base, scenario.pool, ft, progress=False, rows=rows, weights=[weights[r] for r in rows])
@@ -124,7 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bench", type=Path, help="a lipo-if benchmark output folder")
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=[*SCHEMES, *DIAGNOSTICS])
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the benchmark ran (--threads 1): the same fine-tuning, number for number

@@ -28,10 +28,10 @@ def _method_phrase(report: dict) -> str:
     """What the report's ``influence`` entry (the method a user gets) did, in words."""
     inf = report["influence"]
     if inf.get("method") == "weighted":
-        judged = ("under models fine-tuned on the other folds of the pool" if report.get("experiment_config", {}).get("weight_folds", 2)
-                  else "under the base model")
+        config = report.get("meta", {}).get("experiment_config", {})
+        judged = "under models fine-tuned on the other folds of the pool" if config.get("weight_folds", 2) else "under the base model"
         return (f"The default selection, weighted fine-tuning (every eligible molecule added, each weighted by its probability "
-                f"of a clean label, to the power {report.get('experiment_config', {}).get('weight_power', 1):g}, from a two-component "
+                f"of a clean label, to the power {config.get('weight_power', 1):g}, from a two-component "
                 f"mixture of its residual {judged}; the strategy that paid most on the "
                 f"pools of `lipo-if benchmark`), added {inf['n_added']:.0f} molecules on average and")
     if inf.get("method", "influence_topk") == "filter":

@@ -166,6 +166,9 @@ def test_run_end_to_end_writes_a_well_formed_report(tiny_data, tmp_path):
     md = (out / "report.md").read_text()
     assert "oracle's gain" in md and "Headline (chosen on validation)" in md
     assert "| **influence** (= weighted, the default) |" in md and "| influence_topk |" in md and "What it means" in md and report["conclusion"] in md
+    # the conclusion names the weighting that ran: the default power, judged by the cross-fitted models
+    assert report["meta"]["experiment_config"]["weight_power"] == 0.5
+    assert "to the power 0.5" in report["conclusion"] and "other folds of the pool" in report["conclusion"]
     for png in ("rmse_vs_k.png", "score_hist.png", "predicted_vs_actual.png", "score_vs_similarity.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # a second invocation reuses the finished seeds and rewrites the same report
