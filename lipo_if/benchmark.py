@@ -14,7 +14,8 @@ nothing-added ``baseline`` included) and evaluate on validation and test. Strate
   ``filter_z``; ``filter``: per seed the ``filter@z`` of lowest **validation** RMSE (test-blind);
   ``influence_filtered``: top-k by influence among the rows ``filter`` keeps;
 - ``weighted``: every eligible pool row, each weighted in the fine-tuning's squared error by its
-  probability of a clean label to the power τ (``weight_power``, ½ by default), judged by models that learnt from the other folds of the pool
+  probability of a clean label to the power τ (``weight_power``, ½ by default), judged by models
+  that learnt from the other folds of the pool
   (:func:`lipo_if.suspicion.cross_fitted_clean_weights`; no threshold to choose); ``weighted_once``:
   the same from the base model's residuals alone (:func:`lipo_if.suspicion.clean_weights`);
 - ceilings (know what a method cannot): ``clean_oracle`` (every uncorrupted row, known by
