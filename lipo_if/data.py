@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_write_text
+from . import standardize as standardize_rules
 from .standardize import LOGD_RANGE, PARSE_HEAVY_ATOM_LIMIT, _rdkit, label_reason, standardize
 
 log = logging.getLogger(__name__)
@@ -286,11 +287,66 @@ def load_dataset(
     strict: bool = False,
     dedupe: bool = True,
     tautomer: bool = False,
+    cache: bool | str | os.PathLike = True,
 ) -> MoleculeDataset:
     """Read, validate and clean a molecule CSV (see :func:`read_molecule_csv`, :func:`clean_molecules`).
-    ``tautomer``: standardize to RDKit's canonical tautomer too (then do so for every table of the run)."""
-    table = read_molecule_csv(path, smiles_col=smiles_col, label_col=label_col, tautomer=tautomer)
+    ``tautomer``: standardize to RDKit's canonical tautomer too (then do so for every table of the run).
+    ``cache``: keep the standardized table (see :func:`cached_molecule_csv`) in
+    ``$LIPO_IF_TABLE_CACHE`` (default ``<cache dir>/tables``), in the folder given, or nowhere (False)."""
+    if cache is False:
+        table = read_molecule_csv(path, smiles_col=smiles_col, label_col=label_col, tautomer=tautomer)
+    else:
+        folder = Path(os.environ.get("LIPO_IF_TABLE_CACHE") or default_cache_dir() / "tables") if cache is True else Path(cache)
+        table = cached_molecule_csv(path, folder, smiles_col=smiles_col, label_col=label_col, tautomer=tautomer)
     return clean_molecules(table, source=str(path), strict=strict, dedupe=dedupe)
+
+
+#: the columns :func:`molecule_table` returns, in order
+TABLE_COLUMNS = ("row", "smiles_input", "smiles", "key", "label", "error")
+
+
+def table_cache_key(path: str | os.PathLike, **options) -> str:
+    """sha256 of what a standardized table depends on: the file's bytes, the reading ``options``,
+    RDKit's version and the source of the code that standardizes (this module and
+    :mod:`lipo_if.standardize` — any edit to a rule invalidates every cached table)."""
+    from rdkit import __version__ as rdkit_version
+
+    digest = hashlib.sha256(Path(path).read_bytes())
+    for module_file in (__file__, standardize_rules.__file__):
+        digest.update(Path(module_file).read_bytes())
+    digest.update(json.dumps({**options, "rdkit": rdkit_version, "columns": TABLE_COLUMNS}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def cached_molecule_csv(path: str | os.PathLike, folder: str | os.PathLike, smiles_col: str | None = None,
+                        label_col: str | None = None, tautomer: bool = False) -> pd.DataFrame:
+    """:func:`read_molecule_csv` of ``path`` through a cache in ``folder``: the table a file gave is
+    kept as ``<key>.json`` (:func:`table_cache_key`; written atomically) and read back, value for
+    value, while neither the file, the options nor the standardizing code change. Why: standardizing
+    the 4,200 Lipophilicity molecules takes ≈ 5 s, and every command loads them. A cache that cannot
+    be read or written only costs that time (a warning, then the file is read as usual); errors of
+    the file itself (a missing column, a bad label) are raised as by :func:`read_molecule_csv`."""
+    path = Path(path)
+    if not path.is_file():
+        return read_molecule_csv(path, smiles_col=smiles_col, label_col=label_col, tautomer=tautomer)  # its error
+    key = table_cache_key(path, smiles_col=smiles_col, label_col=label_col, tautomer=tautomer)
+    cached = Path(folder) / f"{key}.json"
+    if cached.is_file():
+        try:
+            columns = json.loads(cached.read_text())
+            table = pd.DataFrame({name: columns[name] for name in TABLE_COLUMNS})
+            table["label"] = table["label"].astype(float)
+            return table
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring the unreadable cached table %s (%s)", cached, exc)
+    table = read_molecule_csv(path, smiles_col=smiles_col, label_col=label_col, tautomer=tautomer)
+    columns = {name: table[name].tolist() for name in TABLE_COLUMNS}
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cached, json.dumps(columns))  # (json writes floats exactly: repr round-trips)
+    except OSError as exc:
+        log.warning("could not write the table cache %s (%s)", cached, exc)
+    return table
 
 
 # --------------------------------------------------------------------------- locating the real data

@@ -32,15 +32,17 @@ def real_data_dir() -> Path | None:
 
 @pytest.fixture(autouse=True, scope="session")
 def _feature_cache(tmp_path_factory):
-    """Keep unit tests from reading or writing the user's feature cache (the real-data cache is
-    shared between integration tests through a session directory)."""
-    old = os.environ.get("LIPO_IF_FEATURE_CACHE")
+    """Keep unit tests from reading or writing the user's feature and table caches (the real-data
+    caches are shared between integration tests through session directories)."""
+    old = {name: os.environ.get(name) for name in ("LIPO_IF_FEATURE_CACHE", "LIPO_IF_TABLE_CACHE")}
     os.environ["LIPO_IF_FEATURE_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
+    os.environ["LIPO_IF_TABLE_CACHE"] = str(tmp_path_factory.mktemp("table-cache"))
     yield
-    if old is None:
-        os.environ.pop("LIPO_IF_FEATURE_CACHE", None)
-    else:
-        os.environ["LIPO_IF_FEATURE_CACHE"] = old
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def write_csv(path: Path, header: str, rows: list[str]) -> Path:

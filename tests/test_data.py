@@ -187,3 +187,51 @@ def test_atomic_write_json_is_strict_json(tmp_path):
     assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}")) == {
         "a": None, "1": [2.5, 3, [None, "x"]]}
     assert [p.name for p in path.parent.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def test_standardized_table_is_cached_exactly_and_invalidated_by_the_file(tmp_path, small_lipo_csv, monkeypatch, caplog):
+    """load_dataset keeps the standardized table: a second load reads it back value for value
+    without standardizing; an edit of the file, another option, or a broken cache file makes it
+    standardize again; cache=False writes nothing."""
+    import lipo_if.data as data
+
+    cache = tmp_path / "tables"
+    first = load_dataset(small_lipo_csv, cache=cache)
+    uncached = load_dataset(small_lipo_csv, cache=False)
+    assert len(list(cache.glob("*.json"))) == 1
+    table = data.read_molecule_csv(small_lipo_csv)
+    assert tuple(table.columns) == data.TABLE_COLUMNS  # the cache keeps every column the reader gives
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("standardized again")
+
+    with monkeypatch.context() as m:
+        m.setattr(data, "molecule_table", refuse)
+        again = load_dataset(small_lipo_csv, cache=cache)
+        with pytest.raises(AssertionError, match="standardized again"):  # another option: another key
+            load_dataset(small_lipo_csv, cache=cache, tautomer=True)
+    for got in (again, uncached):
+        assert got.smiles == first.smiles and got.keys == first.keys and got.rows == first.rows and got.report == first.report
+        assert np.array_equal(got.labels, first.labels)
+
+    lines = small_lipo_csv.read_text().splitlines()
+    small_lipo_csv.write_text("\n".join(lines[:-1] + ["Xnew,1.234567890123,CCCCCCCCO"]) + "\n")  # the file changed
+    edited = load_dataset(small_lipo_csv, cache=cache)
+    assert "CCCCCCCCO" in edited.smiles and edited.labels[edited.smiles.index("CCCCCCCCO")] == 1.234567890123
+    assert len(list(cache.glob("*.json"))) == 2
+
+    for path in cache.glob("*.json"):
+        path.write_text("{not json")
+    with caplog.at_level("WARNING"):
+        repaired = load_dataset(small_lipo_csv, cache=cache)
+    assert "unreadable cached table" in caplog.text and repaired.smiles == edited.smiles
+    assert np.array_equal(repaired.labels, edited.labels)
+
+    env_cache = tmp_path / "env-cache"
+    monkeypatch.setenv("LIPO_IF_TABLE_CACHE", str(env_cache))
+    load_dataset(small_lipo_csv, cache=False)
+    assert not env_cache.exists()
+    load_dataset(small_lipo_csv)  # the default: the folder $LIPO_IF_TABLE_CACHE names
+    assert len(list(env_cache.glob("*.json"))) == 1
+    with pytest.raises(DataError, match="not found|does not exist|missing"):
+        load_dataset(tmp_path / "absent.csv", cache=cache)
