@@ -24,6 +24,7 @@ would reach 0.95 overall (shifts at their measured AUC).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -32,15 +33,14 @@ import torch
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from lipo_if.benchmark import BenchmarkConfig
-from lipo_if.data import load_dataset
-from lipo_if.influence import Influence
-from lipo_if.io import atomic_write_json
-from lipo_if.rundir import load_run
-from lipo_if.scenarios import SHIFT_RANGE, build_scenario
-from lipo_if.select import eligible
-from lipo_if.suspicion import _validation_residuals, suspicion_table
-from lipo_if.train import exact_gauss_newton_solver
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _saved_seeds import load_seed, scenario_seeds  # noqa: E402  (a sibling benchmark module, not a package)
+
+from lipo_if.data import load_dataset  # noqa: E402
+from lipo_if.io import atomic_write_json  # noqa: E402
+from lipo_if.scenarios import SHIFT_RANGE  # noqa: E402
+from lipo_if.select import eligible  # noqa: E402
+from lipo_if.suspicion import validation_residuals  # noqa: E402
 
 
 def likelihood_ratio(residual: np.ndarray, labels: np.ndarray, measured: np.ndarray, val_residual: np.ndarray) -> np.ndarray:
@@ -54,14 +54,12 @@ def likelihood_ratio(residual: np.ndarray, labels: np.ndarray, measured: np.ndar
 
 
 def seed_aucs(seed_dir: Path, dataset, data_path: str, scenario_name: str, seed: int) -> dict:
-    scenario = build_scenario(scenario_name, dataset, seed)
-    base = load_run(seed_dir / "base", data_path=data_path)
-    inf = Influence(base, config=BenchmarkConfig().influence_config("validation", exact_gauss_newton_solver(base.config.model))).fit()
-    table = eligible(suspicion_table(inf, scenario.pool))
+    saved = load_seed(seed_dir, dataset, data_path, scenario_name, seed)
+    scenario, base, table = saved.scenario, saved.base, eligible(saved.table)
     rows = table["row"].to_numpy(dtype=int)
     residual, labels = table["residual"].to_numpy(dtype=float), table["label"].to_numpy(dtype=float)
     wrong, kind = scenario.corrupted[rows], np.array(scenario.kind)[rows]
-    val_residual = _validation_residuals(base)
+    val_residual = validation_residuals(base)
     measured = base.labels("train").astype(float)
     lr = likelihood_ratio(residual, labels, measured, val_residual)
     suspicion = table["suspicion"].to_numpy(dtype=float)
@@ -99,17 +97,16 @@ def main() -> None:
     dataset = load_dataset(data_path)
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "scenarios": {}}
     for bench in args.bench:
-        for scenario_dir in sorted(p for p in bench.iterdir() if p.is_dir()):
-            seed_dirs = sorted(scenario_dir.glob("seed_*/results.json"), key=lambda p: int(p.parent.name.split("_")[1]))
-            per_seed = [seed_aucs(p.parent, dataset, data_path, scenario_dir.name, int(p.parent.name.split("_")[1])) for p in seed_dirs]
+        for name, seeds in scenario_seeds(bench):
+            per_seed = [seed_aucs(seed_dir, dataset, data_path, name, seed) for seed, seed_dir in seeds]
             summary = {kind: {det: float(np.mean([s[kind][det] for s in per_seed])) for det in ("residual", "likelihood_ratio")}
                        for kind in ("all", "swap", "shift")}
             summary["idealized"] = idealized(per_seed)
-            report["scenarios"][scenario_dir.name] = {"summary": summary, "per_seed": per_seed}
+            report["scenarios"][name] = {"summary": summary, "per_seed": per_seed}
             for kind in ("all", "swap", "shift"):
-                print(f"{scenario_dir.name} ({len(per_seed)} seeds) {kind}: AUC residual {summary[kind]['residual']:.3f}, "
+                print(f"{name} ({len(per_seed)} seeds) {kind}: AUC residual {summary[kind]['residual']:.3f}, "
                       f"likelihood ratio (knows the noise) {summary[kind]['likelihood_ratio']:.3f}", flush=True)
-            print(f"{scenario_dir.name} idealized: {summary['idealized']}", flush=True)
+            print(f"{name} idealized: {summary['idealized']}", flush=True)
     if args.json:
         atomic_write_json(args.json, report)
 

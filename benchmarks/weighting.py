@@ -23,7 +23,7 @@ beside test: the choice of τ is made on it.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,15 +32,14 @@ import numpy as np
 import torch
 from scipy.stats import t as student_t
 
-from lipo_if.benchmark import BenchmarkConfig
-from lipo_if.data import load_dataset
-from lipo_if.ensemble import finetune
-from lipo_if.influence import Influence
-from lipo_if.io import atomic_write_json
-from lipo_if.rundir import load_run
-from lipo_if.scenarios import build_scenario
-from lipo_if.suspicion import clean_weights, cross_fitted_clean_weights, suspicion_table
-from lipo_if.train import FinetuneConfig, exact_gauss_newton_solver
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _saved_seeds import load_seed, scenario_seeds  # noqa: E402  (a sibling benchmark module, not a package)
+
+from lipo_if.data import load_dataset  # noqa: E402
+from lipo_if.ensemble import finetune  # noqa: E402
+from lipo_if.io import atomic_write_json  # noqa: E402
+from lipo_if.suspicion import clean_weights, cross_fitted_clean_weights  # noqa: E402
+from lipo_if.train import FinetuneConfig  # noqa: E402
 
 #: scheme → (folds of the cross-fitted look, 0 = the base model's residuals; power of P(clean))
 SCHEMES = {"once": (0, 1.0), "refit": (2, 1.0), "refit-sqrt": (2, 0.5), "refit-quarter": (2, 0.25), "once-sqrt": (0, 0.5)}
@@ -73,14 +72,11 @@ def seed_weights(base, scenario, table, scheme: str, ft: FinetuneConfig, memo: d
 
 
 def run_seed(seed_dir: Path, dataset, data_path: str, scenario_name: str, seed: int, schemes: list[str], check: bool) -> dict:
-    cached = json.loads((seed_dir / "results.json").read_text())
-    scenario = build_scenario(scenario_name, dataset, seed)
-    base = load_run(seed_dir / "base", data_path=data_path)
-    inf = Influence(base, config=BenchmarkConfig().influence_config("validation", exact_gauss_newton_solver(base.config.model))).fit()
-    table = suspicion_table(inf, scenario.pool)
+    saved = load_seed(seed_dir, dataset, data_path, scenario_name, seed)
+    cached, scenario, base, table = saved.results, saved.scenario, saved.base, saved.table
     ft = FinetuneConfig(**{**asdict(FinetuneConfig()), "seed": seed, "from_scratch": False})
-    out = {"seed": seed, "benchmark": {k: cached["results"][k] for k in ("baseline", "all", "filter", "weighted", "clean_oracle")}}
-    once_key = "weighted_once" if "weighted_once" in cached["results"] else "weighted"  # (a folder from before cross-fitting)
+    out = {"seed": seed, "benchmark": {k: cached[k] for k in ("baseline", "all", "filter", "weighted", "clean_oracle")}}
+    once_key = "weighted_once" if "weighted_once" in cached else "weighted"  # (a folder from before cross-fitting)
     memo: dict = {}
     for scheme in dict.fromkeys(["once", *schemes]):
         if scheme == "once" and not check:
@@ -95,12 +91,11 @@ def run_seed(seed_dir: Path, dataset, data_path: str, scenario_name: str, seed: 
                        "weight_clean": float(w[~bad].sum()), "weight_wrong": float(w[bad].sum()), "n_clean": int((~bad).sum()),
                        "n_wrong": int(bad.sum()), "mixture": table.attrs["mixture"], "seconds": round(time.perf_counter() - clock, 1)}
     if check:
-        got, want = out["once"]["test_rmse"], cached["results"][once_key]["test_rmse"]
+        got, want = out["once"]["test_rmse"], cached[once_key]["test_rmse"]
         if abs(got - want) > 1e-9:
             raise SystemExit(f"{seed_dir}: the once scheme gave test RMSE {got:.6f}, the benchmark's {once_key} {want:.6f}: "
                              "not the same retraining, so no pairing")
-    out["once"] = out.get("once") or {"test_rmse": cached["results"][once_key]["test_rmse"],
-                                      "val_rmse": cached["results"][once_key]["val_rmse"]}
+    out["once"] = out.get("once") or {"test_rmse": cached[once_key]["test_rmse"], "val_rmse": cached[once_key]["val_rmse"]}
     return out
 
 
@@ -148,12 +143,11 @@ def main() -> None:
     data_path = str(Path(args.data_dir) / "lipophilicity.csv")
     dataset = load_dataset(data_path)
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "bench": str(args.bench), "scenarios": {}}
-    for scenario_dir in sorted(p for p in args.bench.iterdir() if p.is_dir()):
-        seed_dirs = sorted(scenario_dir.glob("seed_*/results.json"), key=lambda p: int(p.parent.name.split("_")[1]))
-        per_seed = [run_seed(p.parent, dataset, data_path, scenario_dir.name, int(p.parent.name.split("_")[1]), args.schemes, i == 0)
-                    for i, p in enumerate(seed_dirs)]
-        report["scenarios"][scenario_dir.name] = {"summary": summarize(per_seed, args.schemes), "per_seed": per_seed}
-        summary = report["scenarios"][scenario_dir.name]["summary"]
+    for name_of_scenario, seeds in scenario_seeds(args.bench):
+        per_seed = [run_seed(seed_dir, dataset, data_path, name_of_scenario, seed, args.schemes, i == 0)
+                    for i, (seed, seed_dir) in enumerate(seeds)]
+        report["scenarios"][name_of_scenario] = {"summary": summarize(per_seed, args.schemes), "per_seed": per_seed}
+        summary = report["scenarios"][name_of_scenario]["summary"]
         for name in ("all", "filter", *dict.fromkeys(("once", *args.schemes))):
             e = summary[name]
             ref = e.get("vs_reference")
@@ -161,7 +155,7 @@ def main() -> None:
                      f"val {ref['val_mean']:+.4f} ({ref['val_n_better']} better)") if ref else ""
             share = (f", weight share clean {e['weight_share_clean']:.2f} / wrong {e['weight_share_wrong']:.2f}"
                      if "weight_share_clean" in e else "")
-            print(f"{scenario_dir.name} {name}: Δ test {e['delta']:+.4f} [{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}], recovery "
+            print(f"{name_of_scenario} {name}: Δ test {e['delta']:+.4f} [{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}], recovery "
                   f"{e['recovery']:.0%}, val {e.get('val_rmse_mean', float('nan')):.4f}{share}{extra}", flush=True)
     if args.json:
         atomic_write_json(args.json, report)

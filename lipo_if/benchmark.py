@@ -152,6 +152,15 @@ def plan(scenario: Scenario, table, test_table, config: BenchmarkConfig, seed: i
     return plans
 
 
+def validation_suspicion(base, scenario: Scenario, config: BenchmarkConfig) -> tuple[Influence, pd.DataFrame]:
+    """``(the fitted solve, the pool's suspicion table)`` of ``base`` (a run or an ensemble): the
+    validation solve of the exact damped Gauss–Newton system (:meth:`BenchmarkConfig.influence_config`)
+    and :func:`~lipo_if.suspicion.suspicion_table` with ``config.detector`` as ``suspicion`` — what
+    every selection of a seed starts from."""
+    inf = Influence(base, config=config.influence_config("validation", exact_gauss_newton_solver(base.config.model))).fit()
+    return inf, suspicion_table(inf, scenario.pool, config.detector)
+
+
 def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Path, config: BenchmarkConfig,
                        train_config: TrainConfig, finetune_config: FinetuneConfig, featurizer_config: FeaturizerConfig | None,
                        progress: bool) -> dict:
@@ -159,10 +168,8 @@ def run_benchmark_seed(dataset, data_path: str, scenario: Scenario, seed_dir: Pa
     clock = time.perf_counter()
     base = trained_run(dataset, data_path, seed_dir / "base", train_config, featurizer_config, split=scenario.split, progress=progress,
                        members=config.ensemble)
-    solver = exact_gauss_newton_solver(train_config.model)
-    inf = Influence(base, config=config.influence_config("validation", solver)).fit()
-    table = suspicion_table(inf, scenario.pool, config.detector)
-    test_table = Influence(base, config=config.influence_config("test", solver)).fit().scores(scenario.pool)
+    inf, table = validation_suspicion(base, scenario, config)
+    test_table = Influence(base, config=config.influence_config("test", exact_gauss_newton_solver(train_config.model))).fit().scores(scenario.pool)
     plans = plan(scenario, table, test_table, config, scenario.seed)
     ft = FinetuneConfig(**{**asdict(finetune_config), "seed": scenario.seed, "from_scratch": config.retrain == "scratch"})
     done: dict[tuple, dict] = {}

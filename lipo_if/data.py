@@ -296,7 +296,7 @@ def load_dataset(
     if cache is False:
         table = read_molecule_csv(path, smiles_col=smiles_col, label_col=label_col, tautomer=tautomer)
     else:
-        folder = Path(os.environ.get("LIPO_IF_TABLE_CACHE") or default_cache_dir() / "tables") if cache is True else Path(cache)
+        folder = cache_folder("LIPO_IF_TABLE_CACHE", "tables") if cache is True else Path(cache)
         table = cached_molecule_csv(path, folder, smiles_col=smiles_col, label_col=label_col, tautomer=tautomer)
     return clean_molecules(table, source=str(path), strict=strict, dedupe=dedupe)
 
@@ -355,6 +355,11 @@ def cached_molecule_csv(path: str | os.PathLike, folder: str | os.PathLike, smil
 def default_cache_dir() -> Path:
     base = os.environ.get("LIPO_IF_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lipo_if")
     return Path(base)
+
+
+def cache_folder(variable: str, name: str) -> Path:
+    """The folder of one of the package's caches: ``$variable`` when set, else ``<cache dir>/name``."""
+    return Path(os.environ.get(variable) or default_cache_dir() / name)
 
 
 def _download(url: str, target: Path, sha256: str | None, timeout: float = 30.0) -> Path:

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import DataError, default_cache_dir
+from .data import DataError, cache_folder
 from .descriptors import ESTATE_REDUCTIONS, check_descriptor_spec, descriptor_names
 from .io import atomic_write_bytes
 
@@ -276,7 +276,7 @@ class Featurizer:
         self.config = config or FeaturizerConfig()
         self._parts = [self._make_part(p) for p in self.config.parts]
         if cache_dir is True:
-            cache_dir = os.environ.get("LIPO_IF_FEATURE_CACHE") or default_cache_dir() / "features"
+            cache_dir = cache_folder("LIPO_IF_FEATURE_CACHE", "features")
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._caches = [FeatureCache(self.cache_dir, part.name, self._cache_key(part)) for part in self._parts]
         self.mean: np.ndarray | None = None

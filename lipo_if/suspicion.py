@@ -57,14 +57,15 @@ INSPECT_COLUMNS = ["row", "smiles", "label", "suspicion", "smiles_standardized",
                    "in_domain", "excluded"]
 
 
-def _validation_residuals(run: Run | Ensemble) -> np.ndarray:
+def validation_residuals(run: Run | Ensemble) -> np.ndarray:
+    """The run's (or the ensemble mean's) validation residuals, prediction − label, logD ``[n_val]``."""
     x, y = run.tensors("val")
     return _predict(run, x) - y.double().numpy()
 
 
 def validation_spread(run: Run | Ensemble) -> float:
     """``1.4826·MAD`` of the run's validation residuals (logD): the residual spread of clean labels."""
-    r = _validation_residuals(run)
+    r = validation_residuals(run)
     return float(MAD_TO_SD * np.median(np.abs(r - np.median(r))))
 
 
@@ -180,7 +181,7 @@ def refit_residual_z(run: Run | Ensemble, pool: Pool, rows: Sequence[int], kept:
 def validation_z(run: Run | Ensemble) -> np.ndarray:
     """The run's validation residuals in its validation spreads, ``(r − median r) / σ_val`` ``[n_val]``:
     what the residual z of a clean label looks like for this model."""
-    return robust_z(_validation_residuals(run), signed=True)
+    return robust_z(validation_residuals(run), signed=True)
 
 
 def clean_probability(residual_z: np.ndarray, clean_reference: np.ndarray | None = None, iterations: int = 200,
